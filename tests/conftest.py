@@ -73,6 +73,8 @@ def tiny_config(output_dir, **overrides):
         logging_steps=1,
         save_strategy="no",
         validation_batch_size=16,
+        diagnostics_num_prompts=4,
+        diagnostics_max_new_tokens=8,
         disable_tqdm=True,
     )
     values.update(overrides)

@@ -83,3 +83,37 @@ def test_existing_run_from_a_different_config(tmp_path):
 def test_missing_principles_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="principles_path"):
         _trainer(tmp_path, principles_path=str(tmp_path / "nope.json"))
+
+
+def test_column_curriculum_with_a_column_the_prompts_lack(tmp_path):
+    with pytest.raises(ValueError, match="curriculum_column='level'.*columns"):
+        _trainer(tmp_path, curriculum="column", curriculum_column="level")
+
+
+def test_column_curriculum_with_non_numeric_values(tmp_path):
+    dataset = prompt_dataset(12).add_column("level", ["easy"] * 12)
+    with pytest.raises(ValueError, match="curriculum_column='level'.*number"):
+        _trainer(tmp_path, dataset=dataset, curriculum="column", curriculum_column="level")
+
+
+def test_custom_curriculum_needs_a_scorer_and_a_scorer_needs_custom(tmp_path):
+    with pytest.raises(ValueError, match="difficulty_scorer"):
+        _trainer(tmp_path, curriculum="custom")
+    with pytest.raises(ValueError, match="curriculum='custom'"):
+        SOFTTrainer(model=UNLOADABLE, args=tiny_config(tmp_path / "out"), train_dataset=prompt_dataset(12),
+                    difficulty_scorer=lambda prompts, responses, context: [0.0] * len(prompts))
+
+
+def test_a_watched_metric_no_round_produces_is_refused(tmp_path):
+    from trl_soft import EarlyCollapseCallback
+
+    with pytest.raises(ValueError, match="'reward'.*collapse_metric"):
+        SOFTTrainer(model=UNLOADABLE, args=tiny_config(tmp_path / "out"), train_dataset=prompt_dataset(12),
+                    callbacks=[EarlyCollapseCallback(metric="reward")])
+
+
+def test_patience_below_one_is_refused():
+    from trl_soft import EarlyCollapseCallback
+
+    with pytest.raises(ValueError, match="patience"):
+        EarlyCollapseCallback(patience=0)

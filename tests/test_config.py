@@ -38,6 +38,12 @@ def test_explicit_bf16_is_respected(tmp_path):
         ("filters", ["too_short", "profanity"], "filters"),
         ("filter_min_words", 0, "filter_min_words"),
         ("filter_max_exemplar_overlap", 1.5, "filter_max_exemplar_overlap"),
+        ("curriculum_direction", "sideways", "curriculum_direction"),
+        ("curriculum_bucket_size", 0, "curriculum_bucket_size"),
+        ("curriculum_batch_size", 0, "curriculum_batch_size"),
+        ("collapse_patience", 0, "collapse_patience"),
+        ("collapse_threshold", -0.1, "collapse_threshold"),
+        ("diagnostics_num_prompts", -1, "diagnostics_num_prompts"),
     ],
 )
 def test_invalid_settings_name_the_field(tmp_path, field, value, fragment):
@@ -68,3 +74,29 @@ def test_unknown_benchmark_is_refused(tmp_path):
         SOFTConfig(output_dir=str(tmp_path), report_to="none", benchmarks=["hhh", "mmlu"])
     with pytest.raises(ValueError, match="benchmark_limit"):
         SOFTConfig(output_dir=str(tmp_path), report_to="none", benchmark_limit=0)
+
+
+def test_column_curriculum_needs_its_column(tmp_path):
+    with pytest.raises(ValueError, match="curriculum_column"):
+        SOFTConfig(output_dir=str(tmp_path), report_to="none", curriculum="column")
+
+
+def test_collapse_metric_must_be_produced_by_some_round(tmp_path):
+    with pytest.raises(ValueError, match="collapse_metric='truthfulqa_mc1'.*benchmarks"):
+        SOFTConfig(output_dir=str(tmp_path), report_to="none", collapse_metric="truthfulqa_mc1")
+    with pytest.raises(ValueError, match="collapse_metric='validation_nll'"):
+        SOFTConfig(output_dir=str(tmp_path), report_to="none", validation_path="none", collapse_metric="validation_nll")
+    with pytest.raises(ValueError, match="collapse_metric='sample_entropy'"):
+        SOFTConfig(output_dir=str(tmp_path), report_to="none", collapse_metric="sample_entropy",
+                   diagnostics_num_prompts=0)
+    args = SOFTConfig(output_dir=str(tmp_path), report_to="none", collapse_metric="hhh_overall", benchmarks=["hhh"])
+    assert args.resolved_collapse_metric == "hhh_overall" and args.resolved_collapse_greater_is_better is True
+
+
+def test_collapse_metric_defaults_to_validation_nll_when_there_is_a_validation_set(tmp_path):
+    args = SOFTConfig(output_dir=str(tmp_path), report_to="none")
+    assert args.resolved_collapse_metric == "validation_nll" and args.resolved_collapse_greater_is_better is False
+    assert SOFTConfig(output_dir=str(tmp_path), report_to="none", validation_path="none").resolved_collapse_metric is None
+    assert SOFTConfig(output_dir=str(tmp_path), report_to="none", collapse_metric="none").resolved_collapse_metric is None
+    assert SOFTConfig(output_dir=str(tmp_path), report_to="none", collapse_metric="sample_self_bleu"
+                      ).resolved_collapse_greater_is_better is False

@@ -35,3 +35,23 @@ def test_two_process_scoring_equals_one_process(tmp_path, smol_path):
     for a, b in zip(sum(single["choices"], []), sum(double["choices"], [])):
         assert a == pytest.approx(b, rel=1e-5, abs=1e-5)
     assert double["completions"] == pytest.approx(single["completions"], rel=1e-5, abs=1e-5)
+
+
+@pytest.mark.slow
+def test_curriculum_order_is_identical_on_every_rank_and_global_batches_go_easy_to_hard(tmp_path, smol_path):
+    from trl_soft.curriculum import curriculum_order
+
+    result_path = tmp_path / "sampler.json"
+    accelerate_launch("curriculum_sampler_distributed.py", str(result_path), smol_path, "4", processes=2)
+    result = json.loads(result_path.read_text())
+    assert result["processes"] == 2 and result["world_size"] == 2
+    scores, ranks = result["scores"], sorted(result["ranks"], key=lambda r: r["rank"])
+    expected = curriculum_order(scores, bucket_size=4, seed=result["seed"] + 1)
+    assert ranks[0]["order"] == ranks[1]["order"] == expected
+    # Step s trains on the union of every rank's s-th batch: those unions must go easy to hard.
+    steps = [a + b for a, b in zip(ranks[0]["batches"], ranks[1]["batches"])]
+    assert sorted(i for step in steps for i in step) == list(range(len(scores)))
+    assert all(len(step) == 4 for step in steps)
+    for earlier, later in zip(steps, steps[1:]):
+        assert max(scores[i] for i in earlier) <= min(scores[i] for i in later)
+    assert set(ranks[0]["batches"][0]) != set(ranks[1]["batches"][0])  # the ranks really split each step

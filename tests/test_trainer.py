@@ -68,7 +68,10 @@ def test_curriculum_orders_training_easy_to_hard(tmp_path, tokenizer):
     rows = [r for r in read_jsonl(tmp_path / "out" / "round_1" / "generations.jsonl") if r["kept"]]
     ordered = sorted(rows, key=lambda r: r["train_position"])
     assert [r["difficulty"] for r in ordered] == sorted(r["difficulty"] for r in rows)
-    assert type(trainer._get_train_sampler()).__name__ == "SequentialSampler"
+    sampler = trainer._get_train_sampler()
+    assert type(sampler).__name__ == "CurriculumSampler"
+    kept_in_generation_order = [r["train_position"] for r in rows]
+    assert list(sampler) == sorted(range(len(rows)), key=lambda i: kept_in_generation_order[i])
 
 
 class _CrashAtRoundTwo(TrainerCallback):

@@ -25,7 +25,7 @@ commands:
 
 
 def _report(argv: Sequence[str]) -> int:
-    from .reporting import format_round_table
+    from .reporting import format_round_table, format_stop_line
     from .state import SOFTState
 
     if len(argv) != 1 or argv[0].startswith("-"):
@@ -36,6 +36,9 @@ def _report(argv: Sequence[str]) -> int:
         print(f"trl-soft report: no soft_state.json in {argv[0]!r}; is it a SOFT output_dir?", file=sys.stderr)
         return 2
     print(format_round_table(state.history, state.base_metrics))
+    stop = format_stop_line(state)
+    if stop:
+        print(f"\n{stop}")
     if state.stop_reason:
         print(f"\nstopped: {state.stop_reason}")
     return 0

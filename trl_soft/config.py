@@ -11,6 +11,7 @@ they are silent, the help text says "chosen here" and why.
 
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import dataclass, field
 
@@ -21,9 +22,14 @@ PROMPT_SCHEDULES = ("disjoint", "reuse")
 ROUND_INITS = ("previous", "base")
 EXEMPLAR_SAMPLING = ("random", "fixed")
 PROMPT_FORMATS = ("auto", "chat", "plain")
-CURRICULA = ("none", "length")
+CURRICULA = ("none", "length", "heuristic", "perplexity", "column", "custom")
+CURRICULUM_DIRECTIONS = ("ascending", "descending")
 BENCHMARKS = ("truthfulqa_mc1", "truthfulqa_mc2", "hhh")
 FILTER_NAMES = ("too_short", "truncated", "repetition", "exemplar_copy", "templated_refusal")
+HHH_CATEGORIES = ("harmless", "helpful", "honest", "other", "overall")
+DIAGNOSTIC_METRICS = ("sample_entropy", "sample_distinct_1", "sample_distinct_2", "sample_self_bleu", "sample_tokens")
+# Per-round metrics whose direction is known, so `collapse_metric` can name them from a config file.
+LOWER_IS_BETTER = ("validation_nll", "sample_self_bleu", "train_loss")
 
 
 def _choice_error(field_name: str, value: object, choices: tuple[str, ...]) -> ValueError:
@@ -190,9 +196,77 @@ class SOFTConfig(SFTConfig):
     curriculum: str = field(
         default="length",
         metadata={
-            "help": "Order of each round's training data: 'length' (default, SOFT: shorter answers first, easy to "
-            "hard; no shuffling) or 'none' (the usual shuffled order)."
+            "help": "Difficulty scorer that orders each round's training data (no shuffling): 'length' (default, SOFT: "
+            "response tokens), 'heuristic' (log response tokens + 0.5 log prompt tokens + 2 x rare-word rate), "
+            "'perplexity' (SOFT+: perplexity of the response under the model that wrote it, scored before the round "
+            "trains), 'column' (a number per prompt from `curriculum_column` of the prompt dataset), 'custom' (the "
+            "callable passed as `SOFTTrainer(difficulty_scorer=...)`) or 'none' (the usual shuffled order)."
         },
+    )
+    curriculum_direction: str = field(
+        default="ascending",
+        metadata={"help": "'ascending' (default: easy to hard, lowest score first) or 'descending' (hard to easy)."},
+    )
+    curriculum_bucket_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "Shuffle (seeded, the same on every process) inside consecutive buckets of this many examples of "
+            "the sorted order: variety within a difficulty level, easy to hard across levels. Default: no shuffling."
+        },
+    )
+    curriculum_column: str | None = field(
+        default=None,
+        metadata={"help": "Prompt dataset column with a numeric difficulty per prompt; required by `curriculum='column'`."},
+    )
+    curriculum_batch_size: int = field(
+        default=16,
+        metadata={"help": "Pairs per forward pass when the 'perplexity' scorer scores a round (no gradients)."},
+    )
+
+    # ---- Collapse control ----------------------------------------------------------------------------------------
+    collapse_metric: str | None = field(
+        default=None,
+        metadata={
+            "help": "Per-round metric watched by the EarlyCollapseCallback: 'validation_nll', a benchmark metric "
+            "(e.g. 'truthfulqa_mc1', 'hhh_overall'), a diagnostic ('sample_entropy', 'sample_distinct_2', ...) or "
+            "'train_loss'. Default: 'validation_nll' when a validation set is used. 'none' turns early stopping off."
+        },
+    )
+    collapse_greater_is_better: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Direction of `collapse_metric`. Default: known from the name (NLL, self-BLEU and loss: lower is "
+            "better; accuracies, entropy and distinct-n: higher is better)."
+        },
+    )
+    collapse_patience: int = field(
+        default=1,
+        metadata={
+            "help": "Stop after this many rounds in a row whose `collapse_metric` is worse than the best round by more "
+            "than `collapse_threshold` (chosen here: 1, the first worsening round; the paper picks the round count on "
+            "its validation set)."
+        },
+    )
+    collapse_threshold: float = field(
+        default=0.0,
+        metadata={"help": "How much worse than the best a round may be before it counts against `collapse_patience`."},
+    )
+    restore_best_round: bool = field(
+        default=True,
+        metadata={
+            "help": "When the rounds stop early, reload the best round's weights so `final_model/` is the best round "
+            "(round 0, the starting model, included when `evaluate_start`)."
+        },
+    )
+    diagnostics_num_prompts: int = field(
+        default=16,
+        metadata={
+            "help": "Validation prompts the model answers after every round for the collapse diagnostics (token "
+            "entropy, distinct-1/2, self-BLEU, answer length). 0 turns them off."
+        },
+    )
+    diagnostics_max_new_tokens: int = field(
+        default=128, metadata={"help": "Maximum new tokens per diagnostic answer."}
     )
 
     # ---- Validation ------------------------------------------------------------------------------------------------
@@ -237,6 +311,10 @@ class SOFTConfig(SFTConfig):
         # TRL turns bf16 on unless fp16 is set; on a machine without CUDA that is a ~12x slowdown, so default to fp32.
         if self.bf16 is None and not self.fp16 and not torch.cuda.is_available():
             self.bf16 = False
+        # Under `accelerate launch` with several processes and no CUDA, `TrainingArguments` only joins the gloo
+        # process group when `use_cpu` is set; otherwise every process would train alone on the full data.
+        if not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            self.use_cpu = True
         self._validate_soft_fields()
         super().__post_init__()
 
@@ -260,7 +338,39 @@ class SOFTConfig(SFTConfig):
         if self.curriculum not in CURRICULA:
             raise ValueError(
                 f"`curriculum` must be one of {', '.join(repr(c) for c in CURRICULA)}; got {self.curriculum!r}. "
-                "Use 'length' for easy-to-hard by answer length or 'none' to keep the usual shuffled order."
+                "Use 'length' for easy-to-hard by answer length, 'perplexity' for SOFT+, or 'none' to keep the usual "
+                "shuffled order."
+            )
+        if self.curriculum_direction not in CURRICULUM_DIRECTIONS:
+            raise _choice_error("curriculum_direction", self.curriculum_direction, CURRICULUM_DIRECTIONS)
+        if self.curriculum_bucket_size is not None and self.curriculum_bucket_size < 1:
+            raise ValueError(
+                f"`curriculum_bucket_size` must be >= 1 (or unset for no shuffling); got {self.curriculum_bucket_size}."
+            )
+        if self.curriculum == "column" and not self.curriculum_column:
+            raise ValueError(
+                "`curriculum='column'` needs `curriculum_column`: the prompt dataset column that holds each prompt's "
+                "difficulty."
+            )
+        if self.curriculum_batch_size < 1:
+            raise ValueError(f"`curriculum_batch_size` must be >= 1; got {self.curriculum_batch_size}.")
+        if self.collapse_patience < 1:
+            raise ValueError(
+                f"`collapse_patience` must be >= 1 (rounds in a row); got {self.collapse_patience}. To turn early "
+                "stopping off, set `collapse_metric='none'`."
+            )
+        if self.collapse_threshold < 0:
+            raise ValueError(f"`collapse_threshold` must be >= 0; got {self.collapse_threshold}.")
+        if self.diagnostics_num_prompts < 0:
+            raise ValueError(f"`diagnostics_num_prompts` must be >= 0 (0 = off); got {self.diagnostics_num_prompts}.")
+        if self.diagnostics_max_new_tokens < 1:
+            raise ValueError(f"`diagnostics_max_new_tokens` must be >= 1; got {self.diagnostics_max_new_tokens}.")
+        if self.collapse_metric not in (None, "none") and self.collapse_metric not in self.round_metric_names:
+            raise ValueError(
+                f"`collapse_metric={self.collapse_metric!r}` is not produced by any round with this configuration; "
+                f"the rounds produce {sorted(self.round_metric_names)}. (Benchmark metrics need `benchmarks`, "
+                "'validation_nll' needs a validation set, 'sample_*' need `diagnostics_num_prompts` > 0; a metric "
+                "added by your own SOFTCallback is monitored by passing `EarlyCollapseCallback(metric=...)` yourself.)"
             )
         if self.num_exemplars < 0:
             raise ValueError(f"`num_exemplars` must be >= 0 (0 means zero-shot generation); got {self.num_exemplars}.")
@@ -306,6 +416,41 @@ class SOFTConfig(SFTConfig):
             )
 
     @property
+    def validation_enabled(self) -> bool:
+        return (self.validation_path or "").lower() != "none"
+
+    @property
+    def round_metric_names(self) -> set[str]:
+        """Names of the per-round metrics this configuration produces (that `collapse_metric` may watch)."""
+        names = {"train_loss", "kept", "mean_response_tokens"}
+        if self.validation_enabled:
+            names.add("validation_nll")
+            if self.diagnostics_num_prompts > 0:
+                names.update(DIAGNOSTIC_METRICS)
+        for benchmark in self.benchmarks or ():
+            if benchmark == "hhh":
+                names.update(f"hhh_{c}" for c in HHH_CATEGORIES)
+                names.update(f"hhh_acc_norm_{c}" for c in HHH_CATEGORIES)
+            else:
+                names.add(benchmark)
+        return names
+
+    @property
+    def resolved_collapse_metric(self) -> str | None:
+        """The metric the EarlyCollapseCallback watches, or None when early stopping is off."""
+        if self.collapse_metric == "none":
+            return None
+        if self.collapse_metric is None:
+            return "validation_nll" if self.validation_enabled else None
+        return self.collapse_metric
+
+    @property
+    def resolved_collapse_greater_is_better(self) -> bool:
+        if self.collapse_greater_is_better is not None:
+            return self.collapse_greater_is_better
+        return self.resolved_collapse_metric not in LOWER_IS_BETTER
+
+    @property
     def active_filters(self) -> tuple[str, ...]:
         """The filter names in effect: all of them unless `filters` says otherwise."""
         return FILTER_NAMES if self.filters is None else tuple(self.filters)
@@ -335,6 +480,9 @@ class SOFTConfig(SFTConfig):
             "filter_max_repeated_ngram_fraction",
             "filter_max_exemplar_overlap",
             "curriculum",
+            "curriculum_direction",
+            "curriculum_bucket_size",
+            "curriculum_column",
             "validation_path",
             "benchmarks",
             "benchmark_limit",

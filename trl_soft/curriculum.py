@@ -1,26 +1,148 @@
-"""Easy-to-hard ordering of a round's training data.
+"""Easy-to-hard ordering of a round's training data: difficulty scorers and the order they induce.
 
-A difficulty scorer maps each (prompt, response) to a number; the round's examples are then trained in ascending
-order of that number, with no shuffling. SOFT orders by a length heuristic: short answers are the easy ones.
+A difficulty scorer maps each kept (prompt, response) pair of a round to a number, higher meaning harder. Every
+scorer has the same interface, `scorer(prompts, responses, context) -> scores`, so the built-in ones and a user's
+callable are interchangeable:
+
+- `length` (SOFT): response tokens. Short answers are the easy ones.
+- `heuristic`: `log(1 + response tokens) + 0.5 * log(1 + prompt tokens) + 2 * rare-word rate`, where a response
+  word is *rare* when the tokenizer has no single token for it (it is split into pieces). Longer answers to longer
+  prompts with more unusual vocabulary come later.
+- `perplexity` (SOFT+): perplexity of the response given its engraving prompt (no principles, no exemplars) under
+  the model that generated it, i.e. before the round trains. Answers the model already finds natural come first.
+- `column`: a number per prompt taken from a column of the prompt dataset (difficulty known in advance).
+- `custom`: a callable passed to `SOFTTrainer(difficulty_scorer=...)`.
+
+`curriculum_order` turns the scores into the training order: ascending (easy to hard) by default, optionally
+descending, and optionally shuffled inside consecutive difficulty buckets of a fixed size with a fixed seed (some
+variety inside a difficulty level while keeping the overall progression). The order depends only on the scores, the
+direction, the bucket size and the seed, so every process computes the same one.
 """
 
 from __future__ import annotations
 
+import math
+import random
+import re
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
-from transformers import PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-Scorer = Callable[[Sequence[str], Sequence[str], PreTrainedTokenizerBase], list[float]]
+from .evaluation.likelihood import score_completions
+from .prompting import Exemplar, PromptFormatter
+
+# Weights of the `heuristic` scorer (see the module docstring).
+HEURISTIC_PROMPT_WEIGHT = 0.5
+HEURISTIC_RARE_WORD_WEIGHT = 2.0
+_WORD = re.compile(r"[A-Za-z]+")
 
 
-def length_scores(prompts: Sequence[str], responses: Sequence[str], tokenizer: PreTrainedTokenizerBase) -> list[float]:
+@dataclass
+class ScoringContext:
+    """What a scorer may need besides the texts. Built by the trainer once per round."""
+
+    tokenizer: PreTrainedTokenizerBase
+    model: PreTrainedModel | None = None
+    formatter: PromptFormatter | None = None
+    engraving_shot: Exemplar | None = None
+    batch_size: int = 8
+    prompt_indices: Sequence[int] = ()  # row of each pair's prompt in the prompt dataset
+    prompt_dataset: Any = None
+    column: str | None = None
+    cache: dict[str, Any] = field(default_factory=dict)
+
+
+Scorer = Callable[[Sequence[str], Sequence[str], ScoringContext], Sequence[float]]
+
+
+def _num_tokens(tokenizer: PreTrainedTokenizerBase, text: str) -> int:
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def length_scores(prompts: Sequence[str], responses: Sequence[str], context: ScoringContext) -> list[float]:
     """Difficulty = number of response tokens."""
-    return [float(len(tokenizer(r, add_special_tokens=False)["input_ids"])) for r in responses]
+    return [float(_num_tokens(context.tokenizer, r)) for r in responses]
 
 
-SCORERS: dict[str, Scorer] = {"length": length_scores}
+def rare_word_rate(text: str, tokenizer: PreTrainedTokenizerBase, memo: dict[str, bool] | None = None) -> float:
+    """Fraction of the words of `text` that the tokenizer cannot write as one token (with a leading space)."""
+    words = [w.lower() for w in _WORD.findall(text)]
+    if not words:
+        return 0.0
+    memo = {} if memo is None else memo
+    rare = 0
+    for word in words:
+        if word not in memo:
+            memo[word] = _num_tokens(tokenizer, " " + word) > 1
+        rare += memo[word]
+    return rare / len(words)
 
 
-def curriculum_order(scores: Sequence[float], descending: bool = False) -> list[int]:
-    """Indices from easiest to hardest (ties keep their original order, so the order is deterministic)."""
-    return sorted(range(len(scores)), key=lambda i: (-scores[i] if descending else scores[i], i))
+def heuristic_scores(prompts: Sequence[str], responses: Sequence[str], context: ScoringContext) -> list[float]:
+    """Difficulty = log1p(response tokens) + 0.5 log1p(prompt tokens) + 2 * rare-word rate of the response."""
+    memo = context.cache.setdefault("rare_words", {})
+    scores = []
+    for prompt, response in zip(prompts, responses):
+        scores.append(
+            math.log1p(_num_tokens(context.tokenizer, response))
+            + HEURISTIC_PROMPT_WEIGHT * math.log1p(_num_tokens(context.tokenizer, prompt))
+            + HEURISTIC_RARE_WORD_WEIGHT * rare_word_rate(response, context.tokenizer, memo)
+        )
+    return scores
+
+
+def perplexity_scores(prompts: Sequence[str], responses: Sequence[str], context: ScoringContext) -> list[float]:
+    """Difficulty = exp(mean NLL per token) of the response given its engraving prompt, batched, no gradients.
+
+    The pairs are rendered exactly as the round will train on them, scored by `context.model` (the model that wrote
+    them), and sharded across processes like every other scoring pass.
+    """
+    if context.model is None or context.formatter is None:
+        raise ValueError("The `perplexity` scorer needs the model and the prompt formatter in its ScoringContext.")
+    pairs = [context.formatter.engraving_texts(p, r, context.engraving_shot) for p, r in zip(prompts, responses)]
+    scores = score_completions(context.model, context.tokenizer, pairs, batch_size=context.batch_size)
+    return [math.exp(s.nll_per_token) for s in scores]
+
+
+def column_scores(prompts: Sequence[str], responses: Sequence[str], context: ScoringContext) -> list[float]:
+    """Difficulty = the value of `context.column` in the prompt dataset row each pair was generated from."""
+    if context.prompt_dataset is None or context.column is None:
+        raise ValueError("The `column` scorer needs the prompt dataset and `curriculum_column` in its ScoringContext.")
+    values = context.prompt_dataset[context.column]
+    return [float(values[i]) for i in context.prompt_indices]
+
+
+SCORERS: dict[str, Scorer] = {
+    "length": length_scores,
+    "heuristic": heuristic_scores,
+    "perplexity": perplexity_scores,
+    "column": column_scores,
+}
+
+
+def check_scores(scores: Sequence[float], expected: int, name: str) -> list[float]:
+    """Scores must be one finite number per pair; a scorer that returns anything else is a bug worth naming."""
+    scores = list(scores)
+    if len(scores) != expected:
+        raise ValueError(f"Difficulty scorer {name!r} returned {len(scores)} scores for {expected} examples.")
+    bad = [i for i, s in enumerate(scores) if not isinstance(s, (int, float)) or not math.isfinite(s)]
+    if bad:
+        raise ValueError(f"Difficulty scorer {name!r} returned non-finite or non-numeric scores at positions {bad[:5]}.")
+    return [float(s) for s in scores]
+
+
+def curriculum_order(
+    scores: Sequence[float], descending: bool = False, bucket_size: int | None = None, seed: int = 0
+) -> list[int]:
+    """Indices in training order: sorted by score (ties keep their original order), then, with `bucket_size`, each
+    consecutive run of `bucket_size` indices shuffled with a generator seeded by `seed`."""
+    order = sorted(range(len(scores)), key=lambda i: (-scores[i] if descending else scores[i], i))
+    if bucket_size and bucket_size > 1:
+        rng = random.Random(seed)
+        for start in range(0, len(order), bucket_size):
+            bucket = order[start : start + bucket_size]
+            rng.shuffle(bucket)
+            order[start : start + bucket_size] = bucket
+    return order

@@ -250,6 +250,13 @@ class PromptFormatter:
         prefix = f"{PLAIN_USER_TAG} {shot.prompt}\n{PLAIN_ASSISTANT_TAG} {shot.response}\n\n" if shot else ""
         return {"prompt": f"{prefix}{PLAIN_USER_TAG} {user_prompt}\n{PLAIN_ASSISTANT_TAG}", "completion": f" {response}"}
 
+    def engraving_prompt(self, user_prompt: str, shot: Exemplar | None = None) -> str:
+        """The engraving prompt as text, awaiting an answer: how the trained model is asked (no principles)."""
+        example = self.engraving_example(user_prompt, "", shot)
+        if not self.uses_chat:
+            return example["prompt"]
+        return self.tokenizer.apply_chat_template(example["prompt"], tokenize=False, add_generation_prompt=True)
+
     def engraving_texts(self, user_prompt: str, response: str, shot: Exemplar | None = None) -> tuple[str, str]:
         """The engraving example as (prompt text, completion text), exactly as training tokenizes it; for scoring."""
         example = self.engraving_example(user_prompt, response, shot)

@@ -26,14 +26,15 @@ from typing import Any
 
 import torch
 from datasets import Dataset
-from torch.utils.data import SequentialSampler
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, TrainerCallback
 from transformers.trainer_utils import TrainOutput, get_last_checkpoint
 from trl import SFTTrainer
 
+from .callbacks import EarlyCollapseCallback, RoundControl, SOFTCallback
 from .config import SOFTConfig
-from .curriculum import SCORERS, curriculum_order
+from .curriculum import SCORERS, Scorer, ScoringContext, check_scores, curriculum_order
 from .data import ValidationPair, check_prompt_column, load_validation_set, split_rounds
+from .diagnostics import collapse_diagnostics
 from .distributed import is_main_process, wait_for_everyone
 from .evaluation import validation_nll
 from .evaluation.benchmarks import BenchmarkSuite
@@ -41,7 +42,8 @@ from .filters import Candidate, FilterSettings, apply_filters
 from .generation import GenerationSettings, generate_completions
 from .models import check_model_path, resolve_model_path
 from .prompting import Exemplar, ExemplarSampler, Principles, PromptFormatter, load_exemplars, load_principles
-from .reporting import format_round_table
+from .reporting import format_round_table, format_stop_line
+from .sampler import DIFFICULTY_COLUMN, CurriculumSampler
 from .state import (
     SOFTState,
     atomic_write_json,
@@ -75,6 +77,10 @@ class SOFTTrainer(SFTTrainer):
         train_dataset: the **prompt** dataset: a `Dataset` with a text column `args.prompt_column`. The training
             examples of each round are generated from it.
         principles, exemplars, validation_set: override the files named in `args` (default: the shipped assets).
+        difficulty_scorer: with `args.curriculum='custom'`, a callable `(prompts, responses, context) -> scores`
+            (higher = harder; `context` is a `trl_soft.curriculum.ScoringContext`) that orders each round's data.
+        callbacks: as for `SFTTrainer`; `SOFTCallback`s also get the round events. Unless one is given, an
+            `EarlyCollapseCallback` is added from the `collapse_*` fields of `args`.
         Everything else is passed to `SFTTrainer`.
     """
 
@@ -99,6 +105,7 @@ class SOFTTrainer(SFTTrainer):
         principles: Principles | None = None,
         exemplars: Sequence[Exemplar] | None = None,
         validation_set: Sequence[ValidationPair] | None = None,
+        difficulty_scorer: Scorer | None = None,
         **kwargs,
     ):
         if args is None:
@@ -122,6 +129,8 @@ class SOFTTrainer(SFTTrainer):
             list(validation_set) if validation_set is not None else load_validation_set(args.validation_path)
         )
         self.benchmark_suite = BenchmarkSuite.load(args.benchmarks, args.benchmark_data_dir, args.benchmark_limit)
+        self.difficulty_scorer = self._check_curriculum(args, train_dataset, difficulty_scorer)
+        callbacks = self._soft_callbacks(args, callbacks)
         if isinstance(model, str):
             check_model_path(model)
         self.prompt_dataset = train_dataset
@@ -198,6 +207,56 @@ class SOFTTrainer(SFTTrainer):
                 "pass `overwrite_output_dir=True` (`--overwrite_output_dir`) to replace it."
             )
 
+    def _check_curriculum(self, args: SOFTConfig, prompts: Dataset, scorer: Scorer | None) -> Scorer | None:
+        """The difficulty scorer of this run, after checking that what it reads exists."""
+        if args.curriculum == "custom":
+            if scorer is None or not callable(scorer):
+                raise ValueError(
+                    "`curriculum='custom'` needs `SOFTTrainer(difficulty_scorer=...)`: a callable "
+                    "(prompts, responses, context) -> one difficulty per pair (higher = harder)."
+                )
+            return scorer
+        if scorer is not None:
+            raise ValueError(
+                f"A `difficulty_scorer` was passed but `curriculum={args.curriculum!r}`; set `curriculum='custom'` to "
+                "use it."
+            )
+        if args.curriculum == "column":
+            column = args.curriculum_column
+            if column not in prompts.column_names:
+                raise ValueError(
+                    f"`curriculum_column={column!r}` is not a column of the prompt dataset (columns: "
+                    f"{prompts.column_names}). Add a numeric difficulty column or pick another `curriculum`."
+                )
+            bad = [i for i, v in enumerate(prompts[column]) if not isinstance(v, (int, float)) or isinstance(v, bool)]
+            if bad:
+                raise ValueError(
+                    f"`curriculum_column={column!r}` must hold a number for every prompt; rows {bad[:5]} do not."
+                )
+        return SCORERS.get(args.curriculum)
+
+    def _soft_callbacks(self, args: SOFTConfig, callbacks: list[TrainerCallback] | None) -> list[TrainerCallback]:
+        """The user's callbacks plus the config's EarlyCollapseCallback; every watched metric must be produced."""
+        callbacks = list(callbacks or [])
+        watchers = [c for c in callbacks if isinstance(c, EarlyCollapseCallback)]
+        if not watchers and args.resolved_collapse_metric is not None:
+            callbacks.append(EarlyCollapseCallback.from_config(args))
+            watchers = callbacks[-1:]
+        produced = set(args.round_metric_names)
+        for callback in callbacks:
+            if isinstance(callback, SOFTCallback):
+                produced.update(callback.provides_metrics)
+        if not self.validation_set:
+            produced -= {"validation_nll", *(m for m in produced if m.startswith("sample_"))}
+        for watcher in watchers:
+            if watcher.metric not in produced:
+                raise ValueError(
+                    f"EarlyCollapseCallback watches {watcher.metric!r}, which no round of this run produces "
+                    f"(they produce {sorted(produced)}). Set `collapse_metric` to one of those, or 'none' to turn "
+                    "early stopping off."
+                )
+        return callbacks
+
     # ---- the round loop -------------------------------------------------------------------------------------------
     def _open_state(self, resume: bool) -> SOFTState:
         existing = SOFTState.load(self.soft_output_dir)
@@ -235,33 +294,51 @@ class SOFTTrainer(SFTTrainer):
         state = self._open_state(resume)
         self.soft_state = state
         base_weights = self._trainable_snapshot() if args.round_init == "base" else None
-        if state.rounds_completed > 0:
+        if state.stopped_early:
+            self._load_round_weights(state.final_round)  # a finished early-stopped run: only the final save remains
+        elif state.rounds_completed > 0:
             self._load_round_weights(state.rounds_completed)
-        if state.rounds_completed == 0 and args.evaluate_start and (self.validation_set or self.benchmark_suite):
-            state.base_metrics = {"round": 0, **self._evaluate()}
-            if is_main_process():
-                state.save(self.soft_output_dir)
+        if state.rounds_completed == 0:
+            if any(getattr(c, "requires_start_weights", False) for c in self._soft_callback_list()):
+                self._save_atomically(round_paths(self.soft_output_dir, 0).model)  # a stop may restore round 0
+            if args.evaluate_start and (self.validation_set or self.benchmark_suite):
+                state.base_metrics = {"round": 0, **self._evaluate()}
+                if is_main_process():
+                    state.save(self.soft_output_dir)
+        for callback in self._soft_callback_list():
+            callback.on_soft_begin(args, state)
 
         output = TrainOutput(global_step=0, training_loss=float("nan"), metrics={})
-        for round_index in range(state.rounds_completed + 1, args.num_rounds + 1):
-            output = self._run_round(round_index, state, resume, base_weights)
+        first = args.num_rounds + 1 if state.stopped_early else state.rounds_completed + 1
+        for round_index in range(first, args.num_rounds + 1):
+            output, control = self._run_round(round_index, state, resume, base_weights)
+            if control.should_stop:
+                if control.restore_round is not None and control.restore_round != round_index:
+                    self._load_round_weights(control.restore_round)
+                break
 
         final_dir = self.soft_output_dir / "final_model"
         self._save_atomically(final_dir)
-        state.final_round = state.rounds_completed
+        if state.final_round is None or not state.stopped_early:
+            state.final_round = state.rounds_completed
         args.output_dir = str(final_dir)  # the model card belongs next to the final weights
         if is_main_process():
             state.save(self.soft_output_dir)
             self.create_model_card(model_name=self.soft_output_dir.name)
             table = format_round_table(state.history, state.base_metrics)
-            atomic_write_text(self.soft_output_dir / "summary.md", table + "\n")
-            print(f"\nSOFT summary ({state.rounds_completed} rounds, {self.soft_output_dir}):\n{table}\n", flush=True)
+            stop = format_stop_line(state)
+            atomic_write_text(self.soft_output_dir / "summary.md", table + "\n" + (f"\n{stop}\n" if stop else ""))
+            print(f"\nSOFT summary ({state.rounds_completed} rounds, {self.soft_output_dir}):\n{table}\n{stop}\n",
+                  flush=True)
         wait_for_everyone()
         return TrainOutput(output.global_step, output.training_loss, {"soft_history": state.history})
 
+    def _soft_callback_list(self) -> list[SOFTCallback]:
+        return [c for c in self.callback_handler.callbacks if isinstance(c, SOFTCallback)]
+
     def _run_round(
         self, round_index: int, state: SOFTState, resume: bool, base_weights: dict[str, torch.Tensor] | None
-    ) -> TrainOutput:
+    ) -> tuple[TrainOutput, RoundControl]:
         args = self.args
         paths = round_paths(self.soft_output_dir, round_index)
         timings: dict[str, float] = {}
@@ -276,7 +353,7 @@ class SOFTTrainer(SFTTrainer):
             wait_for_everyone()
         timings.setdefault("seconds_generate", time.perf_counter() - started)
 
-        kept = sorted((r for r in rows if r["kept"]), key=lambda r: r["train_position"])
+        kept = [r for r in rows if r["kept"]]  # generation order; the sampler applies the curriculum
         reasons: dict[str, int] = {}
         for row in rows:
             if row["filter_reason"]:
@@ -288,11 +365,13 @@ class SOFTTrainer(SFTTrainer):
                 "raise `generation_max_new_tokens`, then rerun with --resume."
             )
 
-        dataset = Dataset.from_list(
-            [self.formatter.engraving_example(r["prompt"], r["response"], self.engraving_shot) for r in kept]
-        )
+        examples = [self.formatter.engraving_example(r["prompt"], r["response"], self.engraving_shot) for r in kept]
+        if args.curriculum != "none":
+            for example, row in zip(examples, kept):
+                example[DIFFICULTY_COLUMN] = row["difficulty"]
+        self._round_index = round_index
         self.train_dataset = self._prepare_dataset(
-            dataset, self.processing_class, args, args.packing, None, f"round {round_index}"
+            Dataset.from_list(examples), self.processing_class, args, args.packing, None, f"round {round_index}"
         )
         if base_weights is not None:
             self._restore_trainable(base_weights)
@@ -317,35 +396,42 @@ class SOFTTrainer(SFTTrainer):
             **evaluation,
             **{k: round(v, 3) for k, v in timings.items()},
         }
+        callbacks = self._soft_callback_list()
+        for callback in callbacks:
+            callback.on_round_metrics(args, round_index, metrics, model=self.model, trainer=self)
+        control = RoundControl()
+        for callback in callbacks:
+            callback.on_round_end(args, round_index, metrics, control, model=self.model, trainer=self)
+        if control.should_stop:
+            metrics["stop_reason"] = control.stop_reason
+            state.stopped_early = True
+            state.stop_reason = control.stop_reason
+            state.final_round = control.restore_round if control.restore_round is not None else round_index
+        state.record_round(metrics)
         if is_main_process():
             atomic_write_json(paths.metrics, metrics)
-            state.record_round(metrics)
-            state.save(self.soft_output_dir)
-        else:
-            state.record_round(metrics)
+            state.save(self.soft_output_dir)  # the stop is on disk before any weights are swapped
         wait_for_everyone()
         self.log({f"soft/{k}": v for k, v in metrics.items() if isinstance(v, (int, float)) and v is not None})
-        return output
+        if control.should_stop and is_main_process():
+            print(f"\nSOFT: stopping after round {round_index}: {control.stop_reason}.", flush=True)
+        return output, control
 
     def _generate_round(self, round_index: int, timings: dict[str, float]) -> list[dict[str, Any]]:
-        """Answer this round's prompts few-shot, filter the answers and give the kept ones their training order."""
+        """Answer this round's prompts few-shot, filter the answers and score the kept ones' difficulty."""
         args = self.args
         indices = self.round_prompt_indices[round_index - 1]
         prompts = [self.prompt_dataset[args.prompt_column][i] for i in indices]
         exemplar_sets = [self.exemplar_sampler.sample(round_index, i) for i in indices]
         texts = [self.formatter.generation_prompt(p, ex) for p, ex in zip(prompts, exemplar_sets)]
-        settings = GenerationSettings(
-            max_new_tokens=args.generation_max_new_tokens,
-            temperature=args.generation_temperature,
-            top_p=args.generation_top_p,
-            batch_size=args.generation_batch_size,
-            stop_strings=self.formatter.stop_strings,
-            seed=args.seed + round_index,
-            prefix_cache=args.generation_prefix_cache,
-        )
         started = time.perf_counter()
         results = generate_completions(
-            self.model, self.processing_class, texts, settings, self.accelerator, desc=f"Round {round_index}: generate"
+            self.model,
+            self.processing_class,
+            texts,
+            self._generation_settings(args.generation_max_new_tokens, args.seed + round_index),
+            self.accelerator,
+            desc=f"Round {round_index}: generate",
         )
         timings["seconds_generate"] = time.perf_counter() - started
 
@@ -362,18 +448,24 @@ class SOFTTrainer(SFTTrainer):
         )
         reasons, _ = apply_filters(candidates, args.active_filters, filter_settings)
         kept_positions = [k for k, reason in enumerate(reasons) if reason is None]
+        timings["seconds_filter"] = time.perf_counter() - started
+
+        started = time.perf_counter()
         difficulty: dict[int, float] = {}
         train_position: dict[int, int] = {}
-        if args.curriculum != "none" and kept_positions:
-            scores = SCORERS[args.curriculum](
-                [prompts[k] for k in kept_positions], [responses[k] for k in kept_positions], self.processing_class
+        if self.difficulty_scorer is not None and kept_positions:
+            scores = self._score_difficulty(
+                [prompts[k] for k in kept_positions],
+                [responses[k] for k in kept_positions],
+                [indices[k] for k in kept_positions],
             )
             difficulty = dict(zip(kept_positions, scores))
-            order = curriculum_order(scores)
+            # The order the CurriculumSampler will produce from these scores (same function, same seed).
+            order = curriculum_order(
+                scores, args.curriculum_direction == "descending", args.curriculum_bucket_size, args.seed + round_index
+            )
             train_position = {kept_positions[j]: rank for rank, j in enumerate(order)}
-        else:
-            train_position = {k: rank for rank, k in enumerate(kept_positions)}
-        timings["seconds_filter_order"] = time.perf_counter() - started
+        timings["seconds_score"] = time.perf_counter() - started
 
         return [
             {
@@ -392,6 +484,35 @@ class SOFTTrainer(SFTTrainer):
             for k in range(len(indices))
         ]
 
+    def _generation_settings(self, max_new_tokens: int, seed: int) -> GenerationSettings:
+        args = self.args
+        return GenerationSettings(
+            max_new_tokens=max_new_tokens,
+            temperature=args.generation_temperature,
+            top_p=args.generation_top_p,
+            batch_size=args.generation_batch_size,
+            stop_strings=self.formatter.stop_strings,
+            seed=seed,
+            prefix_cache=args.generation_prefix_cache,
+        )
+
+    def _score_difficulty(self, prompts: list[str], responses: list[str], prompt_indices: list[int]) -> list[float]:
+        """The curriculum scorer on the kept pairs, with the model that generated them (before this round trains)."""
+        context = ScoringContext(
+            tokenizer=self.processing_class,
+            model=self.model,
+            formatter=self.formatter,
+            engraving_shot=self.engraving_shot,
+            batch_size=self.args.curriculum_batch_size,
+            prompt_indices=prompt_indices,
+            prompt_dataset=self.prompt_dataset,
+            column=self.args.curriculum_column,
+        )
+        name = self.args.curriculum if self.args.curriculum != "custom" else getattr(
+            self.difficulty_scorer, "__name__", "custom"
+        )
+        return check_scores(self.difficulty_scorer(prompts, responses, context), len(prompts), name)
+
     def create_model_card(self, model_name=None, dataset_name=None, tags=None):
         """TRL's model card, plus the SOFT settings and the round table of this run."""
         super().create_model_card(model_name=model_name, dataset_name=dataset_name, tags=tags)
@@ -400,10 +521,12 @@ class SOFTTrainer(SFTTrainer):
         card = Path(self.args.output_dir) / "README.md"
         settings = ", ".join(f"`{k}={v}`" for k, v in self.args.soft_fields.items() if v is not None)
         table = format_round_table(self.soft_state.history, self.soft_state.base_metrics)
+        stop = format_stop_line(self.soft_state)
         section = (
             f"\n## SOFT rounds\n\nTrained with trl-soft for {self.soft_state.rounds_completed} round(s). Round 0 is "
             "the starting model; `val NLL` is the mean negative log-likelihood per token of the reference answers of "
-            f"the validation set (lower is better).\n\n{table}\n\nSettings: {settings}\n"
+            f"the validation set (lower is better).\n\n{table}\n\n{stop + chr(10) + chr(10) if stop else ''}"
+            f"Settings: {settings}\n"
         )
         with open(card, "a", encoding="utf-8") as handle:
             handle.write(section)
@@ -416,22 +539,45 @@ class SOFTTrainer(SFTTrainer):
         return super().push_to_hub(*args, **kwargs)
 
     def _get_train_sampler(self, train_dataset=None):
-        """With a curriculum on, the round dataset is already in easy-to-hard order: keep it (no shuffling)."""
-        if self.args.curriculum != "none":
-            dataset = train_dataset if train_dataset is not None else self.train_dataset
-            return SequentialSampler(dataset)
+        """With a curriculum on, a `CurriculumSampler` over the difficulty scores of the round dataset.
+
+        The scores are read from `self.train_dataset`: the `train_dataset` handed in here has been pruned to the
+        model's input columns already.
+        """
+        if self.args.curriculum != "none" and DIFFICULTY_COLUMN in (self.train_dataset.column_names or []):
+            return CurriculumSampler.from_dataset(
+                self.train_dataset,
+                descending=self.args.curriculum_direction == "descending",
+                bucket_size=self.args.curriculum_bucket_size,
+                seed=self.args.seed + getattr(self, "_round_index", 0),
+            )
         return super()._get_train_sampler(train_dataset)
 
     # ---- weights ------------------------------------------------------------------------------------------------------
     def _evaluate(self) -> dict[str, Any]:
-        """Validation NLL and the configured benchmarks for the current weights, with their timings."""
+        """Validation NLL, collapse diagnostics and the configured benchmarks for the current weights, timed."""
+        args = self.args
         metrics: dict[str, Any] = {}
         started = time.perf_counter()
         if self.validation_set:
             metrics["validation_nll"] = validation_nll(
-                self.model, self.formatter, self.validation_set, self.args.validation_batch_size
+                self.model, self.formatter, self.validation_set, args.validation_batch_size
             )
         metrics["seconds_validate"] = round(time.perf_counter() - started, 3)
+        if self.validation_set and args.diagnostics_num_prompts > 0:
+            started = time.perf_counter()
+            prompts = [pair.prompt for pair in self.validation_set[: args.diagnostics_num_prompts]]
+            metrics.update(
+                collapse_diagnostics(
+                    self.model,
+                    self.formatter,
+                    prompts,
+                    self._generation_settings(args.diagnostics_max_new_tokens, args.seed),
+                    self.accelerator,
+                    batch_size=args.validation_batch_size,
+                )
+            )
+            metrics["seconds_diagnostics"] = round(time.perf_counter() - started, 3)
         if self.benchmark_suite:
             started = time.perf_counter()
             metrics.update(self.benchmark_suite.evaluate(self.model, self.processing_class))

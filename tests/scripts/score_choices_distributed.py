@@ -3,13 +3,16 @@ tiny random Llama and write the results (from the main process) to the JSON path
 
 import json
 import sys
+from pathlib import Path
 
-import torch
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import AutoTokenizer
 
-from trl_soft.distributed import process_state
-from trl_soft.evaluation.likelihood import score_completions
-from trl_soft.evaluation.multiple_choice import ChoiceRequest, score_choices
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from tests.conftest import make_tiny_llama  # noqa: E402
+from trl_soft.distributed import process_state  # noqa: E402
+from trl_soft.evaluation.likelihood import score_completions  # noqa: E402
+from trl_soft.evaluation.multiple_choice import ChoiceRequest, score_choices  # noqa: E402
 
 REQUESTS = [
     ChoiceRequest(f"Q: question number {i} about things?\nA:", tuple(f" answer {j} to {i}" for j in range(i % 3 + 2)))
@@ -18,17 +21,10 @@ REQUESTS = [
 PAIRS = [(f"Prompt {i}:", f" completion number {i}") for i in range(5)]
 
 
-def tiny_model(tokenizer):
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, pad_token_id=tokenizer.pad_token_id)
-    return LlamaForCausalLM(config)
-
-
 def main(output: str, tokenizer_path: str) -> None:
     state = process_state()
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
-    model = tiny_model(tokenizer)
+    model = make_tiny_llama(tokenizer)
     choices = score_choices(model, tokenizer, REQUESTS, max_batch=2)
     completions = [s.log_likelihood for s in score_completions(model, tokenizer, PAIRS, batch_size=2)]
     if state.is_main_process:

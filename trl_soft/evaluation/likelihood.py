@@ -21,6 +21,11 @@ from ..distributed import map_sharded
 class CompletionScore:
     log_likelihood: float
     num_tokens: int
+    entropy: float | None = None  # summed over the completion's positions, when asked for
+
+    @property
+    def mean_entropy(self) -> float | None:
+        return None if self.entropy is None else self.entropy / max(self.num_tokens, 1)
 
     @property
     def nll_per_token(self) -> float:
@@ -38,7 +43,11 @@ def tokenize_pair(tokenizer: PreTrainedTokenizerBase, prompt: str, completion: s
 
 @torch.no_grad()
 def _score_shard(
-    model: PreTrainedModel, pairs: list[tuple[list[int], list[int]]], batch_size: int, pad_id: int
+    model: PreTrainedModel,
+    pairs: list[tuple[list[int], list[int]]],
+    batch_size: int,
+    pad_id: int,
+    with_entropy: bool = False,
 ) -> list[CompletionScore]:
     device = next(model.parameters()).device
     order = sorted(range(len(pairs)), key=lambda i: -(len(pairs[i][0]) + len(pairs[i][1])))
@@ -58,8 +67,12 @@ def _score_shard(
             # logits at position p predict token p+1
             positions = torch.arange(prompt_len - 1, prompt_len + completion_len - 1, device=logits.device)
             targets = torch.tensor(pairs[i][1], device=logits.device)
-            log_probs = torch.log_softmax(logits[row, positions], dim=-1).gather(1, targets[:, None]).squeeze(1)
-            scores[i] = CompletionScore(float(log_probs.sum()), completion_len)
+            all_log_probs = torch.log_softmax(logits[row, positions], dim=-1)
+            log_probs = all_log_probs.gather(1, targets[:, None]).squeeze(1)
+            entropy = None
+            if with_entropy:  # entropy of the model's next-token distribution at each completion position
+                entropy = float(-(all_log_probs.exp() * all_log_probs).sum())
+            scores[i] = CompletionScore(float(log_probs.sum()), completion_len, entropy)
     return scores  # type: ignore[return-value]
 
 
@@ -68,8 +81,12 @@ def score_completions(
     tokenizer: PreTrainedTokenizerBase,
     pairs: Sequence[tuple[str, str]],
     batch_size: int = 8,
+    with_entropy: bool = False,
 ) -> list[CompletionScore]:
-    """Log-likelihood of each completion given its prompt, in input order (eval mode restored afterwards)."""
+    """Log-likelihood of each completion given its prompt, in input order (eval mode restored afterwards).
+
+    With `with_entropy`, also the summed entropy of the model's predictive distribution over the completion's
+    positions (how sharp the model is where it wrote those tokens)."""
     tokenized = []
     for index, (prompt, completion) in enumerate(pairs):
         prompt_ids, completion_ids = tokenize_pair(tokenizer, prompt, completion)
@@ -80,6 +97,6 @@ def score_completions(
     was_training = model.training
     model.eval()
     try:
-        return map_sharded(tokenized, lambda shard: _score_shard(model, shard, batch_size, pad_id))
+        return map_sharded(tokenized, lambda shard: _score_shard(model, shard, batch_size, pad_id, with_entropy))
     finally:
         model.train(was_training)
