@@ -1,15 +1,18 @@
 """The SOFT paper's comparison on one model and one prompt budget, with TruthfulQA and HHH after every round.
 
     python benchmarks/bench_alignment.py --data_dir ../shared/data --prompts 48 --rounds 2 --eval_limit 15
+    python benchmarks/bench_alignment.py --arms soft soft_plus --prompts 96 --rounds 6   # where does it stop?
 
 Arms (all LoRA on the embedded SmolLM2-135M-Instruct, the same prompts, seed and training settings):
 - base: the starting model, no training;
 - self_align: single-round Self-Align: one round on all the prompts, one fixed set of exemplars, no curriculum;
-- soft: SOFT: `--rounds` rounds on fresh chunks of the same prompts, exemplars drawn per prompt, length curriculum.
-(SOFT+, the perplexity curriculum, joins when it lands.)
+- soft: SOFT: `--rounds` rounds on fresh chunks of the same prompts, exemplars drawn per prompt, length curriculum;
+- soft_plus: SOFT+: as SOFT, with the perplexity curriculum.
+The multi-round arms run with the EarlyCollapseCallback on the validation NLL (`--collapse_patience`, 0 = off), so
+a long run shows where and why it stops; the final model is then the best round.
 
-Writes `results.json`, `results.md` (one row per arm and round) and `results.png` (metrics over rounds) into
-`--output_dir`.
+Writes `results.json`, `results.md` (one row per arm and round, with the collapse diagnostics, and each arm's stop
+point) and `results.png` (metrics over rounds, every arm starting from the base model) into `--output_dir`.
 """
 
 from __future__ import annotations
@@ -35,7 +38,12 @@ METRICS = (
     ("hhh_overall", "HHH overall"),
     ("hhh_acc_norm_overall", "HHH norm"),
     ("validation_nll", "val NLL"),
+    ("sample_entropy", "entropy"),
+    ("sample_distinct_2", "distinct-2"),
+    ("sample_self_bleu", "self-BLEU"),
 )
+ARMS = ("self_align", "soft", "soft_plus")
+CURRICULUM = {"self_align": "none", "soft": "length", "soft_plus": "perplexity"}
 
 
 def arm_config(name: str, args, output_dir: Path, evaluate_start: bool) -> SOFTConfig:
@@ -46,7 +54,9 @@ def arm_config(name: str, args, output_dir: Path, evaluate_start: bool) -> SOFTC
         num_rounds=1 if single_round else args.rounds,
         prompts_per_round=args.prompts if single_round else args.prompts // args.rounds,
         exemplar_sampling="fixed" if single_round else "random",
-        curriculum="none" if single_round else "length",
+        curriculum=CURRICULUM[name],
+        collapse_metric="validation_nll" if args.collapse_patience else "none",
+        collapse_patience=max(args.collapse_patience, 1),
         num_exemplars=args.num_exemplars,
         generation_max_new_tokens=args.max_new_tokens,
         generation_batch_size=16,
@@ -83,7 +93,8 @@ def markdown(rows: list[dict]) -> str:
     body = []
     for row in rows:
         cells = [f"{row[key]:.4f}" if isinstance(row.get(key), float) else "-" for key, _ in METRICS]
-        body.append(f"| {row['arm']} | {row['round']} | " + " | ".join(cells) + " |")
+        round_cell = f"{row['round']}{' (final)' if row.get('final') else ''}"
+        body.append(f"| {row['arm']} | {round_cell} | " + " | ".join(cells) + " |")
     return "\n".join([header, rule, *body])
 
 
@@ -93,17 +104,22 @@ def plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = ["truthfulqa_mc1", "truthfulqa_mc2", "hhh_overall", "validation_nll"]
-    figure, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.4))
-    for axis, key in zip(axes, keys):
-        for arm in dict.fromkeys(r["arm"] for r in rows):
-            points = [(r["round"], r[key]) for r in rows if r["arm"] == arm and key in r]
+    keys = ["truthfulqa_mc1", "truthfulqa_mc2", "hhh_overall", "validation_nll", "sample_entropy", "sample_distinct_2"]
+    figure, axes = plt.subplots(2, 3, figsize=(13, 6.8))
+    base = next((r for r in rows if r["arm"] == "base"), None)
+    for axis, key in zip(axes.flat, keys):
+        for arm in dict.fromkeys(r["arm"] for r in rows if r["arm"] != "base"):
+            arm_rows = ([base] if base else []) + [r for r in rows if r["arm"] == arm]  # every arm starts at round 0
+            points = [(r["round"], r[key]) for r in arm_rows if key in r]
             if points:
-                axis.plot(*zip(*points), marker="o", label=arm)
+                (line,) = axis.plot(*zip(*points), marker="o", label=arm)
+                final = next((r for r in rows if r["arm"] == arm and r.get("final")), None)
+                if final is not None and key in final:
+                    axis.plot(final["round"], final[key], marker="*", markersize=14, color=line.get_color())
         axis.set_title(dict(METRICS)[key])
         axis.set_xlabel("round")
         axis.grid(alpha=0.3)
-    axes[0].legend()
+    axes.flat[0].legend(title="* = final model")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
 
@@ -117,6 +133,8 @@ def main() -> None:
     parser.add_argument("--max_new_tokens", type=int, default=160)
     parser.add_argument("--eval_limit", type=int, default=15, help="TruthfulQA questions / HHH items per category")
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
+    parser.add_argument("--collapse_patience", type=int, default=1, help="EarlyCollapseCallback patience; 0 = off")
     parser.add_argument("--output_dir", default="benchmarks/results/alignment")
     args = parser.parse_args()
 
@@ -126,19 +144,28 @@ def main() -> None:
     started = time.perf_counter()
     rows: list[dict] = []
     seconds = {}
-    for index, name in enumerate(("self_align", "soft")):
+    stops = {}
+    for index, name in enumerate(args.arms):
         arm_started = time.perf_counter()
         state = run_arm(name, args, output_dir, prompts, evaluate_start=index == 0)
         seconds[name] = time.perf_counter() - arm_started
         if index == 0:
             rows.append({"arm": "base", **state.base_metrics})
-        rows += [{"arm": name, **metrics} for metrics in state.history]
+        rows += [{"arm": name, **metrics, "final": metrics["round"] == state.final_round} for metrics in state.history]
+        stops[name] = {"rounds_run": state.rounds_completed, "final_round": state.final_round,
+                       "stopped_early": state.stopped_early, "reason": state.stop_reason}
     total = time.perf_counter() - started
 
-    table = markdown(rows)
+    stop_lines = [
+        f"- {name}: ran {s['rounds_run']} round(s); final model = round {s['final_round']}"
+        + (f"; stopped early: {s['reason']}" if s["stopped_early"] else "; no early stop")
+        for name, s in stops.items()
+    ]
+    table = markdown(rows) + "\n\n" + "\n".join(stop_lines)
     (output_dir / "results.md").write_text(table + "\n")
     (output_dir / "results.json").write_text(
-        json.dumps({"settings": vars(args), "seconds": {**seconds, "total": total}, "rows": rows}, indent=2) + "\n"
+        json.dumps({"settings": vars(args), "seconds": {**seconds, "total": total}, "stops": stops, "rows": rows},
+                   indent=2) + "\n"
     )
     plot(rows, output_dir / "results.png")
     print(f"\n{table}\n\ntotal {total / 60:.1f} min; arms: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in seconds.items()))
