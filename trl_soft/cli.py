@@ -18,29 +18,33 @@ commands:
   train    run SOFT rounds; every SOFTConfig / SFTConfig / ModelConfig flag, plus --config file.yaml
   demo     three rounds on the embedded SmolLM2-135M-Instruct with LoRA (CPU-sized); flags override the demo config
   eval     score a model or adapter on TruthfulQA (MC1, MC2) and HHH; prints a table
-  report   print the round table of a run:  trl-soft report <output_dir>
+  report   print the round table of a run:  trl-soft report <output_dir> [--plot rounds.png]
 
 `trl-soft <command> --help` lists a command's options.
 """
 
 
 def _report(argv: Sequence[str]) -> int:
-    from .reporting import format_round_table, format_stop_line
+    import argparse
+
+    from .reporting import format_round_table, format_stop_line, plot_rounds
     from .state import SOFTState
 
-    if len(argv) != 1 or argv[0].startswith("-"):
-        print("usage: trl-soft report <output_dir>", file=sys.stderr)
-        return 2
-    state = SOFTState.load(argv[0])
+    parser = argparse.ArgumentParser(prog="trl-soft report", description="Print the round table of a SOFT run.")
+    parser.add_argument("output_dir", help="the run's output_dir (holds soft_state.json)")
+    parser.add_argument("--plot", metavar="PNG", help="also draw the per-round metrics into this image")
+    args = parser.parse_args(list(argv))
+    state = SOFTState.load(args.output_dir)
     if state is None:
-        print(f"trl-soft report: no soft_state.json in {argv[0]!r}; is it a SOFT output_dir?", file=sys.stderr)
+        print(f"trl-soft report: no soft_state.json in {args.output_dir!r}; is it a SOFT output_dir?", file=sys.stderr)
         return 2
     print(format_round_table(state.history, state.base_metrics))
     stop = format_stop_line(state)
     if stop:
         print(f"\n{stop}")
-    if state.stop_reason:
-        print(f"\nstopped: {state.stop_reason}")
+    if args.plot:
+        plot_rounds(state, args.plot)
+        print(f"\nplot: {args.plot}")
     return 0
 
 

@@ -65,3 +65,52 @@ def format_stop_line(state: SOFTState) -> str:
         f"Stopped early after round {state.rounds_completed} of {state.num_rounds}: {state.stop_reason}. "
         f"Final model: {final}."
     )
+
+
+# Panels of `plot_rounds`, drawn when the run has the metric.
+PLOT_PANELS: tuple[tuple[str, str], ...] = (
+    ("validation_nll", "validation NLL (lower is better)"),
+    ("sample_entropy", "sample entropy (nats)"),
+    ("sample_distinct_2", "distinct-2"),
+    ("sample_self_bleu", "self-BLEU"),
+    ("truthfulqa_mc1", "TruthfulQA MC1"),
+    ("truthfulqa_mc2", "TruthfulQA MC2"),
+    ("hhh_overall", "HHH"),
+    ("train_loss", "train loss"),
+)
+
+
+def plot_rounds(state: SOFTState, path: str) -> None:
+    """One panel per available metric over rounds (round 0 = the starting model); the final round is starred."""
+    try:
+        import matplotlib
+    except ImportError as err:
+        raise ImportError("Plotting needs matplotlib: pip install 'trl-soft[plot]'.") from err
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = ([state.base_metrics] if state.base_metrics else []) + list(state.history)
+    panels = [(key, title) for key, title in PLOT_PANELS if any(key in row for row in rows)]
+    if not panels:
+        raise ValueError("The run has no per-round metrics to plot yet.")
+    columns = min(3, len(panels))
+    figure, axes = plt.subplots(
+        (len(panels) + columns - 1) // columns, columns, figsize=(4.2 * columns, 3.2 * ((len(panels) + 2) // 3)),
+        squeeze=False,
+    )
+    for axis, (key, title) in zip(axes.flat, panels):
+        points = [(row["round"], row[key]) for row in rows if isinstance(row.get(key), (int, float))]
+        axis.plot(*zip(*points), marker="o")
+        final = [value for round_index, value in points if round_index == state.final_round]
+        if final:
+            axis.plot(state.final_round, final[0], marker="*", markersize=14, label="final model")
+        axis.set_title(title)
+        axis.set_xlabel("round")
+        axis.grid(alpha=0.3)
+    for axis in list(axes.flat)[len(panels):]:
+        axis.set_visible(False)
+    if state.stopped_early:
+        figure.suptitle(f"stopped after round {state.rounds_completed}; final model: round {state.final_round}")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
