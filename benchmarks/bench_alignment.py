@@ -60,7 +60,7 @@ def arm_config(name: str, args, output_dir: Path, evaluate_start: bool) -> SOFTC
         num_exemplars=args.num_exemplars,
         generation_max_new_tokens=args.max_new_tokens,
         generation_batch_size=16,
-        learning_rate=2e-4,
+        learning_rate=args.learning_rate,
         num_train_epochs=2,
         per_device_train_batch_size=4,
         gradient_checkpointing=False,
@@ -69,9 +69,9 @@ def arm_config(name: str, args, output_dir: Path, evaluate_start: bool) -> SOFTC
         report_to="none",
         logging_steps=5,
         seed=args.seed,
-        benchmarks=["truthfulqa_mc1", "truthfulqa_mc2", "hhh"],
+        benchmarks=["truthfulqa_mc1", "truthfulqa_mc2", "hhh"] if args.eval_limit else None,
         benchmark_data_dir=args.data_dir,
-        benchmark_limit=args.eval_limit,
+        benchmark_limit=args.eval_limit or None,
         evaluate_start=evaluate_start,
     )
 
@@ -131,7 +131,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="SOFT rounds")
     parser.add_argument("--num_exemplars", type=int, default=2)
     parser.add_argument("--max_new_tokens", type=int, default=160)
-    parser.add_argument("--eval_limit", type=int, default=15, help="TruthfulQA questions / HHH items per category")
+    parser.add_argument("--eval_limit", type=int, default=15,
+                        help="TruthfulQA questions / HHH items per category; 0 = no benchmarks (val NLL only)")
+    parser.add_argument("--learning_rate", type=float, default=2e-4)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
     parser.add_argument("--collapse_patience", type=int, default=1, help="EarlyCollapseCallback patience; 0 = off")
