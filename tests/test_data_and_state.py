@@ -64,3 +64,16 @@ def test_manifest_round_trip_and_atomic_writes(tmp_path):
     atomic_write_jsonl(tmp_path / "g.jsonl", [{"a": 1}, {"a": 2}])
     assert read_jsonl(tmp_path / "g.jsonl") == [{"a": 1}, {"a": 2}]
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_shard_bounds_give_every_process_the_same_padded_size():
+    from trl_soft.distributed import shard_bounds
+
+    assert [shard_bounds(7, 2, r) for r in range(2)] == [(0, 4, 4), (4, 7, 4)]
+    assert [shard_bounds(3, 4, r) for r in range(4)] == [(0, 1, 1), (1, 2, 1), (2, 3, 1), (3, 3, 1)]
+    assert shard_bounds(0, 2, 1) == (0, 0, 0)
+    for n in range(1, 12):
+        for p in (1, 2, 3, 4):
+            slices = [shard_bounds(n, p, r) for r in range(p)]
+            assert sum(stop - start for start, stop, _ in slices) == n
+            assert all(stop - start <= -(-n // p) for start, stop, _ in slices)

@@ -24,6 +24,8 @@ EXEMPLAR_SAMPLING = ("random", "fixed")
 PROMPT_FORMATS = ("auto", "chat", "plain")
 CURRICULA = ("none", "length", "heuristic", "perplexity", "column", "custom")
 CURRICULUM_DIRECTIONS = ("ascending", "descending")
+GENERATION_BACKENDS = ("hf", "vllm")
+VLLM_MODES = ("server", "colocate")
 BENCHMARKS = ("truthfulqa_mc1", "truthfulqa_mc2", "hhh")
 FILTER_NAMES = ("too_short", "truncated", "repetition", "exemplar_copy", "templated_refusal")
 HHH_CATEGORIES = ("harmless", "helpful", "honest", "other", "overall")
@@ -163,6 +165,40 @@ class SOFTConfig(SFTConfig):
         default=None,
         metadata={
             "help": "Extra strings that end an answer (besides EOS and the next turn marker of the prompt format)."
+        },
+    )
+
+    generation_backend: str = field(
+        default="hf",
+        metadata={
+            "help": "Who generates each round's answers: 'hf' (default: transformers `generate` in the training "
+            "processes, with the shared-prefix cache; works with QLoRA) or 'vllm' (needs `trl-soft[vllm]` and CUDA; "
+            "TRL's vLLM integration, weights synced every round)."
+        },
+    )
+    vllm_mode: str = field(
+        default="server",
+        metadata={
+            "help": "With `generation_backend='vllm'`: 'server' (a separate `trl vllm-serve --model <base>` process "
+            "on its own GPUs) or 'colocate' (a vLLM engine inside every training process)."
+        },
+    )
+    vllm_server_base_url: str | None = field(
+        default=None, metadata={"help": "vLLM server URL (e.g. 'http://10.0.0.2:8000'); overrides host and port."}
+    )
+    vllm_server_host: str = field(default="0.0.0.0", metadata={"help": "vLLM server host (server mode)."})
+    vllm_server_port: int = field(default=8000, metadata={"help": "vLLM server port (server mode)."})
+    vllm_server_timeout: float = field(
+        default=240.0, metadata={"help": "Seconds to wait for the vLLM server to come up (server mode)."}
+    )
+    vllm_tensor_parallel_size: int = field(
+        default=1, metadata={"help": "Tensor-parallel GPUs per vLLM engine (colocate mode)."}
+    )
+    vllm_gpu_memory_utilization: float = field(
+        default=0.3,
+        metadata={
+            "help": "Fraction of each GPU vLLM may take in colocate mode (chosen here: 0.3, leaving the rest for "
+            "training)."
         },
     )
 
@@ -341,6 +377,21 @@ class SOFTConfig(SFTConfig):
                 "Use 'length' for easy-to-hard by answer length, 'perplexity' for SOFT+, or 'none' to keep the usual "
                 "shuffled order."
             )
+        if self.generation_backend not in GENERATION_BACKENDS:
+            raise _choice_error("generation_backend", self.generation_backend, GENERATION_BACKENDS)
+        if self.vllm_mode not in VLLM_MODES:
+            raise _choice_error("vllm_mode", self.vllm_mode, VLLM_MODES)
+        if self.generation_backend == "vllm":
+            from .vllm_backend import check_vllm_available
+
+            check_vllm_available()
+        if isinstance(self.deepspeed, str) and not self.deepspeed.lstrip().startswith("{"):
+            if not os.path.isfile(self.deepspeed):
+                raise FileNotFoundError(
+                    f"`deepspeed`: no DeepSpeed config file at {self.deepspeed!r}. Give the path of a DeepSpeed JSON, "
+                    "or drop `--deepspeed` and launch with `accelerate launch --config_file "
+                    "examples/accelerate_configs/deepspeed_zero3.yaml ...`."
+                )
         if self.curriculum_direction not in CURRICULUM_DIRECTIONS:
             raise _choice_error("curriculum_direction", self.curriculum_direction, CURRICULUM_DIRECTIONS)
         if self.curriculum_bucket_size is not None and self.curriculum_bucket_size < 1:

@@ -17,14 +17,14 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from accelerate import Accelerator
 from transformers import PreTrainedModel
 
 from .config import DIAGNOSTIC_METRICS
 from .evaluation.likelihood import score_completions
-from .generation import GenerationSettings, generate_completions
+from .generation import GenerationResult, GenerationSettings, generate_completions
 from .prompting import PromptFormatter
 
 __all__ = ["DIAGNOSTIC_METRICS", "collapse_diagnostics", "distinct_n", "self_bleu", "sentence_bleu", "text_diversity"]
@@ -95,12 +95,18 @@ def collapse_diagnostics(
     settings: GenerationSettings,
     accelerator: Accelerator | None = None,
     batch_size: int = 8,
+    generate: Callable[[list[str], GenerationSettings, str], list[GenerationResult]] | None = None,
 ) -> dict[str, float]:
-    """Sample one answer per prompt from the engraving prompt (how the trained model is used), then measure them."""
+    """Sample one answer per prompt from the engraving prompt (how the trained model is used), then measure them.
+
+    `generate(texts, settings, desc)` replaces the default HF generation (the trainer passes its own backend)."""
     if not prompts:
         raise ValueError("collapse_diagnostics needs at least one prompt.")
     texts = [formatter.engraving_prompt(p) for p in prompts]
-    results = generate_completions(model, formatter.tokenizer, texts, settings, accelerator, desc="Diagnostics")
+    if generate is None:
+        results = generate_completions(model, formatter.tokenizer, texts, settings, accelerator, desc="Diagnostics")
+    else:
+        results = generate(texts, settings, "Diagnostics")
     answers = [formatter.extract_response(r.text) for r in results]
     scored = [(t, a) for t, a in zip(texts, answers) if a]
     entropy = float("nan")

@@ -1,12 +1,17 @@
 """Shard a list of work items across processes and gather the results back in order.
 
 With one process this is a plain function call. With several (under `accelerate launch`), each process takes a
-contiguous slice of at most ceil(N / P) items via `PartialState.split_between_processes`, and `gather_object` brings
-every process's results to all of them, so every rank ends up with the same full, ordered list.
+contiguous slice of ceil(N / P) items (the last slices shorter), and `gather_object` brings every process's results
+to all of them, so every rank ends up with the same full, ordered list.
+
+A short slice is padded with repeats of its last item (whose results are dropped), so that every process makes the
+same calls: under FSDP and DeepSpeed ZeRO-3 every forward pass is a collective, and a process with one batch fewer
+would leave the others waiting forever. The cost is at most one extra item per process.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Sequence
 from typing import TypeVar
@@ -29,17 +34,26 @@ def process_state() -> PartialState:
     return PartialState()
 
 
+def shard_bounds(num_items: int, num_processes: int, process_index: int) -> tuple[int, int, int]:
+    """(start, stop, padded size) of a process's contiguous slice; every process's padded size is the same."""
+    per_process = math.ceil(num_items / num_processes) if num_items else 0
+    start = min(process_index * per_process, num_items)
+    return start, min(start + per_process, num_items), per_process
+
+
 def map_sharded(items: Sequence[T], fn: Callable[[list[T]], list[R]]) -> list[R]:
     """`fn(items)`, computed slice by slice on every process; the same ordered result on every rank."""
     state = process_state()
     if state.num_processes == 1:
         return list(fn(list(items)))
-    indexed = list(enumerate(items))
-    with state.split_between_processes(indexed) as shard:
-        results = fn([item for _, item in shard]) if shard else []
-        local = list(zip([i for i, _ in shard], results))
-    by_index = dict(gather_object(local))
-    return [by_index[i] for i in range(len(items))]
+    if not items:
+        return []
+    start, stop, padded = shard_bounds(len(items), state.num_processes, state.process_index)
+    shard = list(items[start:stop])
+    filler = shard[-1] if shard else items[-1]
+    results = list(fn(shard + [filler] * (padded - len(shard))))[: len(shard)]
+    gathered = gather_object([results])  # one list per process, in rank order
+    return [result for part in gathered for result in part]
 
 
 def is_main_process() -> bool:

@@ -3,7 +3,7 @@
 The token prefix that all prompts share (the principles header; with fixed exemplars, the exemplars too) is encoded
 once and its KV cache reused by every batch, so each prompt costs only its own tokens. Prompts are sorted by the
 length of the rest so that each batch holds prompts of similar length (little padding), split
-between processes with `accelerate`'s `split_between_processes`, generated without gradients in eval mode under
+between processes in equal-sized slices (`distributed.map_sharded`), generated without gradients in eval mode under
 TRL's `unwrap_model_for_generation` (which gathers ZeRO-3 parameters and pauses gradient checkpointing), gathered
 with `gather_object`, and returned in the caller's order.
 """

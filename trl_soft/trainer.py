@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -39,9 +40,10 @@ from .distributed import is_main_process, wait_for_everyone
 from .evaluation import validation_nll
 from .evaluation.benchmarks import BenchmarkSuite
 from .filters import Candidate, FilterSettings, apply_filters
-from .generation import GenerationSettings, generate_completions
+from .generation import GenerationResult, GenerationSettings, generate_completions
 from .models import check_model_path, resolve_model_path
 from .prompting import Exemplar, ExemplarSampler, Principles, PromptFormatter, load_exemplars, load_principles
+from .quantization import check_kbit_supported, wants_kbit
 from .reporting import format_round_table, format_stop_line
 from .sampler import DIFFICULTY_COLUMN, CurriculumSampler
 from .state import (
@@ -133,6 +135,14 @@ class SOFTTrainer(SFTTrainer):
         callbacks = self._soft_callbacks(args, callbacks)
         if isinstance(model, str):
             check_model_path(model)
+        kbit_config = quantization_config or (args.model_init_kwargs or {}).get("quantization_config")
+        check_kbit_supported(kbit_config, peft_config, model)
+        if args.generation_backend == "vllm" and wants_kbit(kbit_config):
+            warnings.warn(
+                "`generation_backend='vllm'` with a 4-bit model: the weight sync merges LoRA into dequantized weights, "
+                "which has open upstream bugs; the default 'hf' backend generates from the 4-bit base + adapter.",
+                stacklevel=2,
+            )
         self.prompt_dataset = train_dataset
         self.soft_output_dir = Path(args.output_dir)
         self.soft_config_hash = self._config_hash(args, model)
@@ -171,6 +181,8 @@ class SOFTTrainer(SFTTrainer):
             **kwargs,
         )
         self.soft_state: SOFTState | None = None
+        self._vllm_backend = None
+        self._weights_version = 0  # bumped whenever the weights change, so vLLM re-syncs only then
 
     # ---- checks -----------------------------------------------------------------------------------------------------
     def _config_hash(self, args: SOFTConfig, model) -> str:
@@ -382,6 +394,7 @@ class SOFTTrainer(SFTTrainer):
         checkpoint = get_last_checkpoint(str(paths.checkpoints)) if resume and paths.checkpoints.is_dir() else None
         output = super().train(resume_from_checkpoint=checkpoint)
         timings["seconds_train"] = time.perf_counter() - started
+        self._weights_version += 1
         self._save_atomically(paths.model)
 
         evaluation = self._evaluate()
@@ -425,13 +438,10 @@ class SOFTTrainer(SFTTrainer):
         exemplar_sets = [self.exemplar_sampler.sample(round_index, i) for i in indices]
         texts = [self.formatter.generation_prompt(p, ex) for p, ex in zip(prompts, exemplar_sets)]
         started = time.perf_counter()
-        results = generate_completions(
-            self.model,
-            self.processing_class,
+        results = self._generate(
             texts,
             self._generation_settings(args.generation_max_new_tokens, args.seed + round_index),
-            self.accelerator,
-            desc=f"Round {round_index}: generate",
+            f"Round {round_index}: generate",
         )
         timings["seconds_generate"] = time.perf_counter() - started
 
@@ -483,6 +493,16 @@ class SOFTTrainer(SFTTrainer):
             }
             for k in range(len(indices))
         ]
+
+    def _generate(self, texts: list[str], settings: GenerationSettings, desc: str) -> list[GenerationResult]:
+        """Continue every text with the configured backend; the same ordered results on every process."""
+        if self.args.generation_backend == "vllm":
+            if self._vllm_backend is None:
+                from .vllm_backend import VLLMBackend
+
+                self._vllm_backend = VLLMBackend(self.model, self.accelerator, self.processing_class, self.args)
+            return self._vllm_backend.generate(texts, settings, self._weights_version)
+        return generate_completions(self.model, self.processing_class, texts, settings, self.accelerator, desc=desc)
 
     def _generation_settings(self, max_new_tokens: int, seed: int) -> GenerationSettings:
         args = self.args
@@ -575,6 +595,7 @@ class SOFTTrainer(SFTTrainer):
                     self._generation_settings(args.diagnostics_max_new_tokens, args.seed),
                     self.accelerator,
                     batch_size=args.validation_batch_size,
+                    generate=self._generate,
                 )
             )
             metrics["seconds_diagnostics"] = round(time.perf_counter() - started, 3)
@@ -604,6 +625,7 @@ class SOFTTrainer(SFTTrainer):
                 f"Cannot resume: the manifest says round {round_index} is complete but {model_dir} is missing."
             )
         self._load_from_checkpoint(str(model_dir))
+        self._weights_version += 1
 
     def _trainable_snapshot(self) -> dict[str, torch.Tensor]:
         return {n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}
