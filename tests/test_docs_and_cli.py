@@ -52,3 +52,20 @@ def test_report_prints_the_stop_and_plots_the_rounds(tmp_path, capsys):
     assert "Stopped early after round 3 of 4: validation_nll got worse. Final model: round 2." in out
     assert "entropy" in out and "distinct-2" in out
     assert image.is_file() and image.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_accelerate_configs_are_valid_and_say_how_to_launch():
+    from pathlib import Path
+
+    from accelerate.commands.config.config_args import ClusterConfig
+
+    folder = Path(__file__).resolve().parents[1] / "examples" / "accelerate_configs"
+    expected = {"single_gpu", "multi_gpu", "deepspeed_zero2", "deepspeed_zero3", "fsdp2", "cpu_2proc"}
+    assert {p.stem for p in folder.glob("*.yaml")} == expected
+    for path in folder.glob("*.yaml"):
+        config = ClusterConfig.from_yaml_file(str(path))  # rejects unknown keys
+        assert f"--config_file examples/accelerate_configs/{path.name}" in path.read_text(), path.name
+        if path.stem.startswith("deepspeed"):
+            assert config.deepspeed_config["zero_stage"] == int(path.stem[-1])
+    assert ClusterConfig.from_yaml_file(str(folder / "cpu_2proc.yaml")).num_processes == 2
+    assert ClusterConfig.from_yaml_file(str(folder / "fsdp2.yaml")).fsdp_config["fsdp_version"] == 2
