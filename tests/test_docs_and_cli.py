@@ -69,3 +69,15 @@ def test_accelerate_configs_are_valid_and_say_how_to_launch():
             assert config.deepspeed_config["zero_stage"] == int(path.stem[-1])
     assert ClusterConfig.from_yaml_file(str(folder / "cpu_2proc.yaml")).num_processes == 2
     assert ClusterConfig.from_yaml_file(str(folder / "fsdp2.yaml")).fsdp_config["fsdp_version"] == 2
+
+
+def test_a_stop_at_the_last_round_is_not_called_early():
+    from trl_soft.reporting import format_stop_line
+    from trl_soft.state import SOFTState
+
+    state = SOFTState(config_hash="x", num_rounds=3, rounds_completed=3, stopped_early=True,
+                      stop_reason="validation_nll got worse", final_round=2)
+    assert format_stop_line(state) == (
+        "The last round (3) was not kept: validation_nll got worse. Final model: round 2."
+    )
+    assert format_stop_line(SOFTState(config_hash="x", num_rounds=3, rounds_completed=3)) == ""

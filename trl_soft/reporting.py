@@ -61,6 +61,8 @@ def format_stop_line(state: SOFTState) -> str:
     if not state.stopped_early:
         return ""
     final = "the starting model" if state.final_round == 0 else f"round {state.final_round}"
+    if state.rounds_completed >= state.num_rounds:  # the last round itself was the bad one: nothing was skipped
+        return f"The last round ({state.rounds_completed}) was not kept: {state.stop_reason}. Final model: {final}."
     return (
         f"Stopped early after round {state.rounds_completed} of {state.num_rounds}: {state.stop_reason}. "
         f"Final model: {final}."
