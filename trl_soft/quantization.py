@@ -19,12 +19,11 @@ CPU_ARCHITECTURES = ("x86_64", "amd64")
 
 def wants_kbit(quantization_config: Any) -> bool:
     """True when a quantization config (object or dict) asks for bitsandbytes 4-bit or 8-bit weights."""
-    if quantization_config is None:
-        return False
-    get = quantization_config.get if isinstance(quantization_config, dict) else (
-        lambda key, default=None: getattr(quantization_config, key, default)
+    if isinstance(quantization_config, dict):
+        return bool(quantization_config.get("load_in_4bit") or quantization_config.get("load_in_8bit"))
+    return bool(
+        getattr(quantization_config, "load_in_4bit", False) or getattr(quantization_config, "load_in_8bit", False)
     )
-    return bool(get("load_in_4bit", False) or get("load_in_8bit", False))
 
 
 def check_kbit_supported(quantization_config: Any, peft_config: Any, model: Any) -> None:

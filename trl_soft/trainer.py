@@ -331,7 +331,7 @@ class SOFTTrainer(SFTTrainer):
 
         final_dir = self.soft_output_dir / "final_model"
         self._save_atomically(final_dir)
-        if state.final_round is None or not state.stopped_early:
+        if not state.stopped_early:  # an early stop has set the final round already
             state.final_round = state.rounds_completed
         args.output_dir = str(final_dir)  # the model card belongs next to the final weights
         if is_main_process():
@@ -434,7 +434,8 @@ class SOFTTrainer(SFTTrainer):
         """Answer this round's prompts few-shot, filter the answers and score the kept ones' difficulty."""
         args = self.args
         indices = self.round_prompt_indices[round_index - 1]
-        prompts = [self.prompt_dataset[args.prompt_column][i] for i in indices]
+        column = self.prompt_dataset[args.prompt_column]  # read the column once, not once per prompt
+        prompts = [column[i] for i in indices]
         exemplar_sets = [self.exemplar_sampler.sample(round_index, i) for i in indices]
         texts = [self.formatter.generation_prompt(p, ex) for p, ex in zip(prompts, exemplar_sets)]
         started = time.perf_counter()

@@ -21,9 +21,7 @@ from __future__ import annotations
 import importlib.util
 from collections.abc import Sequence
 
-from accelerate.utils import gather_object
-
-from .distributed import process_state, shard_bounds
+from .distributed import map_sharded
 from .generation import GenerationResult, GenerationSettings
 
 VLLM_INSTALL_HINT = (
@@ -70,23 +68,13 @@ class VLLMBackend:
     ) -> list[GenerationResult]:
         """Continue every prompt; every process calls this with the full list and gets the full list back.
 
-        Each rank sends an equal-sized slice (ceil(P / N), the last one padded with repeats that are dropped again):
-        in server mode TRL hands the completions back to the ranks by position, so the slices must be equal.
+        `map_sharded` gives each rank an equal-sized slice (ceil(P / N), short ones padded with repeats that are
+        dropped again): in server mode TRL hands the completions back to the ranks by position, so they must be.
         """
         if self.synced_version != weights_version:
             self.engine.sync_weights()
             self.synced_version = weights_version
-        state = process_state()
-        if not prompts:
-            return []
-        start, stop, padded = shard_bounds(len(prompts), state.num_processes, state.process_index)
-        local = list(prompts[start:stop])
-        real = len(local)
-        local += [prompts[-1]] * (padded - real)
-        results = self._generate_local(local, settings)[:real]
-        if state.num_processes == 1:
-            return results
-        return [result for shard in gather_object([results]) for result in shard]
+        return map_sharded(prompts, lambda shard: self._generate_local(shard, settings))
 
     def _generate_local(self, prompts: list[str], settings: GenerationSettings) -> list[GenerationResult]:
         engine = self.engine
