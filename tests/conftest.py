@@ -53,7 +53,8 @@ def tiny_model(tokenizer):
 
 
 def tiny_config(output_dir, **overrides):
-    """A SOFTConfig sized for the tiny model: greedy, short answers, no filters, one quick epoch per round."""
+    """A SOFTConfig sized for the tiny model: greedy, short answers, no filters, one quick epoch per round, generated
+    by transformers (the vLLM engines have their own tests, tests/test_engines_vllm.py)."""
     from trl_soft import SOFTConfig
 
     values = dict(
@@ -76,6 +77,7 @@ def tiny_config(output_dir, **overrides):
         diagnostics_num_prompts=4,
         diagnostics_max_new_tokens=8,
         disable_tqdm=True,
+        generation_backend="hf",
     )
     values.update(overrides)
     return SOFTConfig(**values)

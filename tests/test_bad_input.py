@@ -119,15 +119,6 @@ def test_patience_below_one_is_refused():
         EarlyCollapseCallback(patience=0)
 
 
-def test_vllm_backend_without_vllm_names_the_extra(tmp_path):
-    from trl_soft.vllm_backend import vllm_available
-
-    if vllm_available():
-        pytest.skip("vLLM is installed here")
-    with pytest.raises(ImportError, match=r"generation_backend='vllm'.*trl-soft\[vllm\]"):
-        tiny_config(tmp_path / "out", generation_backend="vllm")
-
-
 def test_missing_deepspeed_config_is_refused_at_config_time(tmp_path):
     with pytest.raises(FileNotFoundError, match="`deepspeed`.*no-such-ds.json"):
         tiny_config(tmp_path / "out", deepspeed=str(tmp_path / "no-such-ds.json"))

@@ -18,14 +18,14 @@ from dataclasses import dataclass, field
 import torch
 from trl import SFTConfig
 
+from .engines.settings import EngineSettings
+
 PROMPT_SCHEDULES = ("disjoint", "reuse")
 ROUND_INITS = ("previous", "base")
 EXEMPLAR_SAMPLING = ("random", "fixed")
 PROMPT_FORMATS = ("auto", "chat", "plain")
 CURRICULA = ("none", "length", "heuristic", "perplexity", "column", "custom")
 CURRICULUM_DIRECTIONS = ("ascending", "descending")
-GENERATION_BACKENDS = ("hf", "vllm")
-VLLM_MODES = ("server", "colocate")
 BENCHMARKS = ("truthfulqa_mc1", "truthfulqa_mc2", "hhh")
 FILTER_NAMES = ("too_short", "truncated", "repetition", "exemplar_copy", "templated_refusal")
 HHH_CATEGORIES = ("harmless", "helpful", "honest", "other", "overall")
@@ -169,36 +169,90 @@ class SOFTConfig(SFTConfig):
     )
 
     generation_backend: str = field(
-        default="hf",
+        default="auto",
         metadata={
-            "help": "Who generates each round's answers: 'hf' (default: transformers `generate` in the training "
-            "processes, with the shared-prefix cache; works with QLoRA) or 'vllm' (needs `trl-soft[vllm]` and CUDA; "
-            "TRL's vLLM integration, weights synced every round)."
+            "help": "Engine that writes each round's answers and the diagnostic samples: 'auto' (default: vLLM when "
+            "it is installed and can run the model here, transformers otherwise; the run prints which and why), "
+            "'vllm' (insist: an error says what stands in the way) or 'hf' (transformers `generate` in the training "
+            "processes, with the shared-prefix cache; also for 4-bit QLoRA on CPUs)."
         },
     )
     vllm_mode: str = field(
-        default="server",
+        default="colocate",
         metadata={
-            "help": "With `generation_backend='vllm'`: 'server' (a separate `trl vllm-serve --model <base>` process "
-            "on its own GPUs) or 'colocate' (a vLLM engine inside every training process)."
+            "help": "With vLLM: 'colocate' (default: a vLLM engine started by the training run, in the main process) "
+            "or 'server' (an OpenAI-compatible vLLM server: started by trl-soft, or the one at "
+            "`vllm_server_base_url`)."
+        },
+    )
+    vllm_dtype: str = field(
+        default="auto",
+        metadata={
+            "help": "vLLM's precision, independent of the training dtype: 'auto' (default: bfloat16 where the GPU or "
+            "CPU computes it natively, float16 on older GPUs, float32 on CPUs without bfloat16 instructions), "
+            "'bfloat16', 'float16' or 'float32'."
+        },
+    )
+    vllm_lora_mode: str = field(
+        default="auto",
+        metadata={
+            "help": "How a LoRA round's weights reach vLLM: 'adapter' (the round's adapter is loaded and applied "
+            "per request), 'merged' (merged into the base and reloaded in place; no LoRA kernels) or 'auto' "
+            "(default: merged on CPUs, where vLLM's LoRA kernels are slow, adapter on GPUs and with 4-bit bases)."
+        },
+    )
+    vllm_max_lora_rank: int | None = field(
+        default=None,
+        metadata={
+            "help": "Largest LoRA rank the vLLM engine accepts in adapter mode (one of 1, 8, 16, 32, 64, 128, 256, "
+            "320, 512). Default: the smallest of those that holds the run's `lora_r`."
         },
     )
     vllm_server_base_url: str | None = field(
-        default=None, metadata={"help": "vLLM server URL (e.g. 'http://10.0.0.2:8000'); overrides host and port."}
+        default=None,
+        metadata={
+            "help": "Server mode: URL of a running vLLM server (e.g. 'http://10.0.0.2:8000') that must see "
+            "`output_dir` at the same path. Default: trl-soft starts its own server and stops it at the end."
+        },
     )
-    vllm_server_host: str = field(default="0.0.0.0", metadata={"help": "vLLM server host (server mode)."})
-    vllm_server_port: int = field(default=8000, metadata={"help": "vLLM server port (server mode)."})
+    vllm_server_host: str = field(
+        default="127.0.0.1", metadata={"help": "Server mode: address the server trl-soft starts listens on."}
+    )
+    vllm_server_port: int | None = field(
+        default=None,
+        metadata={"help": "Server mode: port of the server trl-soft starts. Default: a free port."},
+    )
     vllm_server_timeout: float = field(
-        default=240.0, metadata={"help": "Seconds to wait for the vLLM server to come up (server mode)."}
+        default=300.0,
+        metadata={"help": "Seconds the server trl-soft starts may take to answer its health check."},
+    )
+    vllm_request_timeout: float = field(
+        default=1800.0,
+        metadata={"help": "Server mode: seconds one generation request may take before the round fails."},
     )
     vllm_tensor_parallel_size: int = field(
-        default=1, metadata={"help": "Tensor-parallel GPUs per vLLM engine (colocate mode)."}
+        default=1, metadata={"help": "GPUs the vLLM engine splits the model over (tensor parallelism)."}
     )
     vllm_gpu_memory_utilization: float = field(
         default=0.3,
         metadata={
-            "help": "Fraction of each GPU vLLM may take in colocate mode (chosen here: 0.3, leaving the rest for "
-            "training)."
+            "help": "Fraction of the GPU the vLLM engine may take (chosen here: 0.3 in colocate mode, leaving the "
+            "rest for training). Not used on CPUs (see `vllm_cpu_kv_cache_gb`)."
+        },
+    )
+    vllm_cpu_kv_cache_gb: int = field(
+        default=4,
+        metadata={"help": "On CPUs: GiB of memory the vLLM engine reserves for its KV cache (chosen here: 4)."},
+    )
+    vllm_max_model_len: int | None = field(
+        default=None,
+        metadata={"help": "Longest prompt + answer the vLLM engine handles, in tokens. Default: the model's own."},
+    )
+    vllm_enforce_eager: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Run vLLM without torch.compile / CUDA graphs. Default: on for CPUs (on the 2-core development "
+            "machine compiling took the engine's start from 23 s to 93 s for 1.04x the eager speed), off on GPUs."
         },
     )
 
@@ -377,14 +431,7 @@ class SOFTConfig(SFTConfig):
                 "Use 'length' for easy-to-hard by answer length, 'perplexity' for SOFT+, or 'none' to keep the usual "
                 "shuffled order."
             )
-        if self.generation_backend not in GENERATION_BACKENDS:
-            raise _choice_error("generation_backend", self.generation_backend, GENERATION_BACKENDS)
-        if self.vllm_mode not in VLLM_MODES:
-            raise _choice_error("vllm_mode", self.vllm_mode, VLLM_MODES)
-        if self.generation_backend == "vllm":
-            from .vllm_backend import check_vllm_available
-
-            check_vllm_available()
+        self.engine_settings = EngineSettings.from_config(self)
         if isinstance(self.deepspeed, str) and not self.deepspeed.lstrip().startswith("{"):
             if not os.path.isfile(self.deepspeed):
                 raise FileNotFoundError(

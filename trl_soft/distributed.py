@@ -62,3 +62,28 @@ def is_main_process() -> bool:
 
 def wait_for_everyone() -> None:
     process_state().wait_for_everyone()
+
+
+def run_on_main(fn: Callable[[], R]) -> R:
+    """`fn()` on the main process only; every process returns its result. An exception on the main process is raised
+    on every process (so none waits forever for a result that will not come)."""
+    state = process_state()
+    if state.num_processes == 1:
+        return fn()
+    from accelerate.utils import broadcast_object_list
+
+    payload: list[object] = [None]
+    failure: Exception | None = None
+    if state.is_main_process:
+        try:
+            payload[0] = ("ok", fn())
+        except Exception as err:  # the other processes get its text, the main process raises it below
+            failure = err
+            payload[0] = ("error", f"{type(err).__name__}: {err}")
+    broadcast_object_list(payload, from_process=0)
+    status, value = payload[0]  # type: ignore[misc]
+    if failure is not None:
+        raise failure
+    if status == "error":
+        raise RuntimeError(f"The main process failed: {value}")
+    return value  # type: ignore[return-value]

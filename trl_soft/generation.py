@@ -41,11 +41,13 @@ MIN_PREFIX_TOKENS = 16
 
 @dataclass(frozen=True)
 class GenerationResult:
-    """One continuation: its text, how many tokens it took, and whether it ended by itself (EOS or a stop string)."""
+    """One continuation: its text, how many tokens it took, whether it ended by itself (EOS or a stop string), and
+    its token ids (without the token that ended it)."""
 
     text: str
     num_tokens: int
     finished: bool
+    token_ids: tuple[int, ...] = ()
 
 
 def _length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
@@ -156,7 +158,7 @@ def _generate_shard(
             text = tokenizer.decode(new_ids[:num_tokens], skip_special_tokens=False)
             if not finished and settings.stop_strings and any(s in text for s in settings.stop_strings):
                 finished = True
-            results[i] = GenerationResult(text=text, num_tokens=num_tokens, finished=finished)
+            results[i] = GenerationResult(text, num_tokens, finished, tuple(new_ids[:num_tokens]))
             new_tokens_total += num_tokens
         progress.update(len(batch))
         progress.set_postfix(tok_per_s=f"{new_tokens_total / max(time.perf_counter() - started, 1e-9):.1f}")

@@ -102,6 +102,7 @@ class SOFTState:
     stopped_early: bool = False
     stop_reason: str | None = None
     final_round: int | None = None
+    engine: str | None = None  # the generation engine of the latest session, and why it was chosen
     version: int = MANIFEST_VERSION
     created: float = field(default_factory=time.time)
     updated: float = field(default_factory=time.time)

@@ -20,7 +20,6 @@ import json
 import os
 import shutil
 import time
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -37,10 +36,22 @@ from .curriculum import SCORERS, Scorer, ScoringContext, check_scores, curriculu
 from .data import ValidationPair, check_prompt_column, load_validation_set, split_rounds
 from .diagnostics import collapse_diagnostics
 from .distributed import is_main_process, wait_for_everyone
+from .engines import (
+    SYNC_METRIC,
+    EngineChoice,
+    EngineUnavailable,
+    EngineWeights,
+    GenerationEngine,
+    HFEngine,
+    MainProcessEngine,
+    choose_engine,
+    make_vllm_engine,
+)
+from .engines.choice import read_model_facts
 from .evaluation import validation_nll
 from .evaluation.benchmarks import BenchmarkSuite
 from .filters import Candidate, FilterSettings, apply_filters
-from .generation import GenerationResult, GenerationSettings, generate_completions
+from .generation import GenerationResult, GenerationSettings
 from .models import check_model_path, resolve_model_path
 from .prompting import Exemplar, ExemplarSampler, Principles, PromptFormatter, load_exemplars, load_principles
 from .quantization import check_kbit_supported, wants_kbit
@@ -137,18 +148,13 @@ class SOFTTrainer(SFTTrainer):
             check_model_path(model)
         kbit_config = quantization_config or (args.model_init_kwargs or {}).get("quantization_config")
         check_kbit_supported(kbit_config, peft_config, model)
-        if args.generation_backend == "vllm" and wants_kbit(kbit_config):
-            warnings.warn(
-                "`generation_backend='vllm'` with a 4-bit model: the weight sync merges LoRA into dequantized weights, "
-                "which has open upstream bugs; the default 'hf' backend generates from the 4-bit base + adapter.",
-                stacklevel=2,
-            )
         self.prompt_dataset = train_dataset
         self.soft_output_dir = Path(args.output_dir)
         self.soft_config_hash = self._config_hash(args, model)
         self._check_output_dir(args)
         if isinstance(model, str):
             model = resolve_model_path(model)  # converts the embedded model on first use: after every check
+        self.engine_choice = self._choose_engine(args, model, peft_config, wants_kbit(kbit_config))
 
         if processing_class is None:
             source = model if isinstance(model, str) else model.config._name_or_path
@@ -181,8 +187,10 @@ class SOFTTrainer(SFTTrainer):
             **kwargs,
         )
         self.soft_state: SOFTState | None = None
-        self._vllm_backend = None
-        self._weights_version = 0  # bumped whenever the weights change, so vLLM re-syncs only then
+        self._engine: GenerationEngine | None = None
+        # What the engine must generate with: the starting model, then every round as it is saved or reloaded.
+        self._engine_weights = EngineWeights(base=self.engine_choice.base or "")
+        self._engine_sync_seconds = 0.0  # running total of weight hand-overs to the engine
 
     # ---- checks -----------------------------------------------------------------------------------------------------
     def _config_hash(self, args: SOFTConfig, model) -> str:
@@ -218,6 +226,17 @@ class SOFTTrainer(SFTTrainer):
                 f"({existing.rounds_completed} round(s) done), so it cannot be resumed. Use a new `output_dir`, or "
                 "pass `overwrite_output_dir=True` (`--overwrite_output_dir`) to replace it."
             )
+
+    def _choose_engine(self, args: SOFTConfig, model, peft_config, kbit: bool) -> EngineChoice:
+        """Which engine generates, decided and announced before any weights load."""
+        on_cuda = torch.cuda.is_available() and not args.use_cpu
+        try:
+            choice = choose_engine(args.engine_settings, read_model_facts(model, peft_config, kbit, on_cuda))
+        except EngineUnavailable as err:
+            raise ValueError(str(err)) from None
+        if is_main_process():
+            print(f"SOFT: generation engine: {choice.describe()}", flush=True)
+        return choice
 
     def _check_curriculum(self, args: SOFTConfig, prompts: Dataset, scorer: Scorer | None) -> Scorer | None:
         """The difficulty scorer of this run, after checking that what it reads exists."""
@@ -301,9 +320,15 @@ class SOFTTrainer(SFTTrainer):
         **kwargs,
     ) -> TrainOutput:
         """Run every remaining round; `resume_from_checkpoint=True` continues a run from its manifest."""
+        try:
+            return self._train_rounds(bool(resume_from_checkpoint or self.args.resume_from_checkpoint))
+        finally:
+            self._close_engine()  # a server trl-soft started is stopped, whatever happened
+
+    def _train_rounds(self, resume: bool) -> TrainOutput:
         args = self.args
-        resume = bool(resume_from_checkpoint or args.resume_from_checkpoint)
         state = self._open_state(resume)
+        state.engine = self.engine_choice.describe()
         self.soft_state = state
         base_weights = self._trainable_snapshot() if args.round_init == "base" else None
         if state.stopped_early:
@@ -339,7 +364,10 @@ class SOFTTrainer(SFTTrainer):
             self.create_model_card(model_name=self.soft_output_dir.name)
             table = format_round_table(state.history, state.base_metrics)
             stop = format_stop_line(state)
-            atomic_write_text(self.soft_output_dir / "summary.md", table + "\n" + (f"\n{stop}\n" if stop else ""))
+            engine = f"Generation engine: {state.engine}"
+            atomic_write_text(
+                self.soft_output_dir / "summary.md", table + "\n" + (f"\n{stop}\n" if stop else "") + f"\n{engine}\n"
+            )
             print(f"\nSOFT summary ({state.rounds_completed} rounds, {self.soft_output_dir}):\n{table}\n{stop}\n",
                   flush=True)
         wait_for_everyone()
@@ -354,6 +382,7 @@ class SOFTTrainer(SFTTrainer):
         args = self.args
         paths = round_paths(self.soft_output_dir, round_index)
         timings: dict[str, float] = {}
+        synced_before = self._engine_sync_seconds
 
         started = time.perf_counter()
         if resume and paths.generations.is_file():
@@ -394,8 +423,8 @@ class SOFTTrainer(SFTTrainer):
         checkpoint = get_last_checkpoint(str(paths.checkpoints)) if resume and paths.checkpoints.is_dir() else None
         output = super().train(resume_from_checkpoint=checkpoint)
         timings["seconds_train"] = time.perf_counter() - started
-        self._weights_version += 1
         self._save_atomically(paths.model)
+        self._engine_weights = self._saved_weights(round_index)
 
         evaluation = self._evaluate()
         metrics: dict[str, Any] = {
@@ -408,6 +437,7 @@ class SOFTTrainer(SFTTrainer):
             "train_steps": output.global_step,
             **evaluation,
             **{k: round(v, 3) for k, v in timings.items()},
+            SYNC_METRIC: round(self._engine_sync_seconds - synced_before, 3),
         }
         callbacks = self._soft_callback_list()
         for callback in callbacks:
@@ -496,14 +526,38 @@ class SOFTTrainer(SFTTrainer):
         ]
 
     def _generate(self, texts: list[str], settings: GenerationSettings, desc: str) -> list[GenerationResult]:
-        """Continue every text with the configured backend; the same ordered results on every process."""
-        if self.args.generation_backend == "vllm":
-            if self._vllm_backend is None:
-                from .vllm_backend import VLLMBackend
+        """Continue every text with the run's engine, on the current weights; the same ordered results everywhere."""
+        engine = self._generation_engine()
+        self._engine_sync_seconds += engine.load(self._engine_weights, self.accelerator.unwrap_model(self.model))
+        return engine.generate(texts, settings, desc)
 
-                self._vllm_backend = VLLMBackend(self.model, self.accelerator, self.processing_class, self.args)
-            return self._vllm_backend.generate(texts, settings, self._weights_version)
-        return generate_completions(self.model, self.processing_class, texts, settings, self.accelerator, desc=desc)
+    def _generation_engine(self) -> GenerationEngine:
+        """The engine, started on first use (the first generation of the run)."""
+        if self._engine is None:
+            choice, args = self.engine_choice, self.args
+            if choice.backend == "hf":
+                self._engine = HFEngine(lambda: self.model, self.processing_class, self.accelerator)
+            else:
+                self._engine = MainProcessEngine(
+                    lambda: make_vllm_engine(
+                        choice, args.engine_settings, self.processing_class, self.soft_output_dir, args.seed
+                    )
+                )
+                if is_main_process():
+                    print(f"SOFT: {self._engine.name} started in {self._engine.start_seconds:.1f} s", flush=True)
+        return self._engine
+
+    def _close_engine(self) -> None:
+        engine, self._engine = self._engine, None
+        if engine is not None:
+            engine.close()
+
+    def _saved_weights(self, round_index: int) -> EngineWeights:
+        """The engine's weights for the model saved after `round_index` (round 0: the starting model)."""
+        base = self.engine_choice.base or ""
+        if round_index == 0:
+            return EngineWeights(base=base)
+        return EngineWeights.saved(round_paths(self.soft_output_dir, round_index).model, base, f"round_{round_index}")
 
     def _generation_settings(self, max_new_tokens: int, seed: int) -> GenerationSettings:
         args = self.args
@@ -547,7 +601,7 @@ class SOFTTrainer(SFTTrainer):
             f"\n## SOFT rounds\n\nTrained with trl-soft for {self.soft_state.rounds_completed} round(s). Round 0 is "
             "the starting model; `val NLL` is the mean negative log-likelihood per token of the reference answers of "
             f"the validation set (lower is better).\n\n{table}\n\n{stop + chr(10) + chr(10) if stop else ''}"
-            f"Settings: {settings}\n"
+            f"Generation engine: {self.soft_state.engine}\n\nSettings: {settings}\n"
         )
         with open(card, "a", encoding="utf-8") as handle:
             handle.write(section)
@@ -626,7 +680,7 @@ class SOFTTrainer(SFTTrainer):
                 f"Cannot resume: the manifest says round {round_index} is complete but {model_dir} is missing."
             )
         self._load_from_checkpoint(str(model_dir))
-        self._weights_version += 1
+        self._engine_weights = self._saved_weights(round_index)
 
     def _trainable_snapshot(self) -> dict[str, torch.Tensor]:
         return {n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}

@@ -70,7 +70,7 @@ def main(script_args: SOFTScriptArguments, training_args: SOFTConfig, model_args
     trainer.accelerator.print(f"Final model saved to {trainer.soft_output_dir / 'final_model'}.")
     if training_args.push_to_hub:
         trainer.push_to_hub(dataset_name=script_args.prompts_dataset)
-    trainer.end()
+    trainer.accelerator.end_training()  # what `Trainer.end()` does in transformers >= 5.18
 
 
 def run(argv: Sequence[str] | None = None, prog: str | None = None) -> None:
