@@ -7,6 +7,9 @@ with the same seed. The 1-process run gets every core (`OMP_NUM_THREADS` = cores
 cores / N threads, so the machine is equally busy in both. On a GPU machine the N-process run is the one that scales;
 on this 2-core CPU the question is only whether splitting the work costs anything (target: <= 1.25x). The table
 shows each phase's wall time from the round's `metrics.json`, and the whole launch.
+
+Generation runs on transformers in both (`--generation_backend hf`), split between the processes: a vLLM engine
+lives in the main process only, so it would not test the split.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ def launch(processes: int, args, output_dir: Path) -> tuple[float, dict]:
         "--num_rounds", "1", "--prompts_per_round", str(args.prompts), "--max_prompts", str(args.prompts),
         "--generation_max_new_tokens", str(args.max_new_tokens), "--evaluate_start", "false",
         "--per_device_train_batch_size", str(4 // processes), "--curriculum", args.curriculum,
-        "--disable_tqdm", "true",
+        "--disable_tqdm", "true", "--generation_backend", "hf",
     ]
     threads = max(1, (os.cpu_count() or 2) // processes)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}

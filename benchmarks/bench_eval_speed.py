@@ -1,12 +1,14 @@
 """TruthfulQA MC1+MC2 scoring speed and agreement: trl-soft vs lm-evaluation-harness vs a naive scorer, one run.
 
-    python benchmarks/bench_eval_speed.py --data_dir ../shared/data --limit 20 [--skip_lm_eval]
+    python benchmarks/bench_eval_speed.py --data_dir ../shared/data --limit 20 [--skip_lm_eval] [--vllm]
 
 All three score the same first N questions with the embedded SmolLM2-135M-Instruct in float32:
 - trl-soft: `BenchmarkSuite` (shared primer encoded once, each question's context once, its choices in one batch);
 - naive: one forward pass per (context + choice), lm-eval's tokenisation, no reuse;
 - lm-eval: `lm_eval.simple_evaluate` on its own `truthfulqa_mc1`/`truthfulqa_mc2` tasks through a task YAML that only
-  points `dataset_path` at the local JSONL.
+  points `dataset_path` at the local JSONL;
+- with `--vllm`: vLLM's prompt log-probabilities (`SamplingParams(prompt_logprobs=0)`, float32, prefix caching on),
+  every (context + choice) one prompt, the same tokens as lm-eval (engine start-up not counted).
 Prints a Markdown table (seconds, speed-up against lm-eval, MC1, MC2) and the largest per-question difference.
 """
 
@@ -16,6 +18,7 @@ import argparse
 import importlib.util
 import json
 import math
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -40,6 +43,28 @@ def naive_scores(model, tokenizer, requests) -> list[list[float]]:
                 item.append(log_probs.gather(1, torch.tensor(continuation_ids)[:, None]).sum().item())
             scores.append(item)
     return scores
+
+
+def vllm_scores(tokenizer, requests) -> tuple[float, list[list[float]]]:
+    """Summed log-probabilities of every choice from a vLLM engine's prompt log-probabilities (float32)."""
+    from vllm import LLM, SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")  # GiB (else vLLM's CPU build reserves 92% of the memory)
+    encoded = [[encode_pair(tokenizer, r.context, c) for c in r.continuations] for r in requests]
+    prompts = [TokensPrompt(prompt_token_ids=ctx + cont) for item in encoded for ctx, cont in item]
+    llm = LLM(model=str(embedded_model_path()), dtype="float32", enforce_eager=True, enable_prefix_caching=True,
+              enable_chunked_prefill=False)
+    started = time.perf_counter()
+    outputs = iter(llm.generate(prompts, SamplingParams(max_tokens=1, prompt_logprobs=0), use_tqdm=False))
+    scores = []
+    for item in encoded:
+        row = []
+        for ctx, cont in item:
+            logprobs = next(outputs).prompt_logprobs
+            row.append(sum(logprobs[len(ctx) + i][token].logprob for i, token in enumerate(cont)))
+        scores.append(row)
+    return time.perf_counter() - started, scores
 
 
 def lm_eval_per_question(data_file: Path, limit: int, batch_size: int) -> tuple[float, list[float], list[float]]:
@@ -81,6 +106,7 @@ def main() -> None:
     parser.add_argument("--lm_eval_batch_size", type=int, default=8)
     parser.add_argument("--skip_lm_eval", action="store_true")
     parser.add_argument("--skip_naive", action="store_true")
+    parser.add_argument("--vllm", action="store_true", help="also score with vLLM's prompt log-probabilities")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
 
@@ -103,6 +129,10 @@ def main() -> None:
         naive = truthfulqa.aggregate(items, naive_scores(model, tokenizer, requests), layout)
         rows["naive (forward per choice)"] = (
             time.perf_counter() - started, list(naive.per_item_mc1), list(naive.per_item_mc2))
+    if args.vllm:
+        seconds, scores = vllm_scores(tokenizer, requests)
+        by_vllm = truthfulqa.aggregate(items, scores, layout)
+        rows["vLLM prompt log-probs"] = (seconds, list(by_vllm.per_item_mc1), list(by_vllm.per_item_mc2))
     if not args.skip_lm_eval:
         rows["lm-evaluation-harness"] = lm_eval_per_question(data_file, args.limit, args.lm_eval_batch_size)
 
@@ -125,5 +155,5 @@ def main() -> None:
         Path(args.json).write_text(json.dumps({"limit": len(items), "rows": table}, indent=2) + "\n")
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # vLLM starts its engine in new processes that import this file again
     main()

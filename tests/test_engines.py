@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from trl_soft import SOFTTrainer
-from trl_soft.engines import EngineError, EngineUnavailable, ModelFacts, choose_engine
+from trl_soft.engines import EngineChoice, EngineError, EngineUnavailable, ModelFacts, choose_engine, make_vllm_engine
 from trl_soft.engines.base import StopRule, result_from_vllm, sampling_fields
 from trl_soft.engines.settings import EngineSettings, resolve_dtype, smallest_lora_rank
 from trl_soft.generation import GenerationSettings
@@ -143,18 +143,20 @@ def test_a_taken_port_is_refused_before_a_server_starts(tmp_path):
         taken.listen()
         port = taken.getsockname()[1]
         settings = EngineSettings(vllm_mode="server", server_port=port)
+        choice = EngineChoice("vllm", "test", "server", "float32", base="/nowhere")
         with pytest.raises(EngineError, match=rf"`vllm_server_port`: port {port} .* already in use"):
-            ManagedVLLMServer(settings, "/nowhere", "float32", None, None, None, False, tmp_path / "log", 0)
+            ManagedVLLMServer(choice, settings, tmp_path / "log", 0)
     assert not (tmp_path / "log").exists()  # nothing was started
 
 
 def test_a_server_url_that_does_not_answer_is_a_clear_error(tmp_path, tokenizer):
-    from trl_soft.engines.vllm_server import VLLMServerEngine, free_port
+    from trl_soft.engines.vllm_server import free_port
 
     url = f"http://127.0.0.1:{free_port('127.0.0.1')}"  # nothing listens there
     settings = EngineSettings(vllm_mode="server", server_base_url=url)
+    choice = EngineChoice("vllm", "test", "server", "float32", base="/base")
     with pytest.raises(EngineError, match=rf"`vllm_server_base_url`: no vLLM server answers at {url}"):
-        VLLMServerEngine(settings, tokenizer, "/base", "float32", None, None, None, False, tmp_path, 0, tmp_path / "l")
+        make_vllm_engine(choice, settings, tokenizer, tmp_path, seed=0)
 
 
 def test_a_script_without_a_main_guard_is_refused_before_vllm_starts(tmp_path, monkeypatch):

@@ -14,7 +14,7 @@ from peft import LoraConfig
 
 from trl_soft import SOFTCallback, SOFTTrainer
 from trl_soft.data import ValidationPair
-from trl_soft.engines import EngineError, EngineSettings, EngineWeights, make_vllm_engine, vllm_installed
+from trl_soft.engines import EngineChoice, EngineError, EngineSettings, EngineWeights, make_vllm_engine, vllm_installed
 from trl_soft.engines.vllm_server import group_members
 from trl_soft.generation import generate_completions
 from trl_soft.models import load_model_and_tokenizer
@@ -139,7 +139,8 @@ def test_an_external_server_takes_each_rounds_adapter_through_its_runtime_lora_a
     from trl_soft.engines.vllm_server import ManagedVLLMServer
 
     settings = EngineSettings(vllm_mode="server", dtype="float32", cpu_kv_cache_gb=1)
-    server = ManagedVLLMServer(settings, smol_path, "float32", "adapter", 8, None, False, tmp_path / "srv.log", 0)
+    choice = EngineChoice("vllm", "test", "server", "float32", "adapter", max_lora_rank=8, base=smol_path)
+    server = ManagedVLLMServer(choice, settings, tmp_path / "srv.log", 0)
     try:
         out = tmp_path / "out"
         args = _config(out, vllm_mode="server", vllm_server_base_url=server.url, vllm_lora_mode="adapter")
@@ -163,3 +164,35 @@ def test_an_external_server_takes_each_rounds_adapter_through_its_runtime_lora_a
     finally:
         server.stop()
     assert server.exit_code() is not None
+
+
+def test_a_server_outlives_no_training_process_killed_with_sigkill(tmp_path, smol_path):
+    """The server trl-soft starts gets the kernel's parent-death signal: `kill -9` of the run leaves no server."""
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "run.py"
+    script.write_text(
+        "import sys, time\n"
+        "from trl_soft.engines import EngineChoice, EngineSettings\n"
+        "from trl_soft.engines.vllm_server import ManagedVLLMServer\n"
+        "if __name__ == '__main__':\n"
+        "    settings = EngineSettings(vllm_mode='server', cpu_kv_cache_gb=1)\n"
+        f"    choice = EngineChoice('vllm', 'test', 'server', 'bfloat16', base={smol_path!r})\n"
+        f"    server = ManagedVLLMServer(choice, settings, {str(tmp_path / 'server.log')!r}, 0)\n"
+        "    print(server.process.pid, flush=True)\n"
+        "    time.sleep(600)\n"
+    )
+    run = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        server_pid = int(run.stdout.readline())
+        assert group_members(server_pid)  # the server and its engine processes run
+        run.kill()
+        run.wait()
+        deadline = time.monotonic() + 60
+        while group_members(server_pid) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not group_members(server_pid)
+    finally:
+        run.kill()

@@ -44,25 +44,14 @@ def make_vllm_engine(
     choice: EngineChoice, settings: EngineSettings, tokenizer, output_dir: Path, seed: int
 ) -> GenerationEngine:
     """Start the vLLM engine `choice` describes (this process only)."""
-    common = dict(
-        settings=settings,
-        tokenizer=tokenizer,
-        base=choice.base,
-        dtype=choice.dtype,
-        lora_mode=choice.lora_mode,
-        max_lora_rank=choice.max_lora_rank,
-        quantization=choice.quantization,
-        on_cuda=choice.on_cuda,
-        work_dir=Path(output_dir) / "engine_weights",
-        seed=seed,
-    )
+    work_dir = Path(output_dir) / "engine_weights"
     if choice.mode == "server":
         from .vllm_server import VLLMServerEngine
 
-        return VLLMServerEngine(**common, log_path=Path(output_dir) / "vllm_server.log")
+        return VLLMServerEngine(choice, settings, tokenizer, work_dir, seed, Path(output_dir) / "vllm_server.log")
     from .vllm_local import VLLMColocateEngine
 
-    return VLLMColocateEngine(**common)
+    return VLLMColocateEngine(choice, settings, tokenizer, work_dir, seed)
 
 
 class MainProcessEngine:

@@ -96,11 +96,17 @@ def vllm_installed() -> bool:
 
 
 def read_architecture(path: str | None) -> str | None:
-    if path is None or not os.path.isdir(path):
+    """The model's architecture from its config.json (a local folder, or the hub's copy when it can be had)."""
+    if path is None:
         return None
     try:
-        architectures = json.loads((Path(path) / "config.json").read_text()).get("architectures") or []
-    except (OSError, ValueError):
+        if os.path.isdir(path):
+            architectures = json.loads((Path(path) / "config.json").read_text()).get("architectures")
+        else:
+            from transformers import AutoConfig
+
+            architectures = AutoConfig.from_pretrained(path).architectures
+    except Exception:  # no config to be had (offline, private): vLLM itself will say at start-up
         return None
     return architectures[0] if architectures else None
 

@@ -28,6 +28,8 @@ from transformers import PreTrainedTokenizerBase
 
 from ..generation import GenerationResult, GenerationSettings
 from .base import EngineError, EngineWeights, StopRule, encode_prompts, prompt_seed, result_from_vllm, sampling_fields
+from .choice import EngineChoice
+from .settings import EngineSettings
 from .weights import export_merged_weights
 
 TORCH_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
@@ -52,12 +54,13 @@ def check_main_guard() -> None:
         )
 
 
-# vLLM's CPU build keeps one core for its scheduler by default; on a small machine that halves generation speed
-# (measured on 2 cores: 188 instead of 94 tokens/s), and the scheduler needs little. Up to this many cores, none is kept.
+# vLLM's CPU build keeps one core for its scheduler by default; on a small machine that costs much of the speed
+# (measured on 2 cores, 32 demo prompts: 188 instead of 114 tokens/s); the scheduler needs little. Up to this many
+# cores, none is kept.
 SMALL_CPU_CORES = 8
 
 
-def engine_environment(settings, on_cuda: bool) -> dict[str, str]:
+def engine_environment(settings: EngineSettings, on_cuda: bool) -> dict[str, str]:
     """Environment the engine's processes must start with (read by vLLM at start-up); the user's own values win."""
     env = {}
     if not on_cuda:
@@ -67,7 +70,7 @@ def engine_environment(settings, on_cuda: bool) -> dict[str, str]:
     return {k: v for k, v in env.items() if k not in os.environ}
 
 
-def engine_arguments(settings, on_cuda: bool) -> dict[str, object]:
+def engine_arguments(settings: EngineSettings, on_cuda: bool) -> dict[str, object]:
     """`vllm.LLM` / `vllm serve` settings that follow from the hardware (the same for both modes)."""
     arguments: dict[str, object] = {
         "enforce_eager": settings.enforce_eager if settings.enforce_eager is not None else not on_cuda,
@@ -88,47 +91,37 @@ class VLLMColocateEngine:
     name = "vllm-colocate"
 
     def __init__(
-        self,
-        settings,
-        tokenizer: PreTrainedTokenizerBase,
-        base: str,
-        dtype: str,
-        lora_mode: str | None,
-        max_lora_rank: int | None,
-        quantization: str | None,
-        on_cuda: bool,
-        work_dir: Path,
-        seed: int,
+        self, choice: EngineChoice, settings: EngineSettings, tokenizer: PreTrainedTokenizerBase, work_dir: Path, seed: int
     ):
         check_main_guard()
         from vllm import LLM
 
         self.tokenizer = tokenizer
-        self.dtype = dtype
-        self.lora_mode = lora_mode
+        self.dtype = choice.dtype
+        self.lora_mode = choice.lora_mode
         self.work_dir = Path(work_dir)
-        self.current = EngineWeights(base=base)
+        self.current = EngineWeights(base=choice.base)
         self.lora_request = None
         self._lora_ids = 0
         kwargs = dict(
-            model=base,
-            dtype=dtype,
+            model=choice.base,
+            dtype=choice.dtype,
             seed=seed,
             max_model_len=settings.max_model_len,
             tensor_parallel_size=settings.tensor_parallel_size,
-            **engine_arguments(settings, on_cuda),
+            **engine_arguments(settings, choice.on_cuda),
         )
-        if quantization:
-            kwargs["quantization"] = quantization
-        if lora_mode == "adapter":
-            kwargs.update(enable_lora=True, max_lora_rank=max_lora_rank, max_loras=1)
+        if choice.quantization:
+            kwargs["quantization"] = choice.quantization
+        if choice.lora_mode == "adapter":
+            kwargs.update(enable_lora=True, max_lora_rank=choice.max_lora_rank, max_loras=1)
         started = time.perf_counter()
-        environment = engine_environment(settings, on_cuda)
+        environment = engine_environment(settings, choice.on_cuda)
         os.environ.update(environment)  # the engine's processes inherit it when they start
         try:
             self.llm = LLM(**kwargs)
         except Exception as err:
-            raise EngineError(f"vLLM could not start on {base!r} ({type(err).__name__}: {err}).") from err
+            raise EngineError(f"vLLM could not start on {choice.base!r} ({type(err).__name__}: {err}).") from err
         finally:
             for name in environment:
                 os.environ.pop(name, None)

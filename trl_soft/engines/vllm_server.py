@@ -36,6 +36,8 @@ from transformers import PreTrainedTokenizerBase
 
 from ..generation import GenerationResult, GenerationSettings
 from .base import EngineError, EngineWeights, StopRule, encode_prompts, prompt_seed, result_from_vllm, sampling_fields
+from .choice import EngineChoice
+from .settings import EngineSettings
 from .vllm_local import TORCH_DTYPES, engine_arguments, engine_environment
 from .weights import export_merged_weights
 
@@ -76,18 +78,7 @@ def log_tail(path: Path, lines: int = 15) -> str:
 class ManagedVLLMServer:
     """A `vllm serve` subprocess that lives exactly as long as it is needed."""
 
-    def __init__(
-        self,
-        settings,
-        base: str,
-        dtype: str,
-        lora_mode: str | None,
-        max_lora_rank: int | None,
-        quantization: str | None,
-        on_cuda: bool,
-        log_path: Path,
-        seed: int,
-    ):
+    def __init__(self, choice: EngineChoice, settings: EngineSettings, log_path: Path, seed: int):
         host = settings.server_host
         if settings.server_port is not None:
             if not port_is_free(host, settings.server_port):
@@ -103,12 +94,12 @@ class ManagedVLLMServer:
         self.log_path = Path(log_path)
         command = [
             sys.executable, "-m", "vllm.entrypoints.openai.api_server",
-            "--model", base, "--served-model-name", SERVED_NAME,
-            "--host", host, "--port", str(port), "--dtype", dtype, "--seed", str(seed),
+            "--model", choice.base, "--served-model-name", SERVED_NAME,
+            "--host", host, "--port", str(port), "--dtype", choice.dtype, "--seed", str(seed),
             "--tensor-parallel-size", str(settings.tensor_parallel_size),
             "--generation-config", "vllm",  # no defaults from the model's generation_config.json
         ]
-        for name, value in engine_arguments(settings, on_cuda).items():
+        for name, value in engine_arguments(settings, choice.on_cuda).items():
             flag = "--" + name.replace("_", "-")
             if isinstance(value, bool):
                 command.append(flag if value else f"--no-{flag[2:]}")
@@ -116,13 +107,13 @@ class ManagedVLLMServer:
                 command += [flag, str(value)]
         if settings.max_model_len is not None:
             command += ["--max-model-len", str(settings.max_model_len)]
-        if quantization:
-            command += ["--quantization", quantization]
-        if lora_mode == "adapter":
-            command += ["--enable-lora", "--max-lora-rank", str(max_lora_rank), "--max-loras", "1"]
+        if choice.quantization:
+            command += ["--quantization", choice.quantization]
+        if choice.lora_mode == "adapter":
+            command += ["--enable-lora", "--max-lora-rank", str(choice.max_lora_rank), "--max-loras", "1"]
         env = {
             **os.environ,
-            **engine_environment(settings, on_cuda),
+            **engine_environment(settings, choice.on_cuda),
             "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True",
             "VLLM_SERVER_DEV_MODE": "1",
         }
@@ -222,14 +213,9 @@ class VLLMServerEngine:
 
     def __init__(
         self,
-        settings,
+        choice: EngineChoice,
+        settings: EngineSettings,
         tokenizer: PreTrainedTokenizerBase,
-        base: str,
-        dtype: str,
-        lora_mode: str | None,
-        max_lora_rank: int | None,
-        quantization: str | None,
-        on_cuda: bool,
         work_dir: Path,
         seed: int,
         log_path: Path,
@@ -237,11 +223,11 @@ class VLLMServerEngine:
         import requests
 
         self.tokenizer = tokenizer
-        self.dtype = dtype
-        self.lora_mode = lora_mode
+        self.dtype = choice.dtype
+        self.lora_mode = choice.lora_mode
         self.work_dir = Path(work_dir)
         self.request_timeout = settings.request_timeout
-        self.current = EngineWeights(base=base)
+        self.current = EngineWeights(base=choice.base)
         self.server: ManagedVLLMServer | None = None
         self.session = requests.Session()
         pool = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=MAX_IN_FLIGHT)
@@ -249,9 +235,7 @@ class VLLMServerEngine:
         self.session.mount("https://", pool)
         started = time.perf_counter()
         if settings.server_base_url is None:
-            self.server = ManagedVLLMServer(
-                settings, base, dtype, lora_mode, max_lora_rank, quantization, on_cuda, log_path, seed
-            )
+            self.server = ManagedVLLMServer(choice, settings, log_path, seed)
             self.url, self.base_name = self.server.url, SERVED_NAME
         else:
             self.url = settings.server_base_url.rstrip("/")
