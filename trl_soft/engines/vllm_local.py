@@ -22,7 +22,6 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
@@ -30,9 +29,7 @@ from ..generation import GenerationResult, GenerationSettings
 from .base import EngineError, EngineWeights, StopRule, encode_prompts, prompt_seed, result_from_vllm, sampling_fields
 from .choice import EngineChoice
 from .settings import EngineSettings
-from .weights import export_merged_weights
-
-TORCH_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+from .weights import check_adapter_engine_weights, reload_folder
 
 
 def check_main_guard() -> None:
@@ -132,8 +129,7 @@ class VLLMColocateEngine:
             return 0.0
         started = time.perf_counter()
         if self.lora_mode == "adapter":
-            if weights.kind == "full":
-                raise EngineError("A LoRA engine (`vllm_lora_mode='adapter'`) was given full weights to load.")
+            check_adapter_engine_weights(weights)
             self.lora_request = None
             if weights.kind == "adapter":
                 from vllm.lora.request import LoRARequest
@@ -141,11 +137,7 @@ class VLLMColocateEngine:
                 self._lora_ids += 1
                 self.lora_request = LoRARequest(weights.tag, self._lora_ids, weights.folder)
         else:
-            path = weights.path
-            if weights.kind == "adapter":
-                if model is None:
-                    raise EngineError("Merging a LoRA round for vLLM needs the training model.")
-                path = str(export_merged_weights(model, self.work_dir, TORCH_DTYPES[self.dtype]))
+            path = reload_folder(weights, model, self.work_dir, self.dtype)
             self.llm.collective_rpc("reload_weights", kwargs={"weights_path": path})
             self.llm.reset_prefix_cache()  # cached keys/values were computed with the old weights
         self.current = weights

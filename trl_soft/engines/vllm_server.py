@@ -38,8 +38,8 @@ from ..generation import GenerationResult, GenerationSettings
 from .base import EngineError, EngineWeights, StopRule, encode_prompts, prompt_seed, result_from_vllm, sampling_fields
 from .choice import EngineChoice
 from .settings import EngineSettings
-from .vllm_local import TORCH_DTYPES, engine_arguments, engine_environment
-from .weights import export_merged_weights
+from .vllm_local import engine_arguments, engine_environment
+from .weights import check_adapter_engine_weights, reload_folder
 
 SERVED_NAME = "soft-base"
 MAX_IN_FLIGHT = 128  # concurrent requests; the server batches them
@@ -308,8 +308,7 @@ class VLLMServerEngine:
         started = time.perf_counter()
         previous = self.model_name
         if self.lora_mode == "adapter":
-            if weights.kind == "full":
-                raise EngineError("A LoRA engine (`vllm_lora_mode='adapter'`) was given full weights to load.")
+            check_adapter_engine_weights(weights)
             self.model_name = self.base_name
             if weights.kind == "adapter":
                 name = f"{weights.tag}-{secrets.token_hex(4)}"  # unique: a shared server may hold other runs' rounds
@@ -320,11 +319,7 @@ class VLLMServerEngine:
                 with contextlib.suppress(EngineError):  # only memory is at stake
                     self._post("/v1/unload_lora_adapter", {"lora_name": previous}, f"Unloading adapter {previous}")
         else:
-            path = weights.path
-            if weights.kind == "adapter":
-                if model is None:
-                    raise EngineError("Merging a LoRA round for vLLM needs the training model.")
-                path = str(export_merged_weights(model, self.work_dir, TORCH_DTYPES[self.dtype]))
+            path = reload_folder(weights, model, self.work_dir, self.dtype)
             self._post("/collective_rpc", {"method": "reload_weights", "kwargs": {"weights_path": path}},
                        f"Reloading weights from {path}")
             self._post("/reset_prefix_cache", {}, "Resetting the prefix cache")

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+TORCH_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 LORA_PARTS = (".lora_A.", ".lora_B.", ".lora_embedding_A.", ".lora_embedding_B.", ".lora_magnitude_vector.")
 
 
@@ -73,3 +74,19 @@ def export_merged_weights(peft_model, folder: str | Path, dtype: torch.dtype) ->
 
 def is_peft_model(model) -> bool:
     return hasattr(model, "peft_config") and hasattr(model, "get_base_model")
+
+
+def reload_folder(weights, model, work_dir: str | Path, dtype: str) -> str:
+    """The folder an engine reloads its weights from for `weights` (an `EngineWeights`): the saved full weights or
+    the base as they are, a LoRA round merged from the training `model` into `work_dir` first."""
+    if weights.kind != "adapter":
+        return weights.path
+    if model is None:
+        raise ValueError("Merging a LoRA round for vLLM needs the training model.")
+    return str(export_merged_weights(model, work_dir, TORCH_DTYPES[dtype]))
+
+
+def check_adapter_engine_weights(weights) -> None:
+    """An engine in adapter mode holds the base weights for good: it takes adapters and the base, never full weights."""
+    if weights.kind == "full":
+        raise ValueError("A LoRA engine (`vllm_lora_mode='adapter'`) was given full weights to load.")
