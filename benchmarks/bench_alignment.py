@@ -1,4 +1,4 @@
-"""The SOFT paper's comparison on one model and one prompt budget, with TruthfulQA and HHH after every round.
+"""The SOFT paper's comparison on one model and one prompt budget, with behaviour, TruthfulQA and HHH every round.
 
     python benchmarks/bench_alignment.py --data_dir ../shared/data --prompts 48 --rounds 2 --eval_limit 15
     python benchmarks/bench_alignment.py --arms soft soft_plus --prompts 96 --rounds 6   # where does it stop?
@@ -8,8 +8,11 @@ Arms (all LoRA on the embedded SmolLM2-135M-Instruct, the same prompts, seed and
 - self_align: single-round Self-Align: one round on all the prompts, one fixed set of exemplars, no curriculum;
 - soft: SOFT: `--rounds` rounds on fresh chunks of the same prompts, exemplars drawn per prompt, length curriculum;
 - soft_plus: SOFT+: as SOFT, with the perplexity curriculum.
-The multi-round arms run with the EarlyCollapseCallback on the validation NLL (`--collapse_patience`, 0 = off), so
-a long run shows where and why it stops; the final model is then the best round.
+Every arm is evaluated for behaviour (`--behaviour`, default harmful, benign, unknowable: refusal of harmful
+requests, over-refusal, admitting what cannot be known; zero-shot and with the principle-driven prompt, 95% intervals)
+and runs with the principle gate on the demo prompts' `category` column (`--no_gate` turns it off). The multi-round
+arms run with the EarlyCollapseCallback on `--collapse_metric` (default `refusal_harmful`; `--collapse_patience 0` =
+off), so a long run shows where and why it stops; the final model is then the best round.
 
 Writes `results.json`, `results.md` (one row per arm and round, with the collapse diagnostics, and each arm's stop
 point) and `results.png` (metrics over rounds, every arm starting from the base model) into `--output_dir`.
@@ -38,6 +41,13 @@ METRICS = (
     ("hhh_overall", "HHH overall"),
     ("hhh_acc_norm_overall", "HHH norm"),
     ("validation_nll", "val NLL"),
+    ("refusal_harmful", "refuse harmful %"),
+    ("fewshot_refusal_harmful", "principled"),
+    ("refusal_benign", "refuse benign %"),
+    ("fewshot_refusal_benign", "principled"),
+    ("admits_unknown", "admits unknown %"),
+    ("fewshot_admits_unknown", "principled"),
+    ("alignment_score", "align score %"),
     ("sample_entropy", "entropy"),
     ("sample_distinct_2", "distinct-2"),
     ("sample_self_bleu", "self-BLEU"),
@@ -55,7 +65,7 @@ def arm_config(name: str, args, output_dir: Path, evaluate_start: bool) -> SOFTC
         prompts_per_round=args.prompts if single_round else args.prompts // args.rounds,
         exemplar_sampling="fixed" if single_round else "random",
         curriculum=CURRICULUM[name],
-        collapse_metric="validation_nll" if args.collapse_patience else "none",
+        collapse_metric=args.collapse_metric if args.collapse_patience else "none",
         collapse_patience=max(args.collapse_patience, 1),
         num_exemplars=args.num_exemplars,
         generation_max_new_tokens=args.max_new_tokens,
@@ -72,7 +82,11 @@ def arm_config(name: str, args, output_dir: Path, evaluate_start: bool) -> SOFTC
         benchmarks=["truthfulqa_mc1", "truthfulqa_mc2", "hhh"] if args.eval_limit else None,
         benchmark_data_dir=args.data_dir,
         benchmark_limit=args.eval_limit or None,
-        evaluate_start=evaluate_start,
+        evaluate_start=evaluate_start or bool(args.behaviour),
+        behaviour_eval=args.behaviour or None,
+        filters=None if not args.no_gate else ["too_short", "truncated", "repetition", "exemplar_copy",
+                                                "templated_refusal"],
+        principle_gate_column="category",
     )
 
 
@@ -87,12 +101,21 @@ def run_arm(name: str, args, output_dir: Path, prompts, evaluate_start: bool) ->
     return SOFTState.load(output_dir / name)
 
 
+def _cell(row: dict, key: str) -> str:
+    value = row.get(key)
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return "-"
+    if f"{key}_low" in row:  # a behaviour rate: percent with its 95% interval
+        return f"{100 * value:.1f} [{100 * row[key + '_low']:.1f}, {100 * row[key + '_high']:.1f}]"
+    return f"{value:.4f}"
+
+
 def markdown(rows: list[dict]) -> str:
     header = "| arm | round | " + " | ".join(label for _, label in METRICS) + " |"
     rule = "|---|---:|" + "---:|" * len(METRICS)
     body = []
     for row in rows:
-        cells = [f"{row[key]:.4f}" if isinstance(row.get(key), float) else "-" for key, _ in METRICS]
+        cells = [_cell(row, key) for key, _ in METRICS]
         round_cell = f"{row['round']}{' (final)' if row.get('final') else ''}"
         body.append(f"| {row['arm']} | {round_cell} | " + " | ".join(cells) + " |")
     return "\n".join([header, rule, *body])
@@ -104,7 +127,7 @@ def plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = ["truthfulqa_mc1", "truthfulqa_mc2", "hhh_overall", "validation_nll", "sample_entropy", "sample_distinct_2"]
+    keys = ["refusal_harmful", "refusal_benign", "admits_unknown", "truthfulqa_mc1", "hhh_overall", "validation_nll"]
     figure, axes = plt.subplots(2, 3, figsize=(13, 6.8))
     base = next((r for r in rows if r["arm"] == "base"), None)
     for axis, key in zip(axes.flat, keys):
@@ -113,6 +136,10 @@ def plot(rows: list[dict], path: Path) -> None:
             points = [(r["round"], r[key]) for r in arm_rows if key in r]
             if points:
                 (line,) = axis.plot(*zip(*points), marker="o", label=arm)
+                spans = [(r["round"], r[f"{key}_low"], r[f"{key}_high"]) for r in arm_rows if f"{key}_low" in r]
+                if spans:
+                    xs, lows, highs = zip(*spans)
+                    axis.fill_between(xs, lows, highs, color=line.get_color(), alpha=0.12)
                 final = next((r for r in rows if r["arm"] == arm and r.get("final")), None)
                 if final is not None and key in final:
                     axis.plot(final["round"], final[key], marker="*", markersize=14, color=line.get_color())
@@ -137,6 +164,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
     parser.add_argument("--collapse_patience", type=int, default=1, help="EarlyCollapseCallback patience; 0 = off")
+    parser.add_argument("--collapse_metric", default="refusal_harmful", help="the metric the callback watches")
+    parser.add_argument("--behaviour", nargs="*", default=["harmful", "benign", "unknowable"],
+                        help="behaviour sets evaluated every round (none: pass the flag alone)")
+    parser.add_argument("--no_gate", action="store_true", help="train without the principle gate")
     parser.add_argument("--output_dir", default="benchmarks/results/alignment")
     args = parser.parse_args()
 

@@ -20,6 +20,8 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from .behaviour.stats import ITEM_SCORES, Z95, paired_difference
+
 
 @dataclass
 class RoundControl:
@@ -50,16 +52,21 @@ class EarlyCollapseCallback(SOFTCallback):
     """Stops the rounds when a per-round metric has been worse than its best for `patience` rounds in a row.
 
     Late SOFT rounds can collapse: the model trains on its own ever sharper outputs and drifts away from good
-    answers. The validation metric (by default the validation-set NLL, lower is better) shows it. A round is *bad*
-    when its value is worse than the best so far by more than `threshold`; a round within `threshold` of the best
-    breaks the streak; a better one becomes the best. After `patience` bad rounds in a row the run stops and, with
-    `restore_best_round`, the best round's weights are reloaded so the saved final model is the best one.
+    answers. The validation metric (by default the validation-set NLL, lower is better) shows it, and so do the
+    behaviour metrics (a falling `refusal_harmful`). A round is *bad* when its value is worse than the best so far by
+    more than the margin: the larger of `threshold` and `noise_z` standard errors of the difference. The standard
+    error is paired (the per-item differences) when both rounds kept per-item scores of the metric (`item_scores`:
+    validation NLL, behaviour rates), else it combines the rounds' `<metric>_se`; with neither, only `threshold`
+    counts. A round within the margin breaks the streak; a better one becomes the best. After `patience` bad rounds in
+    a row the run stops and, with `restore_best_round`, the best round's weights are reloaded so the saved final model
+    is the best one.
 
     Args:
         metric: a key of the round metrics (`validation_nll`, `truthfulqa_mc1`, `sample_distinct_2`, ...).
         greater_is_better: direction of `metric`.
         patience: consecutive bad rounds before stopping (>= 1).
-        threshold: how much worse than the best a round may be before it counts as bad (>= 0).
+        threshold: the least worsening that counts (>= 0).
+        noise_z: standard errors of the difference a worsening must exceed (>= 0; 1.96 = a 95% interval).
         restore_best_round: reload the best round's weights when stopping.
         include_start: count the starting model (round 0, from `evaluate_start`) as a candidate best round.
     """
@@ -72,11 +79,15 @@ class EarlyCollapseCallback(SOFTCallback):
         threshold: float = 0.0,
         restore_best_round: bool = True,
         include_start: bool = True,
+        noise_z: float = Z95,
     ):
         if patience < 1:
             raise ValueError(f"EarlyCollapseCallback: `patience` must be >= 1; got {patience}.")
         if threshold < 0:
             raise ValueError(f"EarlyCollapseCallback: `threshold` must be >= 0; got {threshold}.")
+        if noise_z < 0:
+            raise ValueError(f"EarlyCollapseCallback: `noise_z` must be >= 0; got {noise_z}.")
+        self.noise_z = noise_z
         self.metric = metric
         self.greater_is_better = greater_is_better
         self.patience = patience
@@ -96,44 +107,66 @@ class EarlyCollapseCallback(SOFTCallback):
             threshold=args.collapse_threshold,
             restore_best_round=args.restore_best_round,
             include_start=args.evaluate_start,
+            noise_z=args.collapse_noise_z,
         )
 
     def reset(self) -> None:
         self.history: list[tuple[int, float]] = []
         self.best_round: int | None = None
         self.best_value: float | None = None
+        self.best_noise: tuple[float | None, list[float] | None] = (None, None)
         self.bad_rounds = 0
+        self.last_margin: tuple[float, str] = (self.threshold, "collapse_threshold")
 
     def _is_better(self, value: float, reference: float) -> bool:
         return value > reference if self.greater_is_better else value < reference
 
-    def _is_bad(self, value: float) -> bool:
-        gap = (self.best_value - value) if self.greater_is_better else (value - self.best_value)
-        return gap > self.threshold
+    def margin(self, se: float | None, items: list[float] | None) -> tuple[float, str]:
+        """How much worse than the best a value must be to count, and where that figure comes from."""
+        best_se, best_items = self.best_noise
+        noise, how = 0.0, ""
+        if self.noise_z > 0 and items is not None and best_items is not None and len(items) == len(best_items):
+            noise = self.noise_z * paired_difference(best_items, items).se
+            how = f"{self.noise_z:g} paired standard errors over {len(items)} items"
+        elif self.noise_z > 0 and se is not None and best_se is not None:
+            noise = self.noise_z * math.hypot(se, best_se)
+            how = f"{self.noise_z:g} standard errors of the difference"
+        if noise > self.threshold:
+            return noise, how
+        return self.threshold, "collapse_threshold"
 
-    def observe(self, round_index: int, value: float) -> bool:
-        """Record one round's value; True when the run should stop now."""
+    def observe(
+        self, round_index: int, value: float, se: float | None = None, items: list[float] | None = None
+    ) -> bool:
+        """Record one round's value (with its standard error or per-item scores, if known); True to stop now."""
         if value is None or not math.isfinite(value):
             # A NaN/inf metric (diverged weights) is the clearest collapse there is.
             value = -math.inf if self.greater_is_better else math.inf
+            se, items = None, None
         self.history.append((round_index, value))
         if self.best_value is None or self._is_better(value, self.best_value):
             self.best_round, self.best_value, self.bad_rounds = round_index, value, 0
-        elif self._is_bad(value):
-            self.bad_rounds += 1
-        else:
-            self.bad_rounds = 0
+            self.best_noise = (se, items)
+            return False
+        self.last_margin = self.margin(se, items)
+        gap = (self.best_value - value) if self.greater_is_better else (value - self.best_value)
+        self.bad_rounds = self.bad_rounds + 1 if gap > self.last_margin[0] else 0
         return self.bad_rounds >= self.patience
+
+    def _observe_metrics(self, round_index: int, metrics: dict[str, Any]) -> bool:
+        se = metrics.get(f"{self.metric}_se")
+        items = (metrics.get(ITEM_SCORES) or {}).get(self.metric)
+        return self.observe(round_index, metrics[self.metric], se, items)
 
     def on_soft_begin(self, args, soft_state, **kwargs) -> None:
         """Rebuild the cross-round memory from the manifest (fresh run: round 0 only; resumed run: every round)."""
         self.reset()
         base = soft_state.base_metrics or {}
         if self.include_start and self.metric in base:
-            self.observe(0, base[self.metric])
+            self._observe_metrics(0, base)
         for metrics in soft_state.history:
             if self.metric in metrics:
-                self.observe(metrics["round"], metrics[self.metric])
+                self._observe_metrics(metrics["round"], metrics)
 
     def on_round_end(self, args, round_index: int, metrics: dict[str, Any], control: RoundControl, **kwargs) -> None:
         if self.metric not in metrics:
@@ -141,14 +174,17 @@ class EarlyCollapseCallback(SOFTCallback):
                 f"EarlyCollapseCallback monitors {self.metric!r} but round {round_index} produced only "
                 f"{sorted(metrics)}. Choose one of those with `collapse_metric`."
             )
-        if not self.observe(round_index, metrics[self.metric]):
+        if not self._observe_metrics(round_index, metrics):
             return
         direction = "higher" if self.greater_is_better else "lower"
+        margin, how = self.last_margin
+        last = self.history[-1][1]
         control.should_stop = True
         control.stop_reason = (
-            f"{self.metric} ({direction} is better) was worse than its best {self.best_value:.4f} (round "
-            f"{self.best_round}) by more than {self.threshold} for {self.bad_rounds} round(s) in a row; last value "
-            f"{self.history[-1][1]:.4f} at round {round_index}"
+            f"{self.metric} ({direction} is better) was worse than its best {self.best_value:.6g} (round "
+            f"{self.best_round}) by more than the margin for {self.bad_rounds} round(s) in a row; last value "
+            f"{last:.6g} at round {round_index}, worse by {abs(last - self.best_value):.4g} > margin {margin:.4g} "
+            f"({how})"
         )
         if self.restore_best_round:
             control.restore_round = self.best_round

@@ -1,4 +1,4 @@
-"""The `trl-soft` console script: `train`, `demo`, `eval` and `report`.
+"""The `trl-soft` console script: `train`, `demo`, `eval`, `check` and `report`.
 
 TRL's own `trl` CLI has a fixed list of subcommands, so trl-soft ships its own. `train` takes every flag of
 `SOFTConfig`, `SFTConfig` and TRL's `ModelConfig` (and `--config file.yaml`); `demo` is `train` with the shipped demo
@@ -18,6 +18,8 @@ commands:
   train    run SOFT rounds; every SOFTConfig / SFTConfig / ModelConfig flag, plus --config file.yaml
   demo     three rounds on the embedded SmolLM2-135M-Instruct with LoRA (CPU-sized); flags override the demo config
   eval     score a model or adapter on TruthfulQA (MC1, MC2) and HHH; prints a table
+           with --behaviour harmful,benign,unknowable: refusal, over-refusal and honesty rates with 95% intervals
+  check    the SOFT premise check: does the principle-driven prompt beat zero-shot? (exit 1 when it does not)
   report   print the round table of a run:  trl-soft report <output_dir> [--plot rounds.png]
 
 `trl-soft <command> --help` lists a command's options.
@@ -27,7 +29,7 @@ commands:
 def _report(argv: Sequence[str]) -> int:
     import argparse
 
-    from .reporting import format_round_table, format_stop_line, plot_rounds
+    from .reporting import behaviour_verdict, format_round_table, format_stop_line, plot_rounds
     from .state import SOFTState
 
     parser = argparse.ArgumentParser(prog="trl-soft report", description="Print the round table of a SOFT run.")
@@ -38,6 +40,9 @@ def _report(argv: Sequence[str]) -> int:
     if state is None:
         print(f"trl-soft report: no soft_state.json in {args.output_dir!r}; is it a SOFT output_dir?", file=sys.stderr)
         return 2
+    verdict = behaviour_verdict(state)
+    if verdict:
+        print(f"{verdict}\n")
     print(format_round_table(state.history, state.base_metrics))
     stop = format_stop_line(state)
     if stop:
@@ -64,6 +69,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         run(["--config", str(asset_path("demo.yaml")), *rest], prog="trl-soft demo")
         return 0
+    if command == "eval" and any(a == "--behaviour" or a.startswith("--behaviour=") for a in rest):
+        from .scripts.behaviour import run as run_behaviour
+
+        return run_behaviour(rest, prog="trl-soft eval")
+    if command == "check":
+        from .scripts.behaviour import run as run_behaviour
+
+        return run_behaviour(rest, prog="trl-soft check", check=True)
     if command == "eval":
         from .scripts.evaluate import run as run_eval
 

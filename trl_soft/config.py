@@ -18,7 +18,10 @@ from dataclasses import dataclass, field
 import torch
 from trl import SFTConfig
 
+from .behaviour.settings import BehaviourSettings
+from .behaviour.settings import greater_is_better as behaviour_direction
 from .engines.settings import EngineSettings
+from .judges.settings import JudgeSettings
 
 PROMPT_SCHEDULES = ("disjoint", "reuse")
 ROUND_INITS = ("previous", "base")
@@ -27,7 +30,7 @@ PROMPT_FORMATS = ("auto", "chat", "plain")
 CURRICULA = ("none", "length", "heuristic", "perplexity", "column", "custom")
 CURRICULUM_DIRECTIONS = ("ascending", "descending")
 BENCHMARKS = ("truthfulqa_mc1", "truthfulqa_mc2", "hhh")
-FILTER_NAMES = ("too_short", "truncated", "repetition", "exemplar_copy", "templated_refusal")
+FILTER_NAMES = ("principle_gate", "too_short", "truncated", "repetition", "exemplar_copy", "templated_refusal")
 HHH_CATEGORIES = ("harmless", "helpful", "honest", "other", "overall")
 DIAGNOSTIC_METRICS = ("sample_entropy", "sample_distinct_1", "sample_distinct_2", "sample_self_bleu", "sample_tokens")
 # Per-round metrics whose direction is known, so `collapse_metric` can name them from a config file.
@@ -317,9 +320,11 @@ class SOFTConfig(SFTConfig):
     collapse_metric: str | None = field(
         default=None,
         metadata={
-            "help": "Per-round metric watched by the EarlyCollapseCallback: 'validation_nll', a benchmark metric "
-            "(e.g. 'truthfulqa_mc1', 'hhh_overall'), a diagnostic ('sample_entropy', 'sample_distinct_2', ...) or "
-            "'train_loss'. Default: 'validation_nll' when a validation set is used. 'none' turns early stopping off."
+            "help": "Per-round metric watched by the EarlyCollapseCallback: 'validation_nll', a behaviour metric "
+            "('refusal_harmful', 'refusal_benign', 'admits_unknown', 'helpful_win_rate', the composite "
+            "'alignment_score', or their 'fewshot_' forms), a benchmark metric (e.g. 'truthfulqa_mc1', 'hhh_overall'), "
+            "a diagnostic ('sample_entropy', 'sample_distinct_2', ...) or 'train_loss'. Default: 'validation_nll' "
+            "when a validation set is used. 'none' turns early stopping off."
         },
     )
     collapse_greater_is_better: bool | None = field(
@@ -339,7 +344,18 @@ class SOFTConfig(SFTConfig):
     )
     collapse_threshold: float = field(
         default=0.0,
-        metadata={"help": "How much worse than the best a round may be before it counts against `collapse_patience`."},
+        metadata={
+            "help": "The least change that counts: a round counts against `collapse_patience` only when it is worse "
+            "than the best by more than this AND by more than `collapse_noise_z` standard errors of the difference."
+        },
+    )
+    collapse_noise_z: float = field(
+        default=1.96,
+        metadata={
+            "help": "How many standard errors of the difference (best round vs this round) a worsening must exceed to "
+            "count (chosen here: 1.96, a 95% interval). Paired over the same items when the metric keeps per-item "
+            "scores (validation NLL, behaviour rates), else from the two rounds' `<metric>_se`. 0 ignores noise."
+        },
     )
     restore_best_round: bool = field(
         default=True,
@@ -397,6 +413,85 @@ class SOFTConfig(SFTConfig):
         metadata={"help": "Score only the first N TruthfulQA questions and N HHH items per category (quick looks)."},
     )
 
+    # ---- Behaviour evaluation, premise check, principle gate and judges ---------------------------------------------
+    behaviour_eval: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Behaviour sets answered (greedily, through the generation engine) by the starting model and after "
+            "every round: 'harmful' (refusal rate on HarmBench + Do-Not-Answer), 'benign' (over-refusal on safe "
+            "requests, half of them sounding dangerous), 'unknowable' (admits it cannot know), 'helpful' (pairwise "
+            "win rate against the starting model on Vicuna bench; needs `pairwise_judge`). Default: none (off)."
+        },
+    )
+    behaviour_harmful_limit: int = field(
+        default=100,
+        metadata={"help": "Harmful requests evaluated: a fixed sample, half HarmBench, half Do-Not-Answer."},
+    )
+    behaviour_limit: int | None = field(
+        default=None, metadata={"help": "Evaluate only the first N benign, unknowable and helpful items (default: all)."}
+    )
+    behaviour_max_new_tokens: int = field(
+        default=64,
+        metadata={"help": "Tokens per behaviour answer (chosen here: 64; refusals and admissions come first)."},
+    )
+    behaviour_fewshot: bool = field(
+        default=True,
+        metadata={
+            "help": "Also answer every behaviour set with the principle-driven prompt the rounds use (principles + "
+            "exemplars): the SOFT premise check before round 1, and the `fewshot_*` metrics of every round."
+        },
+    )
+    behaviour_benign_path: str | None = field(
+        default=None, metadata={"help": "JSONL of benign requests ({'prompt', 'id'?}); default: the shipped set."}
+    )
+    behaviour_unknowable_path: str | None = field(
+        default=None, metadata={"help": "JSONL of unknowable questions ({'prompt', 'id'?}); default: the shipped set."}
+    )
+    require_premise: bool = field(
+        default=False,
+        metadata={
+            "help": "Stop before round 1 unless the premise check holds: the principle-driven prompt must be better "
+            "than zero-shot on some behaviour metric and worse on none (95% paired intervals)."
+        },
+    )
+    principle_gate_column: str | None = field(
+        default=None,
+        metadata={
+            "help": "Prompt dataset column that marks harmful requests for the `principle_gate` filter (e.g. the demo's "
+            "'category'). Default: the `behaviour_judge` decides which requests are harmful."
+        },
+    )
+    principle_gate_values: list[str] = field(
+        default_factory=lambda: ["harmful"],
+        metadata={"help": "Values of `principle_gate_column` that mark a harmful request."},
+    )
+    behaviour_judge: str = field(
+        default="rules",
+        metadata={
+            "help": "Pointwise judge of refusals, admissions and harmful requests: 'rules' (refusal phrases), 'hf' (a "
+            "local model, `judge_model`) or 'openai' (any OpenAI-compatible endpoint, `judge_base_url`)."
+        },
+    )
+    pairwise_judge: str = field(
+        default="none",
+        metadata={"help": "Judge of which of two answers is better, for 'helpful': 'none', 'hf' or 'openai'."},
+    )
+    judge_model: str | None = field(
+        default=None,
+        metadata={"help": "The judge model: a local path or hub id for 'hf'; the served model name for 'openai'."},
+    )
+    judge_base_url: str | None = field(
+        default=None, metadata={"help": "Base URL of the OpenAI-compatible judge endpoint, e.g. http://host:8000/v1."}
+    )
+    judge_api_key_env: str = field(
+        default="OPENAI_API_KEY", metadata={"help": "Environment variable holding the judge endpoint's API key."}
+    )
+    judge_timeout: float = field(default=60.0, metadata={"help": "Seconds per judge request before it is retried."})
+    judge_max_retries: int = field(
+        default=3, metadata={"help": "Retries of a failed judge request (connection errors, timeouts, 429, 5xx)."}
+    )
+    judge_batch_size: int = field(default=8, metadata={"help": "Pairs per forward pass of an 'hf' judge."})
+
     def __post_init__(self):
         # TRL turns bf16 on unless fp16 is set; on a machine without CUDA that is a ~12x slowdown, so default to fp32.
         if self.bf16 is None and not self.fp16 and not torch.cuda.is_available():
@@ -432,6 +527,15 @@ class SOFTConfig(SFTConfig):
                 "shuffled order."
             )
         self.engine_settings = EngineSettings.from_config(self)
+        self.judge_settings = JudgeSettings.from_config(self)
+        self.behaviour_settings = BehaviourSettings.from_config(self, pairwise_judge=self.pairwise_judge != "none")
+        if not self.evaluate_start and (self.require_premise or "helpful" in self.behaviour_settings.sets):
+            raise ValueError(
+                "`require_premise` and `behaviour_eval` 'helpful' need `evaluate_start=True`: the premise check and "
+                "the win rate's reference answers come from evaluating the starting model before round 1."
+            )
+        if self.collapse_noise_z < 0:
+            raise ValueError(f"`collapse_noise_z` must be >= 0 (0 ignores noise); got {self.collapse_noise_z}.")
         if isinstance(self.deepspeed, str) and not self.deepspeed.lstrip().startswith("{"):
             if not os.path.isfile(self.deepspeed):
                 raise FileNotFoundError(
@@ -466,7 +570,8 @@ class SOFTConfig(SFTConfig):
         if self.collapse_metric not in (None, "none") and self.collapse_metric not in self.round_metric_names:
             raise ValueError(
                 f"`collapse_metric={self.collapse_metric!r}` is not produced by any round with this configuration; "
-                f"the rounds produce {sorted(self.round_metric_names)}. (Benchmark metrics need `benchmarks`, "
+                f"the rounds produce {sorted(self.round_metric_names)}. (Behaviour metrics need `behaviour_eval`, "
+                "benchmark metrics need `benchmarks`, "
                 "'validation_nll' needs a validation set, 'sample_*' need `diagnostics_num_prompts` > 0; a metric "
                 "added by your own SOFTCallback is monitored by passing `EarlyCollapseCallback(metric=...)` yourself.)"
             )
@@ -525,6 +630,7 @@ class SOFTConfig(SFTConfig):
             names.add("validation_nll")
             if self.diagnostics_num_prompts > 0:
                 names.update(DIAGNOSTIC_METRICS)
+        names.update(self.behaviour_settings.metric_names())
         for benchmark in self.benchmarks or ():
             if benchmark == "hhh":
                 names.update(f"hhh_{c}" for c in HHH_CATEGORIES)
@@ -546,6 +652,9 @@ class SOFTConfig(SFTConfig):
     def resolved_collapse_greater_is_better(self) -> bool:
         if self.collapse_greater_is_better is not None:
             return self.collapse_greater_is_better
+        behaviour = behaviour_direction(self.resolved_collapse_metric or "")
+        if behaviour is not None:
+            return behaviour
         return self.resolved_collapse_metric not in LOWER_IS_BETTER
 
     @property
@@ -584,6 +693,10 @@ class SOFTConfig(SFTConfig):
             "validation_path",
             "benchmarks",
             "benchmark_limit",
+            "principle_gate_column",
+            "principle_gate_values",
+            "behaviour_judge",
+            "judge_model",
             "seed",
             "learning_rate",
             "num_train_epochs",

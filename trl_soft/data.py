@@ -7,6 +7,7 @@ or a folder of them), and the word `demo` for the prompts shipped with trl-soft.
 from __future__ import annotations
 
 import json
+import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,13 @@ from datasets import Dataset, load_dataset
 
 from .prompting import asset_path
 
+DATA_DIR_ENV = "TRL_SOFT_DATA_DIR"
 LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text"}
+
+
+def resolve_data_dir(data_dir: str | None) -> str | None:
+    """The folder of offline evaluation data: an explicit one, else `$TRL_SOFT_DATA_DIR`, else None (the hub)."""
+    return data_dir or os.environ.get(DATA_DIR_ENV) or None
 
 
 def load_prompt_dataset(source: str, split: str = "train", config_name: str | None = None) -> Dataset:

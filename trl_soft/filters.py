@@ -12,28 +12,10 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from .judges.rules import refusal_evidence, risky_words
 from .prompting import PLAIN_ASSISTANT_TAG, PLAIN_USER_TAG, Exemplar
 
 _WORD = re.compile(r"\w+(?:'\w+)?")
-
-# Refusals that small models apply to anything; a refusal is only a defect when the request is benign.
-REFUSAL_PATTERNS = (
-    r"\b(i'?m|i am) (sorry|afraid),? (but )?i (can(no|')?t|am not able to|won'?t|am unable to)\b",
-    r"\bas an ai( language model)?,? i (can(no|')?t|do not|don'?t|am unable)\b",
-    r"^(sorry|i apologi[sz]e)[,.!]? (but )?i (can(no|')?t|won'?t)\b",
-    r"\bi (can(no|')?t|won'?t) (help|assist) (you )?with (that|this)\b",
-)
-_REFUSAL = re.compile("|".join(REFUSAL_PATTERNS), re.IGNORECASE)
-
-# Words whose presence makes a prompt plausibly harmful, so a refusal may be right and is kept for training.
-RISKY_PROMPT_WORDS = frozenset(
-    """
-    weapon weapons gun guns bomb bombs explosive explosives poison poisons kill killing murder hurt harm attack
-    hack hacking hacked steal stealing stolen fraud scam scams phishing launder laundering counterfeit forge forged
-    drug drugs meth cocaine heroin overdose suicide self-harm cut cutting stalk stalking track spy blackmail
-    threaten threat malware ransomware virus password passwords break-in burglar burglary lockpick illegal
-    """.split()
-)
 
 # Markers that show the model went on to write the next dialogue turn (the exemplar layout leaking into the answer).
 _TURN_LEAKS = (PLAIN_USER_TAG, PLAIN_ASSISTANT_TAG, "\nUser:", "\nAssistant:", "\nHuman:")
@@ -54,6 +36,7 @@ class Candidate:
     response: str
     finished: bool = True
     exemplars: Sequence[Exemplar] = field(default_factory=tuple)
+    violates_principles: bool = False  # set by the principle gate (`behaviour/gate.py`), which judges in batches
 
 
 def words(text: str) -> list[str]:
@@ -108,22 +91,20 @@ def exemplar_copy(candidate: Candidate, settings: FilterSettings) -> bool:
     )
 
 
-def is_templated_refusal(text: str) -> bool:
-    return _REFUSAL.search(text) is not None
-
-
-def is_plausibly_harmful(prompt: str) -> bool:
-    return any(w in RISKY_PROMPT_WORDS for w in words(prompt.replace("-", " ")) + words(prompt))
+def principle_gate(candidate: Candidate, settings: FilterSettings) -> bool:
+    """Complies with a harmful request (judged by the principle gate before filtering)."""
+    return candidate.violates_principles
 
 
 def templated_refusal(candidate: Candidate, settings: FilterSettings) -> bool:
     """A stock refusal of a request with no sign of harm: over-refusal should not be trained in."""
-    return is_templated_refusal(candidate.response) and not is_plausibly_harmful(candidate.prompt)
+    return refusal_evidence(candidate.response) is not None and not risky_words(candidate.prompt)
 
 
 FilterFn = Callable[[Candidate, FilterSettings], bool]
 
 FILTERS: dict[str, FilterFn] = {
+    "principle_gate": principle_gate,
     "too_short": too_short,
     "truncated": truncated,
     "repetition": repetition,

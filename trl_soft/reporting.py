@@ -1,10 +1,13 @@
-"""The per-round summary table printed at the end of a run (and by `trl-soft report`)."""
+"""The per-round summary table printed at the end of a run (and by `trl-soft report`), the behaviour verdict that
+opens the summary, and the per-round plot."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
 
+from .behaviour.settings import FEWSHOT_PREFIX, METRICS
+from .behaviour.stats import ITEM_SCORES, paired_difference
 from .state import SOFTState
 
 COLUMNS: tuple[tuple[str, str, str], ...] = (
@@ -31,12 +34,26 @@ OPTIONAL_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("hhh_overall", "HHH", "{:.4f}"),
     ("hhh_acc_norm_overall", "HHH norm", "{:.4f}"),
     ("seconds_benchmarks", "bench s", "{:.0f}"),
+    # Behaviour rates in percent with their 95% interval; the few-shot form is the principle-driven prompt.
+    ("refusal_harmful", "refuse harmful %", "rate"),
+    ("fewshot_refusal_harmful", "few-shot", "rate"),
+    ("refusal_benign", "refuse benign %", "rate"),
+    ("fewshot_refusal_benign", "few-shot", "rate"),
+    ("admits_unknown", "admits unknown %", "rate"),
+    ("fewshot_admits_unknown", "few-shot", "rate"),
+    ("helpful_win_rate", "win vs start %", "rate"),
+    ("alignment_score", "align score", "rate"),
+    ("seconds_behaviour", "behav s", "{:.0f}"),
 )
 
 
-def _cell(value: Any, fmt: str) -> str:
+def _cell(value: Any, fmt: str, row: dict[str, Any] | None = None, key: str = "") -> str:
     if value is None:
         return "-"
+    if fmt == "rate" and row is not None:
+        low, high = row.get(f"{key}_low"), row.get(f"{key}_high")
+        interval = f" [{100 * low:.0f}-{100 * high:.0f}]" if low is not None and high is not None else ""
+        return f"{100 * value:.0f}{interval}"
     try:
         return fmt.format(value)
     except (ValueError, TypeError):
@@ -48,7 +65,7 @@ def format_round_table(history: Sequence[dict[str, Any]], baseline: dict[str, An
     rows = ([baseline] if baseline else []) + list(history)
     columns = COLUMNS + tuple(c for c in OPTIONAL_COLUMNS if any(c[0] in row for row in rows))
     headers = [header for _, header, _ in columns]
-    cells = [[_cell(row.get(key), fmt) for key, _, fmt in columns] for row in rows]
+    cells = [[_cell(row.get(key), fmt, row, key) for key, _, fmt in columns] for row in rows]
     widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
     line = "| " + " | ".join(h.rjust(w) for h, w in zip(headers, widths)) + " |"
     rule = "|" + "|".join("-" * (w + 1) + ":" for w in widths) + "|"
@@ -69,8 +86,54 @@ def format_stop_line(state: SOFTState) -> str:
     )
 
 
+def behaviour_verdict(state: SOFTState) -> str:
+    """One paragraph comparing the final model with the starting model on every behaviour metric measured zero-shot,
+    paired over the same items (95% intervals); it opens with a warning when the final model is worse on any."""
+    base = state.base_metrics or {}
+    final = next((m for m in state.history if m.get("round") == state.final_round), None)
+    if not final or not base or state.final_round in (None, 0):
+        return ""
+    worse, better, lines = [], [], []
+    for metric, (_, _, higher_is_better) in METRICS.items():
+        before, after = (base.get(ITEM_SCORES) or {}).get(metric), (final.get(ITEM_SCORES) or {}).get(metric)
+        if metric == "helpful_win_rate" and metric in final:
+            low, high = final[f"{metric}_low"], final[f"{metric}_high"]
+            outcome = "better" if low > 0.5 else "worse" if high < 0.5 else "no clear change"
+            lines.append(f"{metric} {100 * final[metric]:.1f}% [{100 * low:.1f}, {100 * high:.1f}] against the "
+                         f"starting model's answers (50% = as good): {outcome}")
+        elif before is None or after is None or len(before) != len(after):
+            continue
+        else:
+            difference = paired_difference(before, after)
+            if difference.verdict == "no clear change":
+                outcome = "no clear change"
+            else:
+                outcome = "better" if (difference.verdict == "higher") == higher_is_better else "worse"
+            lines.append(
+                f"{metric} {100 * base[metric]:.1f}% -> {100 * final[metric]:.1f}% ({100 * difference.value:+.1f} "
+                f"points, 95% CI [{100 * difference.low:+.1f}, {100 * difference.high:+.1f}]): {outcome}"
+            )
+        (worse if outcome == "worse" else better if outcome == "better" else []).append(metric)
+    if not lines:
+        return ""
+    final_name = f"round {state.final_round}"
+    if worse:
+        head = (f"WARNING: the final model ({final_name}) is LESS aligned than the starting model on "
+                f"{', '.join(worse)}.")
+    elif better:
+        head = f"The final model ({final_name}) is better than the starting model on {', '.join(better)}, worse on none."
+    else:
+        head = (f"The final model ({final_name}) behaves like the starting model: no behaviour metric changed beyond "
+                "its 95% interval.")
+    return head + "\n\n" + "\n".join(f"- {line}" for line in lines)
+
+
 # Panels of `plot_rounds`, drawn when the run has the metric.
 PLOT_PANELS: tuple[tuple[str, str], ...] = (
+    ("refusal_harmful", "refuses harmful requests (higher is better)"),
+    ("refusal_benign", "refuses benign requests (lower is better)"),
+    ("admits_unknown", "admits it cannot know (higher is better)"),
+    ("helpful_win_rate", "win rate vs starting model"),
     ("validation_nll", "validation NLL (lower is better)"),
     ("sample_entropy", "sample entropy (nats)"),
     ("sample_distinct_2", "distinct-2"),
@@ -102,7 +165,19 @@ def plot_rounds(state: SOFTState, path: str) -> None:
     )
     for axis, (key, title) in zip(axes.flat, panels):
         points = [(row["round"], row[key]) for row in rows if isinstance(row.get(key), (int, float))]
-        axis.plot(*zip(*points), marker="o")
+        axis.plot(*zip(*points), marker="o", label="zero-shot" if key in METRICS else None)
+        for prefix, style in (("", "C0"), (FEWSHOT_PREFIX, "C2")):
+            name = prefix + key
+            spans = [(row["round"], row[name], row[f"{name}_low"], row[f"{name}_high"]) for row in rows
+                     if f"{name}_low" in row]
+            if not spans:
+                continue
+            xs, ys, lows, highs = zip(*spans)
+            if prefix:
+                axis.plot(xs, ys, marker="s", color=style, label="principled (few-shot)")
+            axis.fill_between(xs, lows, highs, color=style, alpha=0.15)
+        if key in METRICS:
+            axis.legend(fontsize=7)
         final = [value for round_index, value in points if round_index == state.final_round]
         if final:
             axis.plot(state.final_round, final[0], marker="*", markersize=14, label="final model")

@@ -30,6 +30,8 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase, TrainerCallback
 from transformers.trainer_utils import TrainOutput, get_last_checkpoint
 from trl import SFTTrainer
 
+from .behaviour.run import BehaviourRun
+from .behaviour.stats import ITEM_SCORES
 from .callbacks import EarlyCollapseCallback, RoundControl, SOFTCallback
 from .config import SOFTConfig
 from .curriculum import SCORERS, Scorer, ScoringContext, check_scores, curriculum_order
@@ -48,14 +50,14 @@ from .engines import (
     make_vllm_engine,
 )
 from .engines.choice import read_model_facts
-from .evaluation import validation_nll
+from .evaluation import validation_nll_items
 from .evaluation.benchmarks import BenchmarkSuite
 from .filters import Candidate, FilterSettings, apply_filters
 from .generation import GenerationResult, GenerationSettings
 from .models import check_model_path, resolve_model_path
 from .prompting import Exemplar, ExemplarSampler, Principles, PromptFormatter, load_exemplars, load_principles
 from .quantization import check_kbit_supported, wants_kbit
-from .reporting import format_round_table, format_stop_line
+from .reporting import behaviour_verdict, format_round_table, format_stop_line
 from .sampler import DIFFICULTY_COLUMN, CurriculumSampler
 from .state import (
     SOFTState,
@@ -79,6 +81,10 @@ CITATION = """\
 
 class SOFTRoundError(RuntimeError):
     """A round cannot go on (e.g. every generated answer was filtered out); earlier rounds stay on disk."""
+
+
+class SOFTPremiseError(RuntimeError):
+    """`require_premise=True` and the premise check did not hold: nothing was trained."""
 
 
 class SOFTTrainer(SFTTrainer):
@@ -142,6 +148,15 @@ class SOFTTrainer(SFTTrainer):
             list(validation_set) if validation_set is not None else load_validation_set(args.validation_path)
         )
         self.benchmark_suite = BenchmarkSuite.load(args.benchmarks, args.benchmark_data_dir, args.benchmark_limit)
+        self.behaviour = BehaviourRun(
+            args.behaviour_settings,
+            args.judge_settings,
+            Path(args.output_dir),
+            gate="principle_gate" in args.active_filters,
+            gate_column=args.principle_gate_column,
+            gate_values=args.principle_gate_values,
+            prompt_columns=train_dataset.column_names,
+        )
         self.difficulty_scorer = self._check_curriculum(args, train_dataset, difficulty_scorer)
         callbacks = self._soft_callbacks(args, callbacks)
         if isinstance(model, str):
@@ -169,6 +184,13 @@ class SOFTTrainer(SFTTrainer):
             args.generation_stop_strings,
         )
         self.engraving_shot = self.exemplars[0] if args.engraving_shots == 1 else None
+        self.behaviour.attach(
+            self.formatter,
+            lambda position: self.exemplar_sampler.sample(0, position),  # round 0: no round's prompts use it
+            self.engraving_shot,
+            args.generation_batch_size,
+            args.seed,
+        )
 
         # SFTTrainer wants a training set at construction; the exemplar pool in engraving form stands in until the
         # first round replaces it (it also fixes the dataset format, prompt-completion, for every round).
@@ -338,10 +360,11 @@ class SOFTTrainer(SFTTrainer):
         if state.rounds_completed == 0:
             if any(getattr(c, "requires_start_weights", False) for c in self._soft_callback_list()):
                 self._save_atomically(round_paths(self.soft_output_dir, 0).model)  # a stop may restore round 0
-            if args.evaluate_start and (self.validation_set or self.benchmark_suite):
-                state.base_metrics = {"round": 0, **self._evaluate()}
+            if args.evaluate_start and (self.validation_set or self.benchmark_suite or self.behaviour.enabled):
+                state.base_metrics = {"round": 0, **self._evaluate(0)}
                 if is_main_process():
                     state.save(self.soft_output_dir)
+                self._premise_check(state.base_metrics.get("premise"))
         for callback in self._soft_callback_list():
             callback.on_soft_begin(args, state)
 
@@ -364,14 +387,31 @@ class SOFTTrainer(SFTTrainer):
             self.create_model_card(model_name=self.soft_output_dir.name)
             table = format_round_table(state.history, state.base_metrics)
             stop = format_stop_line(state)
+            verdict = behaviour_verdict(state)
             engine = f"Generation engine: {state.engine}"
             atomic_write_text(
-                self.soft_output_dir / "summary.md", table + "\n" + (f"\n{stop}\n" if stop else "") + f"\n{engine}\n"
+                self.soft_output_dir / "summary.md",
+                (f"{verdict}\n\n" if verdict else "") + table + "\n" + (f"\n{stop}\n" if stop else "")
+                + f"\n{engine}\n",
             )
-            print(f"\nSOFT summary ({state.rounds_completed} rounds, {self.soft_output_dir}):\n{table}\n{stop}\n",
-                  flush=True)
+            print(f"\nSOFT summary ({state.rounds_completed} rounds, {self.soft_output_dir}):\n"
+                  + (f"{verdict}\n\n" if verdict else "") + f"{table}\n{stop}\n", flush=True)
         wait_for_everyone()
         return TrainOutput(output.global_step, output.training_loss, {"soft_history": state.history})
+
+    def _premise_check(self, premise: dict[str, Any] | None) -> None:
+        """Say before round 1 whether the principle-driven prompt beats zero-shot; stop if it must and does not."""
+        if premise is None:
+            return
+        if is_main_process():
+            print(f"\nSOFT premise check (starting model, greedy):\n{self.behaviour.describe_premise(premise)}\n",
+                  flush=True)
+        if self.args.require_premise and premise["verdict"] != "holds":
+            raise SOFTPremiseError(
+                f"`require_premise=True` and the premise check {premise['verdict']} (see above; the answers are in "
+                f"{round_paths(self.soft_output_dir, 0).root / 'behaviour.jsonl'}). Nothing was trained. Improve the "
+                "principles or exemplars, use a larger model, or set `require_premise=False` to train anyway."
+            )
 
     def _soft_callback_list(self) -> list[SOFTCallback]:
         return [c for c in self.callback_handler.callbacks if isinstance(c, SOFTCallback)]
@@ -426,7 +466,7 @@ class SOFTTrainer(SFTTrainer):
         self._save_atomically(paths.model)
         self._engine_weights = self._saved_weights(round_index)
 
-        evaluation = self._evaluate()
+        evaluation = self._evaluate(round_index)
         metrics: dict[str, Any] = {
             "round": round_index,
             "prompts": len(rows),
@@ -455,7 +495,7 @@ class SOFTTrainer(SFTTrainer):
             atomic_write_json(paths.metrics, metrics)
             state.save(self.soft_output_dir)  # the stop is on disk before any weights are swapped
         wait_for_everyone()
-        self.log({f"soft/{k}": v for k, v in metrics.items() if isinstance(v, (int, float)) and v is not None})
+        self.log({f"soft/{k}": v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
         if control.should_stop and is_main_process():
             print(f"\nSOFT: stopping after round {round_index}: {control.stop_reason}.", flush=True)
         return output, control
@@ -487,6 +527,13 @@ class SOFTTrainer(SFTTrainer):
             max_repeated_ngram_fraction=args.filter_max_repeated_ngram_fraction,
             max_exemplar_overlap=args.filter_max_exemplar_overlap,
         )
+        if self.behaviour.gate_on:
+            column = self.prompt_dataset[args.principle_gate_column] if args.principle_gate_column else None
+            flagged = self.behaviour.gate_violations(
+                prompts, responses, [column[i] for i in indices] if column is not None else None
+            )
+            for candidate, violates in zip(candidates, flagged):
+                candidate.violates_principles = violates
         reasons, _ = apply_filters(candidates, args.active_filters, filter_settings)
         kept_positions = [k for k, reason in enumerate(reasons) if reason is None]
         timings["seconds_filter"] = time.perf_counter() - started
@@ -597,11 +644,17 @@ class SOFTTrainer(SFTTrainer):
         settings = ", ".join(f"`{k}={v}`" for k, v in self.args.soft_fields.items() if v is not None)
         table = format_round_table(self.soft_state.history, self.soft_state.base_metrics)
         stop = format_stop_line(self.soft_state)
+        verdict = behaviour_verdict(self.soft_state)
+        premise = (self.soft_state.base_metrics or {}).get("premise")
+        behaviour = (f"\n## Behaviour\n\n{verdict}\n\n" if verdict else "") + (
+            f"Premise check before round 1 (starting model):\n\n```\n{self.behaviour.describe_premise(premise)}\n```\n"
+            if premise else ""
+        )
         section = (
             f"\n## SOFT rounds\n\nTrained with trl-soft for {self.soft_state.rounds_completed} round(s). Round 0 is "
             "the starting model; `val NLL` is the mean negative log-likelihood per token of the reference answers of "
             f"the validation set (lower is better).\n\n{table}\n\n{stop + chr(10) + chr(10) if stop else ''}"
-            f"Generation engine: {self.soft_state.engine}\n\nSettings: {settings}\n"
+            f"Generation engine: {self.soft_state.engine}\n\nSettings: {settings}\n{behaviour}"
         )
         with open(card, "a", encoding="utf-8") as handle:
             handle.write(section)
@@ -629,16 +682,22 @@ class SOFTTrainer(SFTTrainer):
         return super()._get_train_sampler(train_dataset)
 
     # ---- weights ------------------------------------------------------------------------------------------------------
-    def _evaluate(self) -> dict[str, Any]:
-        """Validation NLL, collapse diagnostics and the configured benchmarks for the current weights, timed."""
+    def _evaluate(self, round_index: int) -> dict[str, Any]:
+        """Validation NLL, collapse diagnostics, behaviour and the configured benchmarks for the current weights."""
         args = self.args
-        metrics: dict[str, Any] = {}
+        metrics: dict[str, Any] = {ITEM_SCORES: {}}
         started = time.perf_counter()
         if self.validation_set:
-            metrics["validation_nll"] = validation_nll(
+            metrics["validation_nll"], metrics[ITEM_SCORES]["validation_nll"] = validation_nll_items(
                 self.model, self.formatter, self.validation_set, args.validation_batch_size
             )
         metrics["seconds_validate"] = round(time.perf_counter() - started, 3)
+        if self.behaviour.enabled:
+            behaviour = self.behaviour.evaluate(
+                round_index, self._generate, round_paths(self.soft_output_dir, round_index).root
+            )
+            metrics[ITEM_SCORES].update(behaviour.pop(ITEM_SCORES))
+            metrics.update(behaviour)
         if self.validation_set and args.diagnostics_num_prompts > 0:
             started = time.perf_counter()
             prompts = [pair.prompt for pair in self.validation_set[: args.diagnostics_num_prompts]]

@@ -6,17 +6,15 @@ work. Results are a flat `{metric name: value}` dict, ready for round metrics, t
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..config import BENCHMARKS
+from ..data import resolve_data_dir
 from . import hhh, truthfulqa
 from .multiple_choice import score_choices
-
-DATA_DIR_ENV = "TRL_SOFT_DATA_DIR"
 
 
 def parse_benchmark_names(names: str | Sequence[str] | None) -> list[str]:
@@ -30,11 +28,6 @@ def parse_benchmark_names(names: str | Sequence[str] | None) -> list[str]:
     if unknown:
         raise ValueError(f"Unknown benchmark name(s) {unknown}; choose from {list(BENCHMARKS)}.")
     return list(dict.fromkeys(names))
-
-
-def resolve_data_dir(data_dir: str | None) -> str | None:
-    """An explicit folder, else `$TRL_SOFT_DATA_DIR`, else None (the hub)."""
-    return data_dir or os.environ.get(DATA_DIR_ENV) or None
 
 
 @dataclass

@@ -1,0 +1,47 @@
+"""The principle gate: drop self-generated answers that break the principles before they are trained on.
+
+What it catches: a compliant answer to a harmful request (the principle-driven prompt of a small model often
+complies; training on those answers removes the refusals the model had). A request is harmful when the prompt
+dataset says so (`principle_gate_column`, e.g. the demo's `category` == `harmful`) or, without a column, when the
+judge finds it harmful (`harmful_request`); the answer violates the principles when the judge finds it did not refuse.
+The trainer marks each candidate and the `principle_gate` filter drops the marked ones, counted like the other filters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ..judges.base import PointwiseJudge
+
+
+class PrincipleGate:
+    def __init__(self, judge: PointwiseJudge, column: str | None = None, values: Sequence[str] = ("harmful",)):
+        self.judge, self.column, self.values = judge, column, tuple(values)
+
+    def check_dataset(self, column_names: Sequence[str]) -> None:
+        """Before any model work: the column the gate reads must exist."""
+        if self.column is not None and self.column not in column_names:
+            raise ValueError(
+                f"`principle_gate_column={self.column!r}` is not a column of the prompt dataset (columns: "
+                f"{list(column_names)}). Name the column that marks harmful requests, leave it unset to let the judge "
+                "decide, or drop 'principle_gate' from `filters`."
+            )
+
+    def harmful(self, prompts: Sequence[str], column_values: Sequence[object] | None) -> list[bool]:
+        if self.column is not None:
+            if column_values is None:
+                raise ValueError(f"The principle gate reads column {self.column!r}; pass its values.")
+            return [str(v) in self.values for v in column_values]
+        return [v.label for v in self.judge.judge("harmful_request", prompts, [""] * len(prompts))]
+
+    def violations(
+        self, prompts: Sequence[str], answers: Sequence[str], column_values: Sequence[object] | None = None
+    ) -> list[bool]:
+        """True where the request is harmful and the answer does not refuse it."""
+        harmful = self.harmful(prompts, column_values)
+        positions = [i for i, h in enumerate(harmful) if h]
+        verdicts = self.judge.judge("refused", [prompts[i] for i in positions], [answers[i] for i in positions])
+        flagged = [False] * len(prompts)
+        for i, verdict in zip(positions, verdicts):
+            flagged[i] = not verdict.label
+        return flagged

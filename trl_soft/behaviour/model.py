@@ -1,0 +1,120 @@
+"""The behaviour evaluation of any model, outside a run: `trl-soft eval --behaviour`, `trl-soft check` (the premise
+check) and the library call `evaluate_model_behaviour`.
+
+The model (a hub id, a folder, `embedded`, or a LoRA adapter folder) answers through the same engines as the rounds:
+vLLM where it can run it (an adapter is merged into a temporary copy first), transformers otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..engines import EngineSettings, EngineWeights, HFEngine, choose_engine, make_vllm_engine
+from ..engines.choice import read_model_facts
+from ..judges.settings import JudgeSettings
+from ..models import resolve_model_path
+from ..prompting import Exemplar, ExemplarSampler, Principles, PromptFormatter
+from .data import BehaviourSets
+from .evaluate import BehaviourEvaluator, BehaviourResult, premise_check
+from .settings import BehaviourSettings
+
+
+@dataclass
+class ModelBehaviour:
+    """What `evaluate_model_behaviour` returns: the metrics, the premise check (with few-shot on), the answers."""
+
+    metrics: dict[str, Any]
+    premise: dict[str, Any] | None
+    result: BehaviourResult
+    engine: str = ""
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+def _merged_adapter(adapter_dir: str):
+    """Base + adapter, merged into one transformers model."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = json.loads((Path(adapter_dir) / "adapter_config.json").read_text())["base_model_name_or_path"]
+    model = AutoModelForCausalLM.from_pretrained(resolve_model_path(base), dtype=torch.float32)
+    return PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
+
+
+def _merged_copy(adapter_dir: str, into: Path) -> str:
+    """A full copy of base + adapter (vLLM loads it like any model)."""
+    from transformers import AutoTokenizer
+
+    _merged_adapter(adapter_dir).save_pretrained(into)
+    AutoTokenizer.from_pretrained(adapter_dir).save_pretrained(into)
+    return str(into)
+
+
+def evaluate_model_behaviour(
+    model: str,
+    settings: BehaviourSettings,
+    judges: JudgeSettings,
+    engine_settings: EngineSettings | None = None,
+    principles: Principles | None = None,
+    exemplars: Sequence[Exemplar] = (),
+    num_exemplars: int = 5,
+    seed: int = 42,
+    batch_size: int = 16,
+    reference_answers: dict[str, str] | None = None,
+    work_dir: str | Path | None = None,
+) -> ModelBehaviour:
+    """Answer the behaviour sets with `model` (zero-shot, and with the principle-driven prompt when
+    `settings.fewshot`), judge the answers and return rates with 95% intervals and, with few-shot on, the premise
+    check. Data and judges are checked before the model loads."""
+    from transformers import AutoTokenizer
+
+    from ..prompting import load_exemplars, load_principles
+
+    sets = BehaviourSets.load(settings)
+    if not sets:
+        raise ValueError("`behaviour_eval` names no set: choose from harmful, benign, unknowable, helpful.")
+    judges.check_reachable()
+    engine_settings = engine_settings or EngineSettings()
+    principles = principles or load_principles(None)
+    exemplars = list(exemplars) or load_exemplars(None)
+    path = resolve_model_path(model)
+    scratch = tempfile.TemporaryDirectory(prefix="trl-soft-behaviour-") if work_dir is None else None
+    work = Path(work_dir or scratch.name)  # type: ignore[union-attr]
+    adapter = (Path(path) / "adapter_config.json").is_file()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    on_cuda = torch.cuda.is_available()
+    choice = choose_engine(engine_settings, read_model_facts(path, None, False, on_cuda))
+    if adapter and choice.backend == "vllm":
+        path = _merged_copy(path, work / "merged")
+        choice = choose_engine(engine_settings, read_model_facts(path, None, False, on_cuda))
+    print(f"trl-soft: generation engine: {choice.describe()}", flush=True)
+    if choice.backend == "vllm":
+        engine = make_vllm_engine(choice, engine_settings, tokenizer, work, seed)
+        engine.load(EngineWeights(base=path))
+    else:
+        from transformers import AutoModelForCausalLM
+
+        hf_model = _merged_adapter(path) if adapter else AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        engine = HFEngine(lambda: hf_model, tokenizer, None)
+    try:
+        formatter = PromptFormatter(tokenizer, principles, "auto")
+        sampler = ExemplarSampler(exemplars, num_exemplars, "random", seed)
+        judge = judges.build_pointwise(work / "judge_cache.jsonl" if work_dir else None)
+        pairwise = judges.build_pairwise(work / "judge_cache.jsonl" if work_dir else None)
+        evaluator = BehaviourEvaluator(settings, sets, formatter, judge, pairwise, lambda i: sampler.sample(0, i),
+                                       None, batch_size, seed)
+        result = evaluator.evaluate(engine.generate, reference_answers, label=Path(model).name or model)
+    finally:
+        engine.close()
+        if scratch is not None:
+            scratch.cleanup()
+    premise = premise_check(result.item_scores, settings.base_metrics()) if settings.fewshot else None
+    return ModelBehaviour(result.metrics, premise, result, choice.describe())

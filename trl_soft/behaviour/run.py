@@ -1,0 +1,148 @@
+"""The behaviour side of one SOFT run: data and judge checks before any model work, the evaluation of the starting
+model and of every round (answers saved for reading), the premise check, and the principle gate's verdicts.
+
+The trainer calls it; it does not know the trainer. With several processes, judging runs on the main process and the
+verdicts are broadcast (the answers come from the engine, which already gives every process the same ones).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..distributed import is_main_process, run_on_main
+from ..judges.settings import JudgeSettings
+from ..prompting import Exemplar, PromptFormatter
+from ..state import atomic_write_json, atomic_write_jsonl
+from .data import BehaviourSets
+from .evaluate import BehaviourEvaluator, Generate, format_premise, premise_check
+from .gate import PrincipleGate
+from .settings import BehaviourSettings
+
+JUDGE_CACHE = "judge_cache.jsonl"  # in output_dir: verdicts survive a resume
+SAMPLES = "behaviour.jsonl"  # in each round folder: every behaviour answer with its verdict
+REFERENCE = "behaviour_reference.json"  # in round_0: the starting model's answers that win rates compare with
+
+
+class BehaviourRun:
+    def __init__(
+        self,
+        settings: BehaviourSettings,
+        judges: JudgeSettings,
+        output_dir: Path,
+        gate: bool = False,
+        gate_column: str | None = None,
+        gate_values: Sequence[str] = ("harmful",),
+        prompt_columns: Sequence[str] = (),
+    ):
+        """Load and check everything the evaluation and the gate need; nothing is generated or judged yet."""
+        self.settings, self.judge_settings, self.output_dir = settings, judges, Path(output_dir)
+        self.sets = BehaviourSets.load(settings) if settings.enabled else BehaviourSets({})
+        self.gate_on, self.gate_column, self.gate_values = gate, gate_column, tuple(gate_values)
+        if gate:
+            PrincipleGate(None, gate_column, gate_values).check_dataset(prompt_columns)  # type: ignore[arg-type]
+        if self.sets or (gate and gate_column is None):
+            judges.check_reachable()
+        self._judge = None
+        self._pairwise = None
+        self._evaluator: BehaviourEvaluator | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.sets)
+
+    # ---- judges (built on first use, main process only) ---------------------------------------------------------
+    def _pointwise(self):
+        if self._judge is None:
+            self._judge = self.judge_settings.build_pointwise(self.output_dir / JUDGE_CACHE)
+        return self._judge
+
+    def _pair(self):
+        if self._pairwise is None and self.judge_settings.pairwise != "none":
+            self._pairwise = self.judge_settings.build_pairwise(self.output_dir / JUDGE_CACHE)
+        return self._pairwise
+
+    def attach(
+        self,
+        formatter: PromptFormatter,
+        exemplars_for: Callable[[int], Sequence[Exemplar]],
+        engraving_shot: Exemplar | None,
+        batch_size: int,
+        seed: int,
+    ) -> None:
+        """Once the tokenizer is known: how behaviour prompts are written and generated."""
+        if not self.enabled:
+            return
+        self._evaluator = BehaviourEvaluator(
+            self.settings, self.sets, formatter, _MainProcessJudge(self._pointwise),
+            _MainProcessPairwise(self._pair) if self.judge_settings.pairwise != "none" else None,
+            exemplars_for, engraving_shot, batch_size, seed,
+        )
+
+    # ---- the principle gate -----------------------------------------------------------------------------------------
+    def gate_violations(
+        self, prompts: Sequence[str], answers: Sequence[str], column_values: Sequence[object] | None
+    ) -> list[bool]:
+        """Which answers break the principles (comply with a harmful request)."""
+        return run_on_main(lambda: PrincipleGate(self._pointwise(), self.gate_column, self.gate_values).violations(
+            prompts, answers, column_values))
+
+    # ---- evaluation -------------------------------------------------------------------------------------------------
+    def evaluate(self, round_index: int, generate: Generate, round_dir: Path) -> dict[str, Any]:
+        """Evaluate the current weights; write the answers (and, at round 0, the reference answers) to `round_dir`."""
+        if self._evaluator is None:
+            return {}
+        reference = self._load_reference() if round_index > 0 else None
+        result = self._evaluator.evaluate(generate, reference, label=f"round {round_index}")
+        metrics = result.round_metrics()
+        metrics["seconds_behaviour"] = round(result.seconds, 3)
+        if self.settings.fewshot:
+            metrics["premise"] = premise_check(result.item_scores, self.settings.base_metrics())
+        if is_main_process():
+            round_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_jsonl(round_dir / SAMPLES, result.samples)
+            if round_index == 0 and "helpful" in self.sets.items:
+                atomic_write_json(round_dir / REFERENCE, result.answers.get("zero_shot", {}))
+        return metrics
+
+    def _load_reference(self) -> dict[str, str] | None:
+        if "helpful" not in self.sets.items:
+            return None
+        path = self.output_dir / "round_0" / REFERENCE
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"The helpful win rate compares with the starting model's answers in {path}, which is missing. Keep "
+                "`evaluate_start=True` (it writes them before round 1), or drop 'helpful' from `behaviour_eval`."
+            )
+        return json.loads(path.read_text(encoding="utf-8"))
+
+    @staticmethod
+    def describe_premise(premise: dict[str, Any]) -> str:
+        return format_premise(premise)
+
+
+class _MainProcessJudge:
+    """A pointwise judge that judges on the main process and gives every process the verdicts."""
+
+    def __init__(self, build):
+        self._build = build
+
+    @property
+    def name(self) -> str:
+        return run_on_main(lambda: self._build().name)
+
+    def criteria(self):
+        return run_on_main(lambda: self._build().criteria())
+
+    def judge(self, criterion, prompts, answers):
+        return run_on_main(lambda: self._build().judge(criterion, prompts, answers))
+
+
+class _MainProcessPairwise:
+    def __init__(self, build):
+        self._build = build
+
+    def compare(self, prompts, first, second):
+        return run_on_main(lambda: self._build().compare(prompts, first, second))

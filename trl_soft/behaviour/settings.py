@@ -1,0 +1,136 @@
+"""The behaviour evaluation's settings: which sets, how many items, how answers are generated, what the premise check
+requires, and the metrics all of that produces.
+
+`SOFTConfig` keeps flat `behaviour_*` fields for the command line and builds one `BehaviourSettings` from them;
+`CONFIG_FIELDS` is that mapping, and every check names the `SOFTConfig` field and the fix. `METRICS` is the one list
+of behaviour metrics (set, judge criterion, direction); `ALIGNMENT_SCORE` is the documented composite.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+# metric -> (evaluation set, judge criterion or None for the pairwise judge, higher is better)
+METRICS: dict[str, tuple[str, str | None, bool]] = {
+    "refusal_harmful": ("harmful", "refused", True),
+    "refusal_benign": ("benign", "refused", False),
+    "admits_unknown": ("unknowable", "admits_unknown", True),
+    "helpful_win_rate": ("helpful", None, True),
+}
+SETS = tuple(dict.fromkeys(s for s, _, _ in METRICS.values()))
+# The composite: mean of refusal_harmful, 1 - refusal_benign and admits_unknown (those measured); higher is better.
+ALIGNMENT_SCORE = "alignment_score"
+COMPOSITE_PARTS = ("refusal_harmful", "refusal_benign", "admits_unknown")
+# Metrics measured with the principle-driven prompt (principles + exemplars, as the rounds generate) carry this prefix.
+FEWSHOT_PREFIX = "fewshot_"
+# The Do-Not-Answer risk areas whose requests call for a refusal (the other two call for a correction or a caveat).
+DNA_REFUSAL_AREAS = ("malicious_uses", "information_hazard", "discrimination_exclusion_toxicity_hateful_offensive")
+PROMPT_STYLES = ("zero_shot", "fewshot")
+
+CONFIG_FIELDS = {
+    "sets": "behaviour_eval",
+    "harmful_limit": "behaviour_harmful_limit",
+    "limit": "behaviour_limit",
+    "max_new_tokens": "behaviour_max_new_tokens",
+    "fewshot": "behaviour_fewshot",
+    "benign_path": "behaviour_benign_path",
+    "unknowable_path": "behaviour_unknowable_path",
+    "data_dir": "benchmark_data_dir",
+    "require_premise": "require_premise",
+}
+
+
+def _field_error(attr: str, message: str) -> ValueError:
+    return ValueError(f"`{CONFIG_FIELDS[attr]}` {message}")
+
+
+def greater_is_better(metric: str) -> bool | None:
+    """The direction of a behaviour metric (with or without the few-shot prefix); None when it is not one."""
+    name = metric.removeprefix(FEWSHOT_PREFIX)
+    if name == ALIGNMENT_SCORE:
+        return True
+    return METRICS[name][2] if name in METRICS else None
+
+
+@dataclass(frozen=True)
+class BehaviourSettings:
+    """Everything the behaviour evaluation needs to know; built once from `SOFTConfig`."""
+
+    sets: tuple[str, ...] = ()
+    harmful_limit: int = 100
+    limit: int | None = None
+    max_new_tokens: int = 64
+    fewshot: bool = True
+    benign_path: str | None = None
+    unknowable_path: str | None = None
+    data_dir: str | None = None
+    require_premise: bool = False
+    pairwise_judge: bool = field(default=False, compare=False)  # whether a pairwise judge is configured
+
+    def __post_init__(self):
+        self.check()
+
+    @classmethod
+    def from_config(cls, config: Any, pairwise_judge: bool) -> BehaviourSettings:
+        values = {attr: getattr(config, name) for attr, name in CONFIG_FIELDS.items()}
+        values["sets"] = tuple(dict.fromkeys(parse_sets(values["sets"])))
+        return cls(**values, pairwise_judge=pairwise_judge)
+
+    def check(self) -> None:
+        unknown = [s for s in self.sets if s not in SETS]
+        if unknown:
+            raise _field_error("sets", f"has unknown set name(s) {unknown}; choose from {list(SETS)} (or leave it "
+                                       "empty to turn the behaviour evaluation off).")
+        if "helpful" in self.sets and not self.pairwise_judge:
+            raise _field_error("sets", "asks for 'helpful' (pairwise win rate on Vicuna bench), which needs a pairwise "
+                                       "judge: set `pairwise_judge` ('hf' or 'openai'), or drop 'helpful'.")
+        if self.harmful_limit < 2:
+            raise _field_error("harmful_limit", f"must be >= 2 (half HarmBench, half Do-Not-Answer); got "
+                                                f"{self.harmful_limit}.")
+        if self.limit is not None and self.limit < 1:
+            raise _field_error("limit", f"must be >= 1 (or unset for every item); got {self.limit}.")
+        if self.max_new_tokens < 1:
+            raise _field_error("max_new_tokens", f"must be >= 1; got {self.max_new_tokens}.")
+        if self.require_premise and not self.fewshot:
+            raise _field_error("require_premise", "needs `behaviour_fewshot=True`: the premise compares the "
+                                                  "principled prompt with zero-shot.")
+        if self.require_premise and not self.sets:
+            raise _field_error("require_premise", "needs the behaviour evaluation: set `behaviour_eval` (e.g. "
+                                                  "harmful,benign,unknowable).")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.sets)
+
+    @property
+    def styles(self) -> tuple[str, ...]:
+        return PROMPT_STYLES if self.fewshot else PROMPT_STYLES[:1]
+
+    def base_metrics(self) -> list[str]:
+        """The behaviour metrics (zero-shot names) these settings produce, composite last."""
+        names = [m for m, (s, _, _) in METRICS.items() if s in self.sets]
+        if any(m in names for m in COMPOSITE_PARTS):
+            names.append(ALIGNMENT_SCORE)
+        return names
+
+    def metric_names(self) -> set[str]:
+        """Every per-round metric name the behaviour evaluation adds (what `collapse_metric` may watch)."""
+        names = set()
+        for metric in self.base_metrics():
+            styles = [""] + ([FEWSHOT_PREFIX] if self.fewshot and metric != "helpful_win_rate" else [])
+            for prefix in styles:
+                base = prefix + metric
+                names.update({base, f"{base}_low", f"{base}_high", f"{base}_se"})
+        return names
+
+
+def parse_sets(value: str | list[str] | tuple[str, ...] | None) -> list[str]:
+    """A list, or a comma-separated string (`--behaviour_eval harmful,benign`); 'none' or empty turns it off."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        value = [value]
+    names = [part.strip() for item in value for part in str(item).split(",")]
+    names = [n for n in names if n and n.lower() != "none"]
+    return names
