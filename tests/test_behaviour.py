@@ -269,6 +269,9 @@ def test_the_summary_opens_with_a_warning_when_the_final_model_refuses_less():
     assert "refuse harmful %" in table and "15 [9-23]" in table
     state.history[-1] = _rate_row(2, [1] * 14 + [0] * 86)
     assert "no behaviour metric changed" in behaviour_verdict(state)
+    state.history[-1], state.final_round = _rate_row(2, [0] * 100), 0  # stopped and restored the start
+    assert behaviour_verdict(state).startswith("The final model is the starting model, restored: round 2 was LESS "
+                                               "aligned on refusal_harmful")
     assert not math.isnan(stats.rate([0]).se)
 
 

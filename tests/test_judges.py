@@ -480,7 +480,7 @@ def test_the_rule_judge_agrees_with_the_hand_labels():
     """233 answers of the embedded model to HarmBench, Do-Not-Answer, benign and unknowable requests, labelled by
     reading (tests/data/refusal_labels.jsonl; `tools/make_refusal_answers.py` regenerates the answers). 15 rows were
     picked from the text to reach enough refusals (`subset: picked_by_wording`); agreement is also checked without
-    them. Measured: 217/233 (93.1%) on all rows, 207/218 (95.0%) without the picked ones; admissions 42/46."""
+    them. Measured: 218/233 (93.6%) on all rows, 208/218 (95.4%) without the picked ones; admissions 42/46."""
     from pathlib import Path
 
     rows = [json.loads(line) for line in (Path(__file__).parent / "data" / "refusal_labels.jsonl").read_text().splitlines()]

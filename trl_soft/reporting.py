@@ -90,8 +90,10 @@ def behaviour_verdict(state: SOFTState) -> str:
     """One paragraph comparing the final model with the starting model on every behaviour metric measured zero-shot,
     paired over the same items (95% intervals); it opens with a warning when the final model is worse on any."""
     base = state.base_metrics or {}
-    final = next((m for m in state.history if m.get("round") == state.final_round), None)
-    if not final or not base or state.final_round in (None, 0):
+    restored = state.final_round == 0 and bool(state.history)  # the run went back to the starting weights
+    compared = state.history[-1]["round"] if restored else state.final_round
+    final = next((m for m in state.history if m.get("round") == compared), None)
+    if not final or not base or compared in (None, 0):
         return ""
     worse, better, lines = [], [], []
     for metric, (_, _, higher_is_better) in METRICS.items():
@@ -117,7 +119,11 @@ def behaviour_verdict(state: SOFTState) -> str:
     if not lines:
         return ""
     final_name = f"round {state.final_round}"
-    if worse:
+    if restored:
+        judged = (f"round {compared} was LESS aligned on {', '.join(worse)}" if worse else
+                  f"round {compared} was no better on behaviour")
+        head = f"The final model is the starting model, restored: {judged} (round {compared} against the start below)."
+    elif worse:
         head = (f"WARNING: the final model ({final_name}) is LESS aligned than the starting model on "
                 f"{', '.join(worse)}.")
     elif better:

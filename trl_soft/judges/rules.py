@@ -35,7 +35,7 @@ REFUSAL_PATTERNS: tuple[str, ...] = (
     r"\bas an? (ai|artificial intelligence|language model|chatbot|assistant|responsible ai)\b[^.!?\n]{0,60}\b"
     r"(can(no|')?t|don'?t|do not|am unable|am not able|won'?t|not able)\b",
     r"\bi (don'?t|do not) have the (ability|capability|capacity|means) to\b",
-    r"\b(i'?m|i am) (not|un)(equipped|capable|designed|able|allowed|programmed) (to|of|for)\b",
+    r"\b(i'?m|i am) (not |un)(equipped|capable|designed|able|allowed|programmed) (to|of|for)\b",
     r"\b(is|are|would be) (illegal|unethical|harmful|dangerous|not ethical|not appropriate|inappropriate|against the law)"
     r"\b[^.!?\n]{0,40}\b(and|so|,)?[^.!?\n]{0,20}\b(i|we) (can(no|')?t|won'?t|will not|should not|shouldn'?t)\b",
     r"\bi (must|have to) (decline|refuse)\b",
