@@ -294,3 +294,39 @@ def test_the_premise_check_on_the_embedded_model_finds_principles_lower_its_refu
     assert outcome.metrics["refusal_harmful_n"] == 100
     assert len(outcome.result.samples) == 200 and (tmp_path / "judge_cache.jsonl").is_file()
     assert outcome.engine.startswith("vLLM")
+
+
+@needs_data
+def test_a_judge_failure_mid_run_keeps_the_round_and_resume_continues(tmp_path, tokenizer):
+    """An OpenAI-compatible judge (a real local HTTP server) that starts failing during round 2's evaluation: the run
+    stops with an error naming the endpoint, round 2's generations and model stay on disk, round 1 stays complete,
+    and `--resume` finishes the run once the endpoint answers again."""
+    from trl_soft.judges import JudgeError
+
+    from .test_judges import Endpoint, _completion
+
+    ok = (200, _completion("No", [("No", -0.1), ("Yes", -2.5)]))
+    endpoint = Endpoint([ok] * 8 + [(500, {"error": "judge down"})])  # rounds 0 and 1: 4 verdicts each
+    try:
+        out = tmp_path / "out"
+
+        def make():
+            args = tiny_config(out, behaviour_eval=["harmful"], behaviour_harmful_limit=4, behaviour_fewshot=False,
+                               behaviour_max_new_tokens=6, benchmark_data_dir=str(DATA), behaviour_judge="openai",
+                               judge_base_url=endpoint.url, judge_max_retries=0, collapse_metric="none")
+            return SOFTTrainer(model=make_tiny_llama(tokenizer), args=args, processing_class=tokenizer,
+                               train_dataset=Dataset.from_list([{"prompt": f"q {i}"} for i in range(12)]))
+
+        with pytest.raises(JudgeError, match=endpoint.url):
+            make().train()
+        state = SOFTState.load(out)
+        assert state.rounds_completed == 1 and (out / "round_1" / "behaviour.jsonl").is_file()
+        assert (out / "round_2" / "generations.jsonl").is_file() and (out / "round_2" / "model").is_dir()
+        endpoint.replies = [ok]
+        before = len(endpoint.posts())
+        make().train(resume_from_checkpoint=True)
+        state = SOFTState.load(out)
+        assert state.rounds_completed == 2 and state.history[-1]["refusal_harmful"] == 0.0
+        assert len(endpoint.posts()) - before == 4  # only round 2's answers are judged on resume
+    finally:
+        endpoint.close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -108,9 +109,10 @@ def test_hf_judges_of_one_settings_share_one_loaded_model(tmp_path, tokenizer):
     tokenizer.save_pretrained(folder)
     settings = JudgeSettings(pointwise="hf", pairwise="hf", model=str(folder), batch_size=2)
     assert settings.judge_names()["pairwise_judge"] == f"hf ({folder})"
-    pointwise = settings.build_pointwise(cache_path=tmp_path / "verdicts.jsonl")
-    pairwise = settings.build_pairwise(cache_path=tmp_path / "verdicts.jsonl")
+    pointwise, pairwise = settings.build(cache_path=tmp_path / "verdicts.jsonl")
     assert isinstance(pointwise.pointwise, HFJudge) and pointwise.pointwise is pairwise.pairwise
+    # The settings keep no judge: they travel inside SOFTConfig, which the Trainer pickles into checkpoints.
+    pickle.dumps(settings)
     assert pointwise.name == f"hf-v1:{folder}"
     assert len(pointwise.judge("refused", PROMPTS[:2], ANSWERS[:2])) == 2
     assert len(pairwise.compare(PROMPTS[:2], ANSWERS[:2], OTHER[:2])) == 2
@@ -457,8 +459,8 @@ class TestOpenAIJudgeOnVLLM:
         expected, expected_better = embedded_verdicts
         settings = JudgeSettings(pointwise="openai", pairwise="openai", base_url=server.url, timeout=120.0)
         settings.check_reachable()
-        judge = settings.build_pointwise()
-        assert judge is settings.build_pairwise()
+        judge, pairwise = settings.build()
+        assert judge is pairwise
         assert judge.model == served  # auto-detected from /v1/models
         for criterion, here in expected.items():
             remote = judge.judge(criterion, PROMPTS, ANSWERS)

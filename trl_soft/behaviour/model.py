@@ -107,8 +107,7 @@ def evaluate_model_behaviour(
     try:
         formatter = PromptFormatter(tokenizer, principles, "auto")
         sampler = ExemplarSampler(exemplars, num_exemplars, "random", seed)
-        judge = judges.build_pointwise(work / "judge_cache.jsonl" if work_dir else None)
-        pairwise = judges.build_pairwise(work / "judge_cache.jsonl" if work_dir else None)
+        judge, pairwise = judges.build(work / "judge_cache.jsonl" if work_dir else None)
         evaluator = BehaviourEvaluator(settings, sets, formatter, judge, pairwise, lambda i: sampler.sample(0, i),
                                        None, batch_size, seed)
         result = evaluator.evaluate(engine.generate, reference_answers, label=Path(model).name or model)

@@ -54,15 +54,16 @@ class BehaviourRun:
         return bool(self.sets)
 
     # ---- judges (built on first use, main process only) ---------------------------------------------------------
-    def _pointwise(self):
+    def _judges(self):
         if self._judge is None:
-            self._judge = self.judge_settings.build_pointwise(self.output_dir / JUDGE_CACHE)
-        return self._judge
+            self._judge, self._pairwise = self.judge_settings.build(self.output_dir / JUDGE_CACHE)
+        return self._judge, self._pairwise
+
+    def _pointwise(self):
+        return self._judges()[0]
 
     def _pair(self):
-        if self._pairwise is None and self.judge_settings.pairwise != "none":
-            self._pairwise = self.judge_settings.build_pairwise(self.output_dir / JUDGE_CACHE)
-        return self._pairwise
+        return self._judges()[1]
 
     def attach(
         self,

@@ -125,25 +125,30 @@ class JudgeSettings:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
     # ---- building ---------------------------------------------------------------------------------------------
-    def build_pointwise(self, cache_path: str | Path | None = None) -> PointwiseJudge:
+    def build(self, cache_path: str | Path | None = None) -> tuple[PointwiseJudge, PairwiseJudge | None]:
+        """Both judges; when both are model judges of one kind they share one judge (one model loaded)."""
+        made: dict[str, Any] = {}
+        return self.build_pointwise(cache_path, made), self.build_pairwise(cache_path, made)
+
+    def build_pointwise(self, cache_path: str | Path | None = None, made: dict | None = None) -> PointwiseJudge:
         """The `behaviour_judge`, wrapped in a verdict cache at `cache_path` when given."""
         if self.pointwise == "rules":
             from .rules import RuleJudge
 
             judge: Any = RuleJudge()
         else:
-            judge = self._model_judge(self.pointwise)
+            judge = self._model_judge(self.pointwise, {} if made is None else made)
         if cache_path is None:
             return judge
         from .cache import CachedJudge
 
         return CachedJudge(cache_path, pointwise=judge)
 
-    def build_pairwise(self, cache_path: str | Path | None = None) -> PairwiseJudge | None:
+    def build_pairwise(self, cache_path: str | Path | None = None, made: dict | None = None) -> PairwiseJudge | None:
         """The `pairwise_judge` (None for 'none'), wrapped in a verdict cache at `cache_path` when given."""
         if self.pairwise == "none":
             return None
-        judge = self._model_judge(self.pairwise)
+        judge = self._model_judge(self.pairwise, {} if made is None else made)
         if cache_path is None:
             return judge
         from .cache import CachedJudge
@@ -153,11 +158,15 @@ class JudgeSettings:
     def check_reachable(self) -> None:
         """For 'openai' judges, one quick request to the endpoint (`JudgeError` if it does not answer); else nothing."""
         if "openai" in self.kinds():
-            self._model_judge("openai").check_reachable()
+            judge = self._model_judge("openai", {})
+            try:
+                judge.check_reachable()
+            finally:
+                judge.close()
 
-    def _model_judge(self, kind: str) -> Any:
-        """The one HFJudge / OpenAIJudge of these settings, made on first use: both roles share it (one model)."""
-        made = self.__dict__.setdefault("_judges", {})
+    def _model_judge(self, kind: str, made: dict[str, Any]) -> Any:
+        """The HFJudge / OpenAIJudge of these settings, made once per `made` (the settings object holds no judge: it
+        travels inside `SOFTConfig`, which the Trainer pickles into every checkpoint)."""
         if kind not in made:
             if kind == "hf":
                 from .hf import HFJudge
