@@ -27,14 +27,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from ..generation import GenerationResult, GenerationSettings
+from ..threads import map_in_flight
 from .base import EngineError, EngineWeights, StopRule, encode_prompts, prompt_seed, result_from_vllm, sampling_fields
 from .choice import EngineChoice
 from .settings import EngineSettings
@@ -346,20 +345,7 @@ class VLLMServerEngine:
             choice = self._post("/v1/completions", body, desc)["choices"][0]
             return result_from_vllm(choice["text"], choice.get("token_ids") or [], choice.get("finish_reason"), stop)
 
-        results: list[GenerationResult | None] = [None] * len(prompts)
-        with ThreadPoolExecutor(max_workers=min(MAX_IN_FLIGHT, len(prompts))) as pool, tqdm(
-            total=len(prompts), desc=desc, unit="prompt"
-        ) as progress:
-            futures = {pool.submit(one, i): i for i in range(len(prompts))}
-            try:
-                for future in as_completed(futures):
-                    results[futures[future]] = future.result()
-                    progress.update(1)
-            except BaseException:
-                for future in futures:
-                    future.cancel()
-                raise
-        return results  # type: ignore[return-value]
+        return map_in_flight(one, len(prompts), MAX_IN_FLIGHT, desc, "prompt")
 
     def close(self) -> None:
         if self.server is not None:

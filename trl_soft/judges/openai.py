@@ -19,13 +19,12 @@ import os
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import requests
-from tqdm.auto import tqdm
 
+from ..threads import map_in_flight
 from .base import CRITERIA, JudgeError, Verdict, check_criterion, check_lengths
 from .prompts import (
     FIRST_WORDS,
@@ -253,17 +252,4 @@ class OpenAIJudge:
         if n == 0:
             return []
         self.model  # noqa: B018 - resolve the model once, before the threads start
-        results: list[Any] = [None] * n
-        with ThreadPoolExecutor(max_workers=min(self.max_in_flight, n)) as pool, tqdm(
-            total=n, desc=desc, unit="item", disable=n < PROGRESS_MIN_ITEMS
-        ) as progress:
-            futures = {pool.submit(one, i): i for i in range(n)}
-            try:
-                for future in as_completed(futures):
-                    results[futures[future]] = future.result()
-                    progress.update(1)
-            except BaseException:
-                for future in futures:
-                    future.cancel()
-                raise
-        return results
+        return map_in_flight(one, n, self.max_in_flight, desc, "item", progress=n >= PROGRESS_MIN_ITEMS)
