@@ -330,3 +330,21 @@ def test_a_judge_failure_mid_run_keeps_the_round_and_resume_continues(tmp_path, 
         assert len(endpoint.posts()) - before == 4  # only round 2's answers are judged on resume
     finally:
         endpoint.close()
+
+
+@pytest.mark.slow
+def test_the_behaviour_cli_prints_rates_with_intervals_and_check_exits_by_the_premise(tmp_path, capsys):
+    from trl_soft.cli import main
+
+    out = tmp_path / "behaviour.json"
+    common = ["--model", "embedded", "--behaviour", "benign", "--behaviour_limit", "4", "--behaviour_max_new_tokens",
+              "8", "--generation_backend", "hf", "--output_json", str(out), "--samples_out", str(tmp_path / "s.jsonl")]
+    assert main(["eval", *common, "--behaviour_fewshot", "false"]) == 0
+    printed = capsys.readouterr().out
+    assert "| refusal_benign |" in printed and "95% CI" in printed
+    assert json.loads(out.read_text())["metrics"]["refusal_benign_n"] == 4
+    assert len(read_jsonl(tmp_path / "s.jsonl")) == 4
+    code = main(["check", *common])
+    premise = json.loads(out.read_text())["premise"]
+    assert premise["verdict"] in ("holds", "fails", "unclear") and code == (0 if premise["verdict"] == "holds" else 1)
+    assert "SOFT premise" in capsys.readouterr().out
