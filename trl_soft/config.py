@@ -353,7 +353,7 @@ class SOFTConfig(SFTConfig):
         default=1.96,
         metadata={
             "help": "How many standard errors of the difference (best round vs this round) a worsening must exceed to "
-            "count (chosen here: 1.96, a 95% interval). Paired over the same items when the metric keeps per-item "
+            "count (chosen here: 1.96, a 95 percent interval). Paired over the same items when the metric keeps per-item "
             "scores (validation NLL, behaviour rates), else from the two rounds' `<metric>_se`. 0 ignores noise."
         },
     )
@@ -451,7 +451,7 @@ class SOFTConfig(SFTConfig):
         default=False,
         metadata={
             "help": "Stop before round 1 unless the premise check holds: the principle-driven prompt must be better "
-            "than zero-shot on some behaviour metric and worse on none (95% paired intervals)."
+            "than zero-shot on some behaviour metric and worse on none (95 percent paired intervals)."
         },
     )
     principle_gate_column: str | None = field(
