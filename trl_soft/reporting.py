@@ -107,15 +107,15 @@ def behaviour_verdict(state: SOFTState) -> str:
             continue
         else:
             difference = paired_difference(before, after)
-            if difference.verdict == "no clear change":
-                outcome = "no clear change"
-            else:
-                outcome = "better" if (difference.verdict == "higher") == higher_is_better else "worse"
+            outcome = difference.outcome(higher_is_better)
             lines.append(
                 f"{metric} {100 * base[metric]:.1f}% -> {100 * final[metric]:.1f}% ({100 * difference.value:+.1f} "
                 f"points, 95% CI [{100 * difference.low:+.1f}, {100 * difference.high:+.1f}]): {outcome}"
             )
-        (worse if outcome == "worse" else better if outcome == "better" else []).append(metric)
+        if outcome == "worse":
+            worse.append(metric)
+        elif outcome == "better":
+            better.append(metric)
     if not lines:
         return ""
     final_name = f"round {state.final_round}"

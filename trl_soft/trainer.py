@@ -30,6 +30,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase, TrainerCallback
 from transformers.trainer_utils import TrainOutput, get_last_checkpoint
 from trl import SFTTrainer
 
+from .behaviour.evaluate import format_premise
 from .behaviour.run import BehaviourRun
 from .behaviour.stats import ITEM_SCORES
 from .callbacks import EarlyCollapseCallback, RoundControl, SOFTCallback
@@ -404,7 +405,7 @@ class SOFTTrainer(SFTTrainer):
         if premise is None:
             return
         if is_main_process():
-            print(f"\nSOFT premise check (starting model, greedy):\n{self.behaviour.describe_premise(premise)}\n",
+            print(f"\nSOFT premise check (starting model, greedy):\n{format_premise(premise)}\n",
                   flush=True)
         if self.args.require_premise and premise["verdict"] != "holds":
             raise SOFTPremiseError(
@@ -647,7 +648,7 @@ class SOFTTrainer(SFTTrainer):
         verdict = behaviour_verdict(self.soft_state)
         premise = (self.soft_state.base_metrics or {}).get("premise")
         behaviour = (f"\n## Behaviour\n\n{verdict}\n\n" if verdict else "") + (
-            f"Premise check before round 1 (starting model):\n\n```\n{self.behaviour.describe_premise(premise)}\n```\n"
+            f"Premise check before round 1 (starting model):\n\n```\n{format_premise(premise)}\n```\n"
             if premise else ""
         )
         section = (

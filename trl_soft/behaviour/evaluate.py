@@ -160,10 +160,7 @@ def premise_check(item_scores: dict[str, list[float]], metrics: Sequence[str]) -
         if metric not in item_scores or fewshot not in item_scores:
             continue
         difference = stats.paired_difference(item_scores[metric], item_scores[fewshot])
-        higher_better = METRICS[metric][2]
-        outcome = {"higher": "better", "lower": "worse"}.get(difference.verdict, "no clear change")
-        if not higher_better and outcome != "no clear change":
-            outcome = "worse" if outcome == "better" else "better"
+        outcome = difference.outcome(higher_is_better=METRICS[metric][2])
         rows[metric] = {**difference.as_dict(), "outcome": outcome,
                         "zero_shot": sum(item_scores[metric]) / len(item_scores[metric]),
                         "fewshot": sum(item_scores[fewshot]) / len(item_scores[fewshot])}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,6 @@ class ModelBehaviour:
     premise: dict[str, Any] | None
     result: BehaviourResult
     engine: str = ""
-    extras: dict[str, Any] = field(default_factory=dict)
 
 
 def _merged_adapter(adapter_dir: str):

@@ -17,7 +17,7 @@ from ..judges.settings import JudgeSettings
 from ..prompting import Exemplar, PromptFormatter
 from ..state import atomic_write_json, atomic_write_jsonl
 from .data import BehaviourSets
-from .evaluate import BehaviourEvaluator, Generate, format_premise, premise_check
+from .evaluate import BehaviourEvaluator, Generate, premise_check
 from .gate import PrincipleGate
 from .settings import BehaviourSettings
 
@@ -118,10 +118,6 @@ class BehaviourRun:
                 "`evaluate_start=True` (it writes them before round 1), or drop 'helpful' from `behaviour_eval`."
             )
         return json.loads(path.read_text(encoding="utf-8"))
-
-    @staticmethod
-    def describe_premise(premise: dict[str, Any]) -> str:
-        return format_premise(premise)
 
 
 class _MainProcessJudge:

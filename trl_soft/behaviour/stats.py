@@ -4,8 +4,8 @@
   [0, 1] and does not collapse to a point at 0% or 100%, which the refusal rates of small models often are.
 - A mean of per-item scores in [0, 1] (the pairwise win rate) gets a normal interval from the per-item spread.
 - A difference between two measurements of the **same items** (zero-shot vs principled, round t vs round 0) gets a
-  paired interval from the per-item differences; two measurements on different items get Newcombe's hybrid interval
-  (for rates) or the unpaired normal one.
+  paired interval from the per-item differences; two rates measured on different items get Newcombe's hybrid
+  interval (`newcombe_difference`).
 
 `Estimate` is what every metric records: value, interval, n and standard error (`{name}`, `{name}_low`,
 `{name}_high`, `{name}_n`, `{name}_se` in the round metrics).
@@ -33,11 +33,6 @@ class Estimate:
     def as_metrics(self, name: str) -> dict[str, float | int]:
         return {name: self.value, f"{name}_low": self.low, f"{name}_high": self.high, f"{name}_n": self.n,
                 f"{name}_se": self.se}
-
-    def describe(self, percent: bool = True) -> str:
-        if percent:
-            return f"{100 * self.value:.1f}% [{100 * self.low:.1f}, {100 * self.high:.1f}] (n={self.n})"
-        return f"{self.value:.3f} [{self.low:.3f}, {self.high:.3f}] (n={self.n})"
 
 
 def wilson(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
@@ -96,6 +91,12 @@ class Difference:
             return "lower"
         return "no clear change"
 
+    def outcome(self, higher_is_better: bool) -> str:
+        """'better', 'worse' or 'no clear change' for a metric with this direction."""
+        if self.verdict == "no clear change":
+            return self.verdict
+        return "better" if (self.verdict == "higher") == higher_is_better else "worse"
+
     def as_dict(self) -> dict[str, float | bool | str]:
         return {"diff": self.value, "low": self.low, "high": self.high, "se": self.se, "paired": self.paired,
                 "verdict": self.verdict}
@@ -116,14 +117,3 @@ def newcombe_difference(before: Sequence[bool], after: Sequence[bool]) -> Differ
     low = d - math.sqrt((a.value - a.low) ** 2 + (b.high - b.value) ** 2)
     high = d + math.sqrt((a.high - a.value) ** 2 + (b.value - b.low) ** 2)
     return Difference(d, low, high, math.sqrt(a.se ** 2 + b.se ** 2), False)
-
-
-def difference(before: Sequence[float], after: Sequence[float], paired: bool, binary: bool) -> Difference:
-    if paired:
-        return paired_difference(before, after)
-    if binary:
-        return newcombe_difference([bool(x) for x in before], [bool(x) for x in after])
-    b, a = mean(before, clip=None), mean(after, clip=None)
-    se = math.sqrt(a.se ** 2 + b.se ** 2)
-    d = a.value - b.value
-    return Difference(d, d - Z95 * se, d + Z95 * se, se, False)
