@@ -7,7 +7,6 @@ vLLM where it can run it (an adapter is merged into a temporary copy first), tra
 
 from __future__ import annotations
 
-import json
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ import torch
 from ..engines import EngineSettings, EngineWeights, HFEngine, choose_engine, make_vllm_engine
 from ..engines.choice import read_model_facts
 from ..judges.settings import JudgeSettings
-from ..models import resolve_model_path
+from ..models import ensure_pad_token, load_inference_model, resolve_model_path
 from ..prompting import Exemplar, ExemplarSampler, Principles, PromptFormatter
 from .data import BehaviourSets
 from .evaluate import BehaviourEvaluator, BehaviourResult, premise_check
@@ -36,21 +35,11 @@ class ModelBehaviour:
     engine: str = ""
 
 
-def _merged_adapter(adapter_dir: str):
-    """Base + adapter, merged into one transformers model."""
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
-
-    base = json.loads((Path(adapter_dir) / "adapter_config.json").read_text())["base_model_name_or_path"]
-    model = AutoModelForCausalLM.from_pretrained(resolve_model_path(base), dtype=torch.float32)
-    return PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
-
-
 def _merged_copy(adapter_dir: str, into: Path) -> str:
     """A full copy of base + adapter (vLLM loads it like any model)."""
     from transformers import AutoTokenizer
 
-    _merged_adapter(adapter_dir).save_pretrained(into)
+    load_inference_model(adapter_dir, merge_adapter=True, dtype=torch.float32).save_pretrained(into)
     AutoTokenizer.from_pretrained(adapter_dir).save_pretrained(into)
     return str(into)
 
@@ -86,9 +75,7 @@ def evaluate_model_behaviour(
     scratch = tempfile.TemporaryDirectory(prefix="trl-soft-behaviour-") if work_dir is None else None
     work = Path(work_dir or scratch.name)  # type: ignore[union-attr]
     adapter = (Path(path) / "adapter_config.json").is_file()
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer = ensure_pad_token(AutoTokenizer.from_pretrained(path))
     on_cuda = torch.cuda.is_available()
     choice = choose_engine(engine_settings, read_model_facts(path, None, False, on_cuda))
     if adapter and choice.backend == "vllm":
@@ -99,9 +86,7 @@ def evaluate_model_behaviour(
         engine = make_vllm_engine(choice, engine_settings, tokenizer, work, seed)
         engine.load(EngineWeights(base=path))
     else:
-        from transformers import AutoModelForCausalLM
-
-        hf_model = _merged_adapter(path) if adapter else AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        hf_model = load_inference_model(path, merge_adapter=True, dtype=torch.float32)  # an adapter is merged
         engine = HFEngine(lambda: hf_model, tokenizer, None)
     try:
         formatter = PromptFormatter(tokenizer, principles, "auto")

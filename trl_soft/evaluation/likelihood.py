@@ -15,6 +15,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..distributed import map_sharded
+from ..models import eval_mode, pad_id
 
 
 @dataclass(frozen=True)
@@ -93,10 +94,6 @@ def score_completions(
         if not prompt_ids or not completion_ids:
             raise ValueError(f"Pair {index} has an empty prompt or completion after tokenisation; cannot score it.")
         tokenized.append((prompt_ids, completion_ids))
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    was_training = model.training
-    model.eval()
-    try:
-        return map_sharded(tokenized, lambda shard: _score_shard(model, shard, batch_size, pad_id, with_entropy))
-    finally:
-        model.train(was_training)
+    pad = pad_id(tokenizer)
+    with eval_mode(model):
+        return map_sharded(tokenized, lambda shard: _score_shard(model, shard, batch_size, pad, with_entropy))

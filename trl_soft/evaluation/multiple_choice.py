@@ -29,7 +29,8 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..distributed import is_main_process, map_sharded
-from ..generation import shared_prefix_length
+from ..generation import expanded_cache, shared_prefix_cache
+from ..models import eval_mode, pad_id
 
 
 @dataclass(frozen=True)
@@ -98,14 +99,6 @@ def _continuation_log_prob(log_probs_source: torch.Tensor, start: int, continuat
     return (rows.gather(1, targets).squeeze(1) - torch.logsumexp(rows, dim=-1)).sum().item()
 
 
-def _expanded(cache, batch: int):
-    if cache is None:
-        return None
-    copied = copy.deepcopy(cache)
-    copied.batch_repeat_interleave(batch)
-    return copied
-
-
 @torch.no_grad()
 def _score_flat(model, requests, indices, prefix_len, prefix_cache, pad_id, max_rows, results, progress) -> None:
     """Every (own context + choice) of the given requests as one row; rows batched by length on the shared prefix."""
@@ -128,7 +121,7 @@ def _score_flat(model, requests, indices, prefix_len, prefix_cache, pad_id, max_
             mask[r, prefix_len : prefix_len + len(tokens)] = 1
         positions = torch.arange(prefix_len, prefix_len + width, device=device)[None].expand(len(batch), -1)
         logits = _forward(
-            model, input_ids.to(device), mask.to(device), positions, _expanded(prefix_cache, len(batch))
+            model, input_ids.to(device), mask.to(device), positions, expanded_cache(prefix_cache, len(batch))
         ).logits
         for r, (k, j, own_len, tokens) in enumerate(batch):
             continuation = tokens[own_len:]
@@ -165,7 +158,7 @@ def _score_with_context_cache(model, request, prefix_len, prefix_cache, pad_id, 
                 input_ids[r, : len(c) - 1] = torch.tensor(c[:-1])
                 mask[r, context_len : context_len + len(c) - 1] = 1
             positions = torch.arange(context_len, context_len + width, device=device)[None].expand(len(chunk), -1)
-            cache = _expanded(out.past_key_values, len(chunk))
+            cache = expanded_cache(out.past_key_values, len(chunk))
             logits = _forward(model, input_ids.to(device), mask.to(device), positions, cache).logits
             for r, c in enumerate(chunk):
                 if len(c) > 1:
@@ -184,12 +177,10 @@ def _score_shard(
     show_progress: bool,
     desc: str,
 ) -> list[list[float]]:
-    device = next(model.parameters()).device
-    prefix_len = shared_prefix_length([r.context_ids for r in requests]) if len(requests) > 1 else 0
-    prefix_cache = None
-    if prefix_len:
-        ids = torch.tensor([requests[0].context_ids[:prefix_len]], device=device)
-        prefix_cache = model(input_ids=ids, use_cache=True, logits_to_keep=1).past_key_values
+    # Unlike generation, no MIN_PREFIX_TOKENS floor and no off switch: any shared prefix is cached. A short one is
+    # still read once instead of once per choice, and the prefix length also decides which contexts are read flat
+    # (FLAT_CONTEXT_TOKENS), so a floor would change that split and the scores' float rounding.
+    prefix_len, prefix_cache = shared_prefix_cache(model, [r.context_ids for r in requests])
     results: list[list[float] | None] = [None] * len(requests)
     flat = [k for k, r in enumerate(requests) if len(r.context_ids) - prefix_len <= FLAT_CONTEXT_TOKENS]
     progress = tqdm(
@@ -213,12 +204,6 @@ def score_choices(
 ) -> list[list[float]]:
     """Summed log-likelihood of every continuation of every request, in input order; sharded across processes."""
     encoded = [_encode(tokenizer, r) for r in requests]
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    was_training = model.training
-    model.eval()
-    try:
-        return map_sharded(
-            encoded, lambda shard: _score_shard(model, shard, pad_id, max_batch, is_main_process(), desc)
-        )
-    finally:
-        model.train(was_training)
+    pad = pad_id(tokenizer)
+    with eval_mode(model):
+        return map_sharded(encoded, lambda shard: _score_shard(model, shard, pad, max_batch, is_main_process(), desc))

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from ..models import pad_id
 from .base import CRITERIA, JudgeError, Verdict, check_criterion, check_lengths
 from .prompts import (
     FIRST_VARIANTS,
@@ -94,7 +95,7 @@ class HFJudge:
         self.has_chat_template = bool(getattr(tokenizer, "chat_template", None))
         self.yes_ids, self.no_ids = answer_token_ids(tokenizer, YES_VARIANTS, NO_VARIANTS)
         self.first_ids, self.second_ids = answer_token_ids(tokenizer, FIRST_VARIANTS, SECOND_VARIANTS)
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        pad = pad_id(tokenizer)
         self.pad_id = pad if pad is not None else 0
         accepted = inspect.signature(model.forward).parameters
         self._position_ids = "position_ids" in accepted

@@ -46,29 +46,6 @@ class EvalArguments:
     output_json: str | None = field(default=None, metadata={"help": "Also write the metrics here as JSON."})
 
 
-def load_for_eval(name_or_path: str, dtype: str):
-    """(model, tokenizer); an adapter folder is loaded on top of the base model it names."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from ..models import resolve_model_path
-
-    adapter_config = Path(name_or_path) / "adapter_config.json"
-    if adapter_config.is_file():
-        from peft import PeftModel
-
-        base = json.loads(adapter_config.read_text())["base_model_name_or_path"]
-        model = AutoModelForCausalLM.from_pretrained(resolve_model_path(base), dtype=dtype)
-        model = PeftModel.from_pretrained(model, name_or_path)
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-    else:
-        path = resolve_model_path(name_or_path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-        tokenizer = AutoTokenizer.from_pretrained(path)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return model, tokenizer
-
-
 def format_metrics_table(metrics: dict[str, float]) -> str:
     lines = ["| metric | score |", "|---|---:|"]
     lines += [f"| {name} | {value:.4f} |" for name, value in metrics.items()]
@@ -77,14 +54,14 @@ def format_metrics_table(metrics: dict[str, float]) -> str:
 
 def main(args: EvalArguments) -> dict[str, float]:
     from ..evaluation.benchmarks import BenchmarkSuite
-    from ..models import check_model_path
+    from ..models import check_model_path, load_for_inference
 
     started = time.perf_counter()
     suite = BenchmarkSuite.load(
         args.benchmarks, args.data_dir, args.limit, args.truthfulqa_template, args.hhh_answer_separator
     )  # all data problems surface here, before the model is touched
     check_model_path(args.model)
-    model, tokenizer = load_for_eval(args.model, args.dtype)
+    model, tokenizer = load_for_inference(args.model, dtype=args.dtype)  # an adapter folder: base + adapter
     metrics = suite.evaluate(model, tokenizer, max_batch=args.max_batch)
     seconds = time.perf_counter() - started
     print(f"\n{args.model}: {len(suite.truthfulqa_items)} TruthfulQA questions, {len(suite.hhh_items)} HHH items\n")
