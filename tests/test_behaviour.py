@@ -74,8 +74,8 @@ def test_bad_behaviour_settings_name_the_field(tmp_path, overrides, field):
 def test_behaviour_eval_accepts_a_comma_separated_string(tmp_path):
     config = SOFTConfig(output_dir=str(tmp_path), behaviour_eval=["harmful,benign"])
     assert config.behaviour_settings.sets == ("harmful", "benign")
-    assert {"refusal_harmful", "fewshot_refusal_benign", "alignment_score_se"} <= config.round_metric_names
-    assert config.resolved_collapse_greater_is_better is not None
+    assert {"refusal_harmful", "fewshot_refusal_benign", "alignment_score_se"} <= config.settings.metric_names()
+    assert config.settings.collapse_greater_is_better is not None
 
 
 def test_a_malformed_behaviour_file_is_reported_with_file_and_line(tmp_path):

@@ -63,10 +63,10 @@ def test_packing_with_curriculum_is_refused(tmp_path):
 
 
 def test_active_filters_default_to_all(tmp_path):
-    from trl_soft.config import FILTER_NAMES
+    from trl_soft.filters import FILTER_NAMES
 
-    assert SOFTConfig(output_dir=str(tmp_path), report_to="none").active_filters == FILTER_NAMES
-    assert SOFTConfig(output_dir=str(tmp_path), report_to="none", filters=[]).active_filters == ()
+    assert SOFTConfig(output_dir=str(tmp_path), report_to="none").settings.filters.names == FILTER_NAMES
+    assert SOFTConfig(output_dir=str(tmp_path), report_to="none", filters=[]).settings.filters.names == ()
 
 
 def test_unknown_benchmark_is_refused(tmp_path):
@@ -90,13 +90,13 @@ def test_collapse_metric_must_be_produced_by_some_round(tmp_path):
         SOFTConfig(output_dir=str(tmp_path), report_to="none", collapse_metric="sample_entropy",
                    diagnostics_num_prompts=0)
     args = SOFTConfig(output_dir=str(tmp_path), report_to="none", collapse_metric="hhh_overall", benchmarks=["hhh"])
-    assert args.resolved_collapse_metric == "hhh_overall" and args.resolved_collapse_greater_is_better is True
+    assert args.settings.collapse_metric == "hhh_overall" and args.settings.collapse_greater_is_better is True
 
 
 def test_collapse_metric_defaults_to_validation_nll_when_there_is_a_validation_set(tmp_path):
     args = SOFTConfig(output_dir=str(tmp_path), report_to="none")
-    assert args.resolved_collapse_metric == "validation_nll" and args.resolved_collapse_greater_is_better is False
-    assert SOFTConfig(output_dir=str(tmp_path), report_to="none", validation_path="none").resolved_collapse_metric is None
-    assert SOFTConfig(output_dir=str(tmp_path), report_to="none", collapse_metric="none").resolved_collapse_metric is None
+    assert args.settings.collapse_metric == "validation_nll" and args.settings.collapse_greater_is_better is False
+    assert SOFTConfig(output_dir=str(tmp_path), report_to="none", validation_path="none").settings.collapse_metric is None
+    assert SOFTConfig(output_dir=str(tmp_path), report_to="none", collapse_metric="none").settings.collapse_metric is None
     assert SOFTConfig(output_dir=str(tmp_path), report_to="none", collapse_metric="sample_self_bleu"
-                      ).resolved_collapse_greater_is_better is False
+                      ).settings.collapse_greater_is_better is False

@@ -100,10 +100,10 @@ def test_order_is_stable_on_ties_and_buckets_shuffle_only_within_themselves():
     assert any(curriculum_order(scores, bucket_size=4, seed=s) != curriculum_order(scores) for s in range(5))
 
 
-def test_curriculum_sampler_reads_the_difficulty_column():
-    dataset = Dataset.from_dict({"input_ids": [[1], [2], [3]], "difficulty": [0.7, 0.1, 0.4]})
-    sampler = CurriculumSampler.from_dataset(dataset)
+def test_curriculum_sampler_yields_the_order_of_the_scores():
+    sampler = CurriculumSampler.from_scores([0.7, 0.1, 0.4])
     assert list(sampler) == [1, 2, 0] and len(sampler) == 3
-    assert list(CurriculumSampler.from_dataset(dataset, descending=True)) == [0, 2, 1]
-    with pytest.raises(ValueError, match="no 'difficulty' column"):
-        CurriculumSampler.from_dataset(dataset.remove_columns("difficulty"))
+    assert list(CurriculumSampler.from_scores([0.7, 0.1, 0.4], descending=True)) == [0, 2, 1]
+    assert list(CurriculumSampler([2, 0, 1])) == list(CurriculumSampler([2, 0, 1])) == [2, 0, 1]  # every epoch
+    with pytest.raises(ValueError, match="bucket_size"):
+        CurriculumSampler.from_scores([0.1], bucket_size=0)

@@ -42,7 +42,7 @@ def test_bad_engine_settings_name_the_field(tmp_path, field, value, message):
 
 def test_config_builds_the_engine_settings_once(tmp_path):
     config = tiny_config(tmp_path / "out", generation_backend="vllm", vllm_mode="server", vllm_server_port=8123)
-    assert config.engine_settings == EngineSettings(backend="vllm", vllm_mode="server", server_port=8123)
+    assert config.settings.engine == EngineSettings(backend="vllm", vllm_mode="server", server_port=8123)
 
 
 def _facts(**overrides):
@@ -179,7 +179,7 @@ def test_the_trainer_announces_its_engine_before_loading_weights(tmp_path, token
         model=make_tiny_llama(tokenizer), args=tiny_config(tmp_path / "out", generation_backend="auto"),
         train_dataset=prompt_dataset(4), processing_class=tokenizer,
     )
-    assert trainer.engine_choice.backend == "hf" and "object" in trainer.engine_choice.reason
+    assert trainer.engine.choice.backend == "hf" and "object" in trainer.engine.choice.reason
     assert "SOFT: generation engine: transformers" in capsys.readouterr().out
     with pytest.raises(ValueError, match="generation_backend='vllm'.*passed as an object"):
         SOFTTrainer(

@@ -7,6 +7,7 @@ weights reproduces round 2's answers exactly, and with the starting weights it d
 
 import os
 import signal
+from dataclasses import replace
 
 import psutil
 import pytest
@@ -59,7 +60,7 @@ def _round_texts(trainer, round_index):
 
 
 def _settings(trainer, round_index):
-    return trainer._generation_settings(trainer.args.generation_max_new_tokens, trainer.args.seed + round_index)
+    return replace(trainer.sampling, seed=trainer.args.seed + round_index)
 
 
 def test_colocated_engine_generates_each_round_with_the_previous_rounds_lora(tmp_path):
@@ -78,9 +79,9 @@ def test_colocated_engine_generates_each_round_with_the_previous_rounds_lora(tmp
 
     texts, recorded = _round_texts(trainer, 2)
     settings = _settings(trainer, 2)
-    base = trainer.engine_choice.base
+    base = trainer.engine.choice.base
     engine = make_vllm_engine(
-        trainer.engine_choice, EngineSettings(dtype="float32", cpu_kv_cache_gb=1), trainer.processing_class,
+        trainer.engine.choice, EngineSettings(dtype="float32", cpu_kv_cache_gb=1), trainer.processing_class,
         tmp_path / "check", seed=0,
     )
     try:
@@ -106,7 +107,7 @@ class _KillTheServerAfterRoundOne(SOFTCallback):
 
     def on_round_end(self, args, round_index, metrics, control, model=None, trainer=None, **kwargs):
         if round_index == 1:
-            server = trainer._engine.engine.server
+            server = trainer.engine.engine.engine.server
             self.pgid = os.getpgid(server.process.pid)
             os.killpg(self.pgid, signal.SIGKILL)
 
@@ -151,7 +152,7 @@ def test_an_external_server_takes_each_rounds_adapter_through_its_runtime_lora_a
 
         texts, recorded = _round_texts(trainer, 2)
         client = make_vllm_engine(
-            trainer.engine_choice, EngineSettings(vllm_mode="server", server_base_url=server.url),
+            trainer.engine.choice, EngineSettings(vllm_mode="server", server_base_url=server.url),
             trainer.processing_class, tmp_path / "client", seed=0,
         )
         settings_2 = _settings(trainer, 2)

@@ -36,7 +36,6 @@ from trl_soft.judges.prompts import (
     probability_from_logprobs,
     probability_from_text,
 )
-from trl_soft.judges.settings import CONFIG_FIELDS
 
 from .conftest import make_tiny_llama
 
@@ -91,7 +90,7 @@ def test_judge_settings_from_config_and_their_descriptions(tmp_path):
         judge_api_key_env="MY_KEY", judge_timeout=5.0, judge_max_retries=0, judge_batch_size=2,
     )
     settings = JudgeSettings.from_config(config)
-    assert settings.as_dict() == {attr: getattr(config, name) for attr, name in CONFIG_FIELDS.items()}
+    assert settings.as_dict() == {attr: getattr(config, name) for attr, name in JudgeSettings.CONFIG_FIELDS.items()}
     assert settings.judge_names() == {
         "behaviour_judge": "openai (http://127.0.0.1:8000/v1, first served model)", "pairwise_judge": "none"
     }

@@ -1,6 +1,7 @@
 """The round loop end to end on a tiny random Llama with the real SmolLM2 tokenizer and TRL's real SFTTrainer."""
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -113,8 +114,8 @@ def test_resume_after_a_completed_round_skips_it(tmp_path, tokenizer):
 
 class _FilterEverythingAfterRoundOne(TrainerCallback):
     def on_train_end(self, args, state, control, **kwargs):
-        args.filters = ["too_short"]
-        args.filter_min_words = 10_000
+        strict = replace(args.settings.filters, names=("too_short",), min_words=10_000)
+        args.settings = replace(args.settings, filters=strict)
 
 
 def test_a_round_with_every_answer_filtered_stops_and_keeps_earlier_rounds(tmp_path, tokenizer):

@@ -21,6 +21,46 @@ from typing import Any
 from transformers import TrainerCallback
 
 from .behaviour.stats import ITEM_SCORES, Z95, paired_difference
+from .settings import ConcernSettings
+
+
+@dataclass(frozen=True)
+class CollapseSettings(ConcernSettings):
+    """What the `EarlyCollapseCallback` a config asks for watches, and when it stops the rounds."""
+
+    CONFIG_FIELDS = {
+        "metric": "collapse_metric",
+        "greater_is_better": "collapse_greater_is_better",
+        "patience": "collapse_patience",
+        "threshold": "collapse_threshold",
+        "noise_z": "collapse_noise_z",
+        "restore_best_round": "restore_best_round",
+    }
+
+    metric: str | None = None
+    greater_is_better: bool | None = None
+    patience: int = 1
+    threshold: float = 0.0
+    noise_z: float = Z95
+    restore_best_round: bool = True
+
+    def check(self) -> None:
+        if self.patience < 1:
+            raise self.field_error(
+                "patience", f"must be >= 1 (rounds in a row); got {self.patience}. To turn early stopping off, set "
+                "`collapse_metric='none'`."
+            )
+        if self.threshold < 0:
+            raise self.field_error("threshold", f"must be >= 0; got {self.threshold}.")
+        if self.noise_z < 0:
+            raise self.field_error("noise_z", f"must be >= 0 (0 ignores noise); got {self.noise_z}.")
+
+    def watched(self, default: str | None) -> str | None:
+        """The metric watched: `collapse_metric`, else `default` (the validation NLL when there is a validation set);
+        None when early stopping is off."""
+        if self.metric == "none":
+            return None
+        return default if self.metric is None else self.metric
 
 
 @dataclass
@@ -98,16 +138,27 @@ class EarlyCollapseCallback(SOFTCallback):
         self.reset()
 
     @classmethod
+    def from_settings(
+        cls, settings: CollapseSettings, metric: str, greater_is_better: bool, include_start: bool
+    ) -> EarlyCollapseCallback:
+        """The callback a config asks for: its `CollapseSettings`, the metric watched and its direction."""
+        return cls(
+            metric=metric,
+            greater_is_better=greater_is_better,
+            patience=settings.patience,
+            threshold=settings.threshold,
+            restore_best_round=settings.restore_best_round,
+            include_start=include_start,
+            noise_z=settings.noise_z,
+        )
+
+    @classmethod
     def from_config(cls, args) -> EarlyCollapseCallback:
         """The callback a `SOFTConfig` asks for (`collapse_*` fields, `restore_best_round`)."""
-        return cls(
-            metric=args.resolved_collapse_metric,
-            greater_is_better=args.resolved_collapse_greater_is_better,
-            patience=args.collapse_patience,
-            threshold=args.collapse_threshold,
-            restore_best_round=args.restore_best_round,
-            include_start=args.evaluate_start,
-            noise_z=args.collapse_noise_z,
+        settings = args.settings
+        return cls.from_settings(
+            settings.collapse, settings.collapse_metric, settings.collapse_greater_is_better,
+            settings.validation.evaluate_start,
         )
 
     def reset(self) -> None:
@@ -188,3 +239,42 @@ class EarlyCollapseCallback(SOFTCallback):
         )
         if self.restore_best_round:
             control.restore_round = self.best_round
+
+
+def with_collapse_callback(callbacks: list | None, settings, has_validation_set: bool) -> list:
+    """The user's callbacks plus the `EarlyCollapseCallback` that `settings` (a `SOFTSettings`) asks for, unless the
+    user passed one; every watched metric must be one the rounds produce."""
+    callbacks = list(callbacks or [])
+    watchers = [c for c in callbacks if isinstance(c, EarlyCollapseCallback)]
+    if not watchers and settings.collapse_metric is not None:
+        callbacks.append(
+            EarlyCollapseCallback.from_settings(
+                settings.collapse, settings.collapse_metric, settings.collapse_greater_is_better,
+                settings.validation.evaluate_start,
+            )
+        )
+        watchers = callbacks[-1:]
+    produced = set(settings.metric_names())
+    for callback in callbacks:
+        if isinstance(callback, SOFTCallback):
+            produced.update(callback.provides_metrics)
+    if not has_validation_set:
+        produced -= {"validation_nll", *(m for m in produced if m.startswith("sample_"))}
+    for watcher in watchers:
+        if watcher.metric not in produced:
+            raise ValueError(
+                f"EarlyCollapseCallback watches {watcher.metric!r}, which no round of this run produces "
+                f"(they produce {sorted(produced)}). Set `collapse_metric` to one of those, or 'none' to turn "
+                "early stopping off."
+            )
+    return callbacks
+
+
+def round_decision(callbacks: list, args, round_index: int, metrics: dict[str, Any], model, trainer) -> RoundControl:
+    """The end of a round for the `SOFTCallback`s: each may add metrics, then each may stop the run."""
+    for callback in callbacks:
+        callback.on_round_metrics(args, round_index, metrics, model=model, trainer=trainer)
+    control = RoundControl()
+    for callback in callbacks:
+        callback.on_round_end(args, round_index, metrics, control, model=model, trainer=trainer)
+    return control

@@ -19,26 +19,134 @@ import torch
 from trl import SFTConfig
 
 from .behaviour.settings import BehaviourSettings
-from .behaviour.settings import greater_is_better as behaviour_direction
+from .callbacks import CollapseSettings
+from .curriculum import CurriculumSettings
+from .diagnostics import DiagnosticsSettings
 from .engines.settings import EngineSettings
+from .evaluation.benchmarks import BenchmarkSettings
+from .evaluation.validation import VALIDATION_METRIC, ValidationSettings
+from .filters import FILTER_NAMES, FilterSettings
+from .generation import GenerationSettings
 from .judges.settings import JudgeSettings
+from .prompting import PromptSettings
+from .rounds import RoundSettings
+from .settings import ConcernSettings
 
-PROMPT_SCHEDULES = ("disjoint", "reuse")
-ROUND_INITS = ("previous", "base")
-EXEMPLAR_SAMPLING = ("random", "fixed")
-PROMPT_FORMATS = ("auto", "chat", "plain")
-CURRICULA = ("none", "length", "heuristic", "perplexity", "column", "custom")
-CURRICULUM_DIRECTIONS = ("ascending", "descending")
-BENCHMARKS = ("truthfulqa_mc1", "truthfulqa_mc2", "hhh")
-FILTER_NAMES = ("principle_gate", "too_short", "truncated", "repetition", "exemplar_copy", "templated_refusal")
-HHH_CATEGORIES = ("harmless", "helpful", "honest", "other", "overall")
-DIAGNOSTIC_METRICS = ("sample_entropy", "sample_distinct_1", "sample_distinct_2", "sample_self_bleu", "sample_tokens")
-# Per-round metrics whose direction is known, so `collapse_metric` can name them from a config file.
-LOWER_IS_BETTER = ("validation_nll", "sample_self_bleu", "train_loss")
+# Every concern's settings class, in the order they are built and checked: the one list of concerns.
+CONCERNS: dict[str, type[ConcernSettings]] = {
+    "rounds": RoundSettings,
+    "prompts": PromptSettings,
+    "generation": GenerationSettings,
+    "engine": EngineSettings,
+    "filters": FilterSettings,
+    "curriculum": CurriculumSettings,
+    "validation": ValidationSettings,
+    "benchmarks": BenchmarkSettings,
+    "diagnostics": DiagnosticsSettings,
+    "judges": JudgeSettings,
+    "behaviour": BehaviourSettings,
+    "collapse": CollapseSettings,
+}
+# The `SFTConfig` fields that shape every round's weights besides the SOFT ones (part of the resume fingerprint).
+TRAINING_FIELDS = ("seed", "learning_rate", "num_train_epochs", "max_steps")
 
 
-def _choice_error(field_name: str, value: object, choices: tuple[str, ...]) -> ValueError:
-    return ValueError(f"`{field_name}` must be one of {', '.join(repr(c) for c in choices)}; got {value!r}.")
+@dataclass(frozen=True)
+class SOFTSettings:
+    """Every concern's settings, built once from a `SOFTConfig` (`config.settings`), plus what needs several of them:
+    the metrics a round produces, the metric the collapse callback watches, and the run's fingerprint."""
+
+    rounds: RoundSettings
+    prompts: PromptSettings
+    generation: GenerationSettings
+    engine: EngineSettings
+    filters: FilterSettings
+    curriculum: CurriculumSettings
+    validation: ValidationSettings
+    benchmarks: BenchmarkSettings
+    diagnostics: DiagnosticsSettings
+    judges: JudgeSettings
+    behaviour: BehaviourSettings
+    collapse: CollapseSettings
+    training: tuple[tuple[str, object], ...] = ()  # TRAINING_FIELDS and their values
+
+    @classmethod
+    def from_config(cls, config: SOFTConfig) -> SOFTSettings:
+        concerns = {name: concern.from_config(config) for name, concern in CONCERNS.items()}
+        return cls(**concerns, training=tuple((name, getattr(config, name)) for name in TRAINING_FIELDS))
+
+    def concerns(self) -> dict[str, ConcernSettings]:
+        return {name: getattr(self, name) for name in CONCERNS}
+
+    def metric_names(self) -> set[str]:
+        """Every per-round metric this configuration produces (what `collapse_metric` may watch)."""
+        names: set[str] = set()
+        for name, concern in self.concerns().items():
+            if name == "diagnostics" and not self.validation.enabled:
+                continue  # the diagnostics answer validation prompts
+            names |= concern.metric_names()
+        return names
+
+    @property
+    def collapse_metric(self) -> str | None:
+        """The metric the EarlyCollapseCallback watches, or None when early stopping is off."""
+        return self.collapse.watched(VALIDATION_METRIC if self.validation.enabled else None)
+
+    def greater_is_better(self, metric: str) -> bool:
+        """A metric's direction, from the concern that produces it; higher is better unless one says otherwise."""
+        for concern in self.concerns().values():
+            direction = concern.metric_direction(metric)
+            if direction is not None:
+                return direction
+        return True
+
+    @property
+    def collapse_greater_is_better(self) -> bool:
+        if self.collapse.greater_is_better is not None:
+            return self.collapse.greater_is_better
+        return self.greater_is_better(self.collapse_metric or "")
+
+    def fingerprint(self) -> dict[str, object]:
+        """What defines a run's data and weights, by `SOFTConfig` field: hashed into the manifest for resume safety.
+        Derived from the settings objects, so a field added to a concern is covered without a list to update."""
+        values: dict[str, object] = dict(self.training)
+        for concern in self.concerns().values():
+            values.update(concern.fingerprint())
+        return values
+
+    def check(self, config: SOFTConfig) -> None:
+        """The checks that need more than one concern (or an `SFTConfig` field)."""
+        if not self.validation.evaluate_start and (self.behaviour.require_premise or "helpful" in self.behaviour.sets):
+            raise ValueError(
+                "`require_premise` and `behaviour_eval` 'helpful' need `evaluate_start=True`: the premise check and "
+                "the win rate's reference answers come from evaluating the starting model before round 1."
+            )
+        metric = self.collapse.metric
+        if metric not in (None, "none") and metric not in self.metric_names():
+            raise ValueError(
+                f"`collapse_metric={metric!r}` is not produced by any round with this configuration; "
+                f"the rounds produce {sorted(self.metric_names())}. (Behaviour metrics need `behaviour_eval`, "
+                "benchmark metrics need `benchmarks`, "
+                "'validation_nll' needs a validation set, 'sample_*' need `diagnostics_num_prompts` > 0; a metric "
+                "added by your own SOFTCallback is monitored by passing `EarlyCollapseCallback(metric=...)` yourself.)"
+            )
+        if self.curriculum.on and config.packing:
+            raise ValueError(
+                f"`curriculum={self.curriculum.name!r}` cannot be combined with `packing=True`: packing regroups the "
+                "examples and destroys the easy-to-hard order. Set `packing=False` or `curriculum='none'`."
+            )
+        if isinstance(config.deepspeed, str) and not config.deepspeed.lstrip().startswith("{"):
+            if not os.path.isfile(config.deepspeed):
+                raise FileNotFoundError(
+                    f"`deepspeed`: no DeepSpeed config file at {config.deepspeed!r}. Give the path of a DeepSpeed JSON, "
+                    "or drop `--deepspeed` and launch with `accelerate launch --config_file "
+                    "examples/accelerate_configs/deepspeed_zero3.yaml ...`."
+                )
+        if self.curriculum.on and config.shuffle_dataset:
+            warnings.warn(
+                "`shuffle_dataset=True` is ignored while a curriculum is on: the curriculum sets the order.",
+                stacklevel=4,
+            )
 
 
 @dataclass
@@ -500,206 +608,6 @@ class SOFTConfig(SFTConfig):
         # process group when `use_cpu` is set; otherwise every process would train alone on the full data.
         if not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
             self.use_cpu = True
-        self._validate_soft_fields()
+        self.settings = SOFTSettings.from_config(self)
+        self.settings.check(self)
         super().__post_init__()
-
-    def _validate_soft_fields(self) -> None:
-        """Reject bad SOFT settings before anything expensive happens, naming the field and the fix."""
-        if self.num_rounds < 1:
-            raise ValueError(f"`num_rounds` must be at least 1; got {self.num_rounds}.")
-        if self.prompts_per_round is not None and self.prompts_per_round < 1:
-            raise ValueError(
-                f"`prompts_per_round` must be at least 1 (or unset to split the prompts evenly); "
-                f"got {self.prompts_per_round}."
-            )
-        for name, choices in (
-            ("prompt_schedule", PROMPT_SCHEDULES),
-            ("round_init", ROUND_INITS),
-            ("exemplar_sampling", EXEMPLAR_SAMPLING),
-            ("prompt_format", PROMPT_FORMATS),
-        ):
-            if getattr(self, name) not in choices:
-                raise _choice_error(name, getattr(self, name), choices)
-        if self.curriculum not in CURRICULA:
-            raise ValueError(
-                f"`curriculum` must be one of {', '.join(repr(c) for c in CURRICULA)}; got {self.curriculum!r}. "
-                "Use 'length' for easy-to-hard by answer length, 'perplexity' for SOFT+, or 'none' to keep the usual "
-                "shuffled order."
-            )
-        self.engine_settings = EngineSettings.from_config(self)
-        self.judge_settings = JudgeSettings.from_config(self)
-        self.behaviour_settings = BehaviourSettings.from_config(self, pairwise_judge=self.pairwise_judge != "none")
-        if not self.evaluate_start and (self.require_premise or "helpful" in self.behaviour_settings.sets):
-            raise ValueError(
-                "`require_premise` and `behaviour_eval` 'helpful' need `evaluate_start=True`: the premise check and "
-                "the win rate's reference answers come from evaluating the starting model before round 1."
-            )
-        if self.collapse_noise_z < 0:
-            raise ValueError(f"`collapse_noise_z` must be >= 0 (0 ignores noise); got {self.collapse_noise_z}.")
-        if isinstance(self.deepspeed, str) and not self.deepspeed.lstrip().startswith("{"):
-            if not os.path.isfile(self.deepspeed):
-                raise FileNotFoundError(
-                    f"`deepspeed`: no DeepSpeed config file at {self.deepspeed!r}. Give the path of a DeepSpeed JSON, "
-                    "or drop `--deepspeed` and launch with `accelerate launch --config_file "
-                    "examples/accelerate_configs/deepspeed_zero3.yaml ...`."
-                )
-        if self.curriculum_direction not in CURRICULUM_DIRECTIONS:
-            raise _choice_error("curriculum_direction", self.curriculum_direction, CURRICULUM_DIRECTIONS)
-        if self.curriculum_bucket_size is not None and self.curriculum_bucket_size < 1:
-            raise ValueError(
-                f"`curriculum_bucket_size` must be >= 1 (or unset for no shuffling); got {self.curriculum_bucket_size}."
-            )
-        if self.curriculum == "column" and not self.curriculum_column:
-            raise ValueError(
-                "`curriculum='column'` needs `curriculum_column`: the prompt dataset column that holds each prompt's "
-                "difficulty."
-            )
-        if self.curriculum_batch_size < 1:
-            raise ValueError(f"`curriculum_batch_size` must be >= 1; got {self.curriculum_batch_size}.")
-        if self.collapse_patience < 1:
-            raise ValueError(
-                f"`collapse_patience` must be >= 1 (rounds in a row); got {self.collapse_patience}. To turn early "
-                "stopping off, set `collapse_metric='none'`."
-            )
-        if self.collapse_threshold < 0:
-            raise ValueError(f"`collapse_threshold` must be >= 0; got {self.collapse_threshold}.")
-        if self.diagnostics_num_prompts < 0:
-            raise ValueError(f"`diagnostics_num_prompts` must be >= 0 (0 = off); got {self.diagnostics_num_prompts}.")
-        if self.diagnostics_max_new_tokens < 1:
-            raise ValueError(f"`diagnostics_max_new_tokens` must be >= 1; got {self.diagnostics_max_new_tokens}.")
-        if self.collapse_metric not in (None, "none") and self.collapse_metric not in self.round_metric_names:
-            raise ValueError(
-                f"`collapse_metric={self.collapse_metric!r}` is not produced by any round with this configuration; "
-                f"the rounds produce {sorted(self.round_metric_names)}. (Behaviour metrics need `behaviour_eval`, "
-                "benchmark metrics need `benchmarks`, "
-                "'validation_nll' needs a validation set, 'sample_*' need `diagnostics_num_prompts` > 0; a metric "
-                "added by your own SOFTCallback is monitored by passing `EarlyCollapseCallback(metric=...)` yourself.)"
-            )
-        if self.num_exemplars < 0:
-            raise ValueError(f"`num_exemplars` must be >= 0 (0 means zero-shot generation); got {self.num_exemplars}.")
-        if self.engraving_shots not in (0, 1):
-            raise ValueError(f"`engraving_shots` must be 0 or 1; got {self.engraving_shots}.")
-        if self.generation_max_new_tokens < 1:
-            raise ValueError(f"`generation_max_new_tokens` must be >= 1; got {self.generation_max_new_tokens}.")
-        if self.generation_temperature < 0:
-            raise ValueError(f"`generation_temperature` must be >= 0 (0 = greedy); got {self.generation_temperature}.")
-        if not 0 < self.generation_top_p <= 1:
-            raise ValueError(f"`generation_top_p` must be in (0, 1]; got {self.generation_top_p}.")
-        if self.generation_batch_size < 1:
-            raise ValueError(f"`generation_batch_size` must be >= 1; got {self.generation_batch_size}.")
-        if self.validation_batch_size < 1:
-            raise ValueError(f"`validation_batch_size` must be >= 1; got {self.validation_batch_size}.")
-        unknown_benchmarks = sorted(set(self.benchmarks or ()) - set(BENCHMARKS))
-        if unknown_benchmarks:
-            raise ValueError(
-                f"`benchmarks` has unknown name(s) {unknown_benchmarks}; choose from {list(BENCHMARKS)}."
-            )
-        if self.benchmark_limit is not None and self.benchmark_limit < 1:
-            raise ValueError(f"`benchmark_limit` must be >= 1 (or unset for all items); got {self.benchmark_limit}.")
-        unknown = sorted(set(self.filters or ()) - set(FILTER_NAMES))
-        if unknown:
-            raise ValueError(
-                f"`filters` has unknown filter name(s) {unknown}; the available filters are {list(FILTER_NAMES)}."
-            )
-        if self.filter_min_words < 1:
-            raise ValueError(f"`filter_min_words` must be >= 1; got {self.filter_min_words}.")
-        for name in ("filter_max_repeated_ngram_fraction", "filter_max_exemplar_overlap"):
-            value = getattr(self, name)
-            if not 0 < value <= 1:
-                raise ValueError(f"`{name}` must be in (0, 1]; got {value}.")
-        if self.curriculum != "none" and self.packing:
-            raise ValueError(
-                f"`curriculum={self.curriculum!r}` cannot be combined with `packing=True`: packing regroups the "
-                "examples and destroys the easy-to-hard order. Set `packing=False` or `curriculum='none'`."
-            )
-        if self.curriculum != "none" and self.shuffle_dataset:
-            warnings.warn(
-                "`shuffle_dataset=True` is ignored while a curriculum is on: the curriculum sets the order.",
-                stacklevel=3,
-            )
-
-    @property
-    def validation_enabled(self) -> bool:
-        return (self.validation_path or "").lower() != "none"
-
-    @property
-    def round_metric_names(self) -> set[str]:
-        """Names of the per-round metrics this configuration produces (that `collapse_metric` may watch)."""
-        names = {"train_loss", "kept", "mean_response_tokens"}
-        if self.validation_enabled:
-            names.add("validation_nll")
-            if self.diagnostics_num_prompts > 0:
-                names.update(DIAGNOSTIC_METRICS)
-        names.update(self.behaviour_settings.metric_names())
-        for benchmark in self.benchmarks or ():
-            if benchmark == "hhh":
-                names.update(f"hhh_{c}" for c in HHH_CATEGORIES)
-                names.update(f"hhh_acc_norm_{c}" for c in HHH_CATEGORIES)
-            else:
-                names.add(benchmark)
-        return names
-
-    @property
-    def resolved_collapse_metric(self) -> str | None:
-        """The metric the EarlyCollapseCallback watches, or None when early stopping is off."""
-        if self.collapse_metric == "none":
-            return None
-        if self.collapse_metric is None:
-            return "validation_nll" if self.validation_enabled else None
-        return self.collapse_metric
-
-    @property
-    def resolved_collapse_greater_is_better(self) -> bool:
-        if self.collapse_greater_is_better is not None:
-            return self.collapse_greater_is_better
-        behaviour = behaviour_direction(self.resolved_collapse_metric or "")
-        if behaviour is not None:
-            return behaviour
-        return self.resolved_collapse_metric not in LOWER_IS_BETTER
-
-    @property
-    def active_filters(self) -> tuple[str, ...]:
-        """The filter names in effect: all of them unless `filters` says otherwise."""
-        return FILTER_NAMES if self.filters is None else tuple(self.filters)
-
-    @property
-    def soft_fields(self) -> dict[str, object]:
-        """The fields that define a SOFT run's data, used for the manifest's config hash (resume safety)."""
-        names = [
-            "num_rounds",
-            "prompts_per_round",
-            "prompt_schedule",
-            "prompt_column",
-            "round_init",
-            "principles_path",
-            "exemplars_path",
-            "num_exemplars",
-            "exemplar_sampling",
-            "use_internal_thoughts",
-            "prompt_format",
-            "engraving_shots",
-            "generation_max_new_tokens",
-            "generation_temperature",
-            "generation_top_p",
-            "generation_stop_strings",
-            "filters",
-            "filter_min_words",
-            "filter_max_repeated_ngram_fraction",
-            "filter_max_exemplar_overlap",
-            "curriculum",
-            "curriculum_direction",
-            "curriculum_bucket_size",
-            "curriculum_column",
-            "validation_path",
-            "benchmarks",
-            "benchmark_limit",
-            "principle_gate_column",
-            "principle_gate_values",
-            "behaviour_judge",
-            "judge_model",
-            "seed",
-            "learning_rate",
-            "num_train_epochs",
-            "max_steps",
-        ]
-        return {name: getattr(self, name) for name in names}

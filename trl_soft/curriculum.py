@@ -32,6 +32,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .evaluation.likelihood import score_completions
 from .prompting import Exemplar, PromptFormatter
+from .settings import ConcernSettings
 
 # Weights of the `heuristic` scorer (see the module docstring).
 HEURISTIC_PROMPT_WEIGHT = 0.5
@@ -146,3 +147,82 @@ def curriculum_order(
             rng.shuffle(bucket)
             order[start : start + bucket_size] = bucket
     return order
+
+
+CURRICULA = ("none", *SCORERS, "custom")
+CURRICULUM_DIRECTIONS = ("ascending", "descending")
+
+
+@dataclass(frozen=True)
+class CurriculumSettings(ConcernSettings):
+    """Which difficulty scorer orders each round's training data, in which direction, with what bucket shuffling."""
+
+    CONFIG_FIELDS = {
+        "name": "curriculum",
+        "direction": "curriculum_direction",
+        "bucket_size": "curriculum_bucket_size",
+        "column": "curriculum_column",
+        "batch_size": "curriculum_batch_size",
+    }
+    NOT_FINGERPRINTED = frozenset({"batch_size"})
+
+    name: str = "length"
+    direction: str = "ascending"
+    bucket_size: int | None = None
+    column: str | None = None
+    batch_size: int = 16
+
+    def check(self) -> None:
+        self.check_choice(
+            "name", CURRICULA, "Use 'length' for easy-to-hard by answer length, 'perplexity' for SOFT+, or 'none' to "
+            "keep the usual shuffled order."
+        )
+        self.check_choice("direction", CURRICULUM_DIRECTIONS)
+        if self.bucket_size is not None and self.bucket_size < 1:
+            raise self.field_error("bucket_size", f"must be >= 1 (or unset for no shuffling); got {self.bucket_size}.")
+        if self.name == "column" and not self.column:
+            raise ValueError(
+                "`curriculum='column'` needs `curriculum_column`: the prompt dataset column that holds each prompt's "
+                "difficulty."
+            )
+        if self.batch_size < 1:
+            raise self.field_error("batch_size", f"must be >= 1; got {self.batch_size}.")
+
+    @property
+    def on(self) -> bool:
+        return self.name != "none"
+
+    def scorer(self, prompts: Any, custom: Scorer | None) -> Scorer | None:
+        """The run's difficulty scorer, after checking that what it reads exists (`prompts`: the prompt dataset)."""
+        if self.name == "custom":
+            if custom is None or not callable(custom):
+                raise ValueError(
+                    "`curriculum='custom'` needs `SOFTTrainer(difficulty_scorer=...)`: a callable "
+                    "(prompts, responses, context) -> one difficulty per pair (higher = harder)."
+                )
+            return custom
+        if custom is not None:
+            raise ValueError(
+                f"A `difficulty_scorer` was passed but `curriculum={self.name!r}`; set `curriculum='custom'` to use it."
+            )
+        if self.name == "column":
+            if self.column not in prompts.column_names:
+                raise ValueError(
+                    f"`curriculum_column={self.column!r}` is not a column of the prompt dataset (columns: "
+                    f"{prompts.column_names}). Add a numeric difficulty column or pick another `curriculum`."
+                )
+            values = prompts[self.column]
+            bad = [i for i, v in enumerate(values) if not isinstance(v, (int, float)) or isinstance(v, bool)]
+            if bad:
+                raise ValueError(
+                    f"`curriculum_column={self.column!r}` must hold a number for every prompt; rows {bad[:5]} do not."
+                )
+        return SCORERS.get(self.name)
+
+    def rank(
+        self, scorer: Scorer, prompts: Sequence[str], responses: Sequence[str], context: ScoringContext, seed: int
+    ) -> tuple[list[float], list[int]]:
+        """Each pair's difficulty and the training order they induce (positions into the pairs)."""
+        name = self.name if self.name != "custom" else getattr(scorer, "__name__", "custom")
+        scores = check_scores(scorer(prompts, responses, context), len(prompts), name)
+        return scores, curriculum_order(scores, self.direction == "descending", self.bucket_size, seed)

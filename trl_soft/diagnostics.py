@@ -18,29 +18,52 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from accelerate import Accelerator
 from transformers import PreTrainedModel
 
-from .config import DIAGNOSTIC_METRICS
 from .evaluation.likelihood import score_completions
+from .filters import ngrams
 from .generation import GenerationResult, GenerationSettings, generate_completions
 from .prompting import PromptFormatter
+from .settings import ConcernSettings
 
-__all__ = ["DIAGNOSTIC_METRICS", "collapse_diagnostics", "distinct_n", "self_bleu", "sentence_bleu", "text_diversity"]
+DIAGNOSTIC_METRICS = ("sample_entropy", "sample_distinct_1", "sample_distinct_2", "sample_self_bleu", "sample_tokens")
+
+__all__ = ["DIAGNOSTIC_METRICS", "DiagnosticsSettings", "collapse_diagnostics", "distinct_n", "self_bleu", "sentence_bleu", "text_diversity"]
+
+
+@dataclass(frozen=True)
+class DiagnosticsSettings(ConcernSettings):
+    """How many validation prompts the model answers after every round for the collapse diagnostics, and how long."""
+
+    CONFIG_FIELDS = {"num_prompts": "diagnostics_num_prompts", "max_new_tokens": "diagnostics_max_new_tokens"}
+    LOWER_IS_BETTER = frozenset({"sample_self_bleu"})
+
+    num_prompts: int = 16
+    max_new_tokens: int = 128
+
+    def check(self) -> None:
+        if self.num_prompts < 0:
+            raise self.field_error("num_prompts", f"must be >= 0 (0 = off); got {self.num_prompts}.")
+        if self.max_new_tokens < 1:
+            raise self.field_error("max_new_tokens", f"must be >= 1; got {self.max_new_tokens}.")
+
+    def metric_names(self) -> set[str]:
+        """The diagnostics' metrics (they answer validation prompts: `SOFTSettings` drops them without a set)."""
+        return set(DIAGNOSTIC_METRICS) if self.num_prompts > 0 else set()
 
 
 def _words(text: str) -> list[str]:
+    # Whitespace tokens on purpose, not `filters.words` (a regex that drops punctuation): distinct-n and self-BLEU
+    # are conventionally computed on whitespace tokens, and changing it would change every recorded diagnostic.
     return text.lower().split()
-
-
-def _ngrams(words: Sequence[str], n: int) -> list[tuple[str, ...]]:
-    return [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
 
 
 def distinct_n(texts: Sequence[str], n: int) -> float:
     """Distinct word n-grams across all texts divided by the number of n-grams (0 when there are none)."""
-    grams = [g for text in texts for g in _ngrams(_words(text), n)]
+    grams = [g for text in texts for g in ngrams(_words(text), n)]
     return len(set(grams)) / len(grams) if grams else 0.0
 
 
@@ -52,13 +75,13 @@ def sentence_bleu(hypothesis: Sequence[str], references: Sequence[Sequence[str]]
         return 0.0
     log_precision = 0.0
     for n in range(1, max_n + 1):
-        counts = Counter(_ngrams(hypothesis, n))
+        counts = Counter(ngrams(hypothesis, n))
         total = sum(counts.values())
         if total == 0:
             return 0.0
         max_ref: Counter = Counter()
         for reference in references:
-            for gram, count in Counter(_ngrams(reference, n)).items():
+            for gram, count in Counter(ngrams(reference, n)).items():
                 max_ref[gram] = max(max_ref[gram], count)
         clipped = sum(min(count, max_ref[gram]) for gram, count in counts.items())
         log_precision += math.log(clipped / total if clipped else 0.1 / total) / max_n

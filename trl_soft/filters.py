@@ -14,18 +14,13 @@ from dataclasses import dataclass, field
 
 from .judges.rules import refusal_evidence, risky_words
 from .prompting import PLAIN_ASSISTANT_TAG, PLAIN_USER_TAG, Exemplar
+from .settings import ConcernSettings
 
 _WORD = re.compile(r"\w+(?:'\w+)?")
 
 # Markers that show the model went on to write the next dialogue turn (the exemplar layout leaking into the answer).
 _TURN_LEAKS = (PLAIN_USER_TAG, PLAIN_ASSISTANT_TAG, "\nUser:", "\nAssistant:", "\nHuman:")
 
-
-@dataclass(frozen=True)
-class FilterSettings:
-    min_words: int = 3
-    max_repeated_ngram_fraction: float = 0.3
-    max_exemplar_overlap: float = 0.6
 
 
 @dataclass
@@ -40,6 +35,7 @@ class Candidate:
 
 
 def words(text: str) -> list[str]:
+    # Not the diagnostics' whitespace tokens (`diagnostics._words`, which says why the two differ).
     return [w.lower() for w in _WORD.findall(text)]
 
 
@@ -101,7 +97,7 @@ def templated_refusal(candidate: Candidate, settings: FilterSettings) -> bool:
     return refusal_evidence(candidate.response) is not None and not risky_words(candidate.prompt)
 
 
-FilterFn = Callable[[Candidate, FilterSettings], bool]
+FilterFn = Callable[[Candidate, "FilterSettings"], bool]
 
 FILTERS: dict[str, FilterFn] = {
     "principle_gate": principle_gate,
@@ -111,6 +107,58 @@ FILTERS: dict[str, FilterFn] = {
     "exemplar_copy": exemplar_copy,
     "templated_refusal": templated_refusal,
 }
+
+
+FILTER_NAMES = tuple(FILTERS)
+
+
+@dataclass(frozen=True)
+class FilterSettings(ConcernSettings):
+    """Which filters run, in order, and their thresholds; the principle gate's column of harmful-request marks."""
+
+    CONFIG_FIELDS = {
+        "names": "filters",
+        "min_words": "filter_min_words",
+        "max_repeated_ngram_fraction": "filter_max_repeated_ngram_fraction",
+        "max_exemplar_overlap": "filter_max_exemplar_overlap",
+        "gate_column": "principle_gate_column",
+        "gate_values": "principle_gate_values",
+    }
+
+    names: tuple[str, ...] = FILTER_NAMES
+    min_words: int = 3
+    max_repeated_ngram_fraction: float = 0.3
+    max_exemplar_overlap: float = 0.6
+    gate_column: str | None = None
+    gate_values: tuple[str, ...] = ("harmful",)
+
+    @classmethod
+    def from_config(cls, config, **extra) -> FilterSettings:
+        values = {attr: getattr(config, name) for attr, name in cls.CONFIG_FIELDS.items()}
+        values["names"] = FILTER_NAMES if values["names"] is None else tuple(values["names"])
+        values["gate_values"] = tuple(values["gate_values"] or ())
+        return cls(**values, **extra)
+
+    def check(self) -> None:
+        unknown = sorted(set(self.names) - set(FILTERS))
+        if unknown:
+            raise self.field_error(
+                "names", f"has unknown filter name(s) {unknown}; the available filters are {list(FILTER_NAMES)}."
+            )
+        if self.min_words < 1:
+            raise self.field_error("min_words", f"must be >= 1; got {self.min_words}.")
+        for attr in ("max_repeated_ngram_fraction", "max_exemplar_overlap"):
+            value = getattr(self, attr)
+            if not 0 < value <= 1:
+                raise self.field_error(attr, f"must be in (0, 1]; got {value}.")
+
+    @property
+    def gate_on(self) -> bool:
+        return "principle_gate" in self.names
+
+    def verdicts(self, candidates: Sequence[Candidate]) -> list[str | None]:
+        """The reason each candidate is dropped (None = kept), with these settings' filters in their order."""
+        return apply_filters(candidates, self.names, self)[0]
 
 
 def filter_reason(candidate: Candidate, names: Sequence[str], settings: FilterSettings) -> str | None:

@@ -14,7 +14,7 @@ import contextlib
 import copy
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from accelerate import Accelerator
@@ -22,10 +22,27 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .distributed import is_main_process, map_sharded
+from .models import eval_mode, pad_id
+from .settings import ConcernSettings
 
 
 @dataclass(frozen=True)
-class GenerationSettings:
+class GenerationSettings(ConcernSettings):
+    """How answers are sampled. `SOFTConfig` builds the regeneration settings from its `generation_*` fields; the
+    diagnostics and the behaviour evaluation derive theirs with `dataclasses.replace` (their own length and seed)."""
+
+    CONFIG_FIELDS = {
+        "max_new_tokens": "generation_max_new_tokens",
+        "temperature": "generation_temperature",
+        "top_p": "generation_top_p",
+        "batch_size": "generation_batch_size",
+        "stop_strings": "generation_stop_strings",
+        "seed": "seed",
+        "prefix_cache": "generation_prefix_cache",
+    }
+    # Batching and the shared-prefix cache change how fast answers come, not what they say.
+    NOT_FINGERPRINTED = frozenset({"batch_size", "prefix_cache"})
+
     max_new_tokens: int = 256
     temperature: float = 0.7
     top_p: float = 0.9
@@ -33,6 +50,21 @@ class GenerationSettings:
     stop_strings: tuple[str, ...] = ()
     seed: int = 42
     prefix_cache: bool = True
+
+    @classmethod
+    def from_config(cls, config, **extra) -> GenerationSettings:
+        settings = super().from_config(config, **extra)
+        return replace(settings, stop_strings=tuple(settings.stop_strings or ()))
+
+    def check(self) -> None:
+        if self.max_new_tokens < 1:
+            raise self.field_error("max_new_tokens", f"must be >= 1; got {self.max_new_tokens}.")
+        if self.temperature < 0:
+            raise self.field_error("temperature", f"must be >= 0 (0 = greedy); got {self.temperature}.")
+        if not 0 < self.top_p <= 1:
+            raise self.field_error("top_p", f"must be in (0, 1]; got {self.top_p}.")
+        if self.batch_size < 1:
+            raise self.field_error("batch_size", f"must be >= 1; got {self.batch_size}.")
 
 
 # Below this many shared tokens, encoding the prefix separately saves less than it costs.
@@ -78,10 +110,26 @@ def shared_prefix_length(sequences: Sequence[Sequence[int]]) -> int:
 
 
 @torch.no_grad()
-def _encode_prefix(model: PreTrainedModel, prefix: Sequence[int], device: torch.device):
-    """KV cache of the shared prefix (the principles header, and with fixed exemplars the exemplars too)."""
-    ids = torch.tensor([list(prefix)], dtype=torch.long, device=device)
-    return model(input_ids=ids, use_cache=True, logits_to_keep=1).past_key_values
+def shared_prefix_cache(model: PreTrainedModel, sequences: Sequence[Sequence[int]], min_tokens: int = 1):
+    """(length, KV cache) of the token prefix all `sequences` share (`shared_prefix_length`), encoded once;
+    (0, None) for fewer than two sequences or a prefix shorter than `min_tokens`. Each batch reads on a copy of the
+    cache (`expanded_cache`). Used by generation and by multiple-choice scoring (`evaluation/multiple_choice.py`)."""
+    prefix_len = shared_prefix_length(sequences) if len(sequences) > 1 else 0
+    if prefix_len < min_tokens:
+        return 0, None
+    device = next(model.parameters()).device
+    ids = torch.tensor([list(sequences[0][:prefix_len])], dtype=torch.long, device=device)
+    return prefix_len, model(input_ids=ids, use_cache=True, logits_to_keep=1).past_key_values
+
+
+def expanded_cache(cache, batch: int):
+    """A copy of `cache` (one row) repeated for `batch` rows, leaving `cache` itself for the next batch; None stays
+    None."""
+    if cache is None:
+        return None
+    copied = copy.deepcopy(cache)
+    copied.batch_repeat_interleave(batch)
+    return copied
 
 
 @torch.no_grad()
@@ -95,21 +143,22 @@ def _generate_shard(
 ) -> list[GenerationResult]:
     encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     device = next(model.parameters()).device
-    prefix_len = shared_prefix_length(encoded) if settings.prefix_cache and len(encoded) > 1 else 0
-    if prefix_len < MIN_PREFIX_TOKENS:
-        prefix_len = 0
-    prefix_cache = _encode_prefix(model, encoded[0][:prefix_len], device) if prefix_len else None
+    # Unlike multiple-choice scoring (see `_score_shard` there), generation can switch the cache off
+    # (`prefix_cache`) and leaves a prefix shorter than MIN_PREFIX_TOKENS uncached.
+    prefix_len, prefix_cache = (
+        shared_prefix_cache(model, encoded, MIN_PREFIX_TOKENS) if settings.prefix_cache else (0, None)
+    )
     prefix = torch.tensor(encoded[0][:prefix_len], dtype=torch.long)
     suffixes = [ids[prefix_len:] for ids in encoded]
 
     batches = _length_sorted_batches([len(ids) for ids in suffixes], settings.batch_size)
     results: list[GenerationResult | None] = [None] * len(prompts)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = pad_id(tokenizer)
     eos_ids = model.generation_config.eos_token_id
     eos_ids = {eos_ids} if isinstance(eos_ids, int) else set(eos_ids or [])
     if tokenizer.eos_token_id is not None:
         eos_ids.add(tokenizer.eos_token_id)
-    terminal_ids = eos_ids | {pad_id}  # rows halted by a stop string are filled with padding afterwards
+    terminal_ids = eos_ids | {pad}  # rows halted by a stop string are filled with padding afterwards
     sampling = settings.temperature > 0
     progress = tqdm(total=len(prompts), desc=desc, disable=not show_progress, unit="prompt")
     new_tokens_total, started = 0, time.perf_counter()
@@ -117,7 +166,7 @@ def _generate_shard(
         width = max(len(suffixes[i]) for i in batch)
         # [shared prefix | left padding | own suffix]: padding sits between the cached prefix and each suffix; the
         # attention mask hides it and positions follow the mask, so every prompt sees exactly its own tokens.
-        input_ids = torch.full((len(batch), prefix_len + width), pad_id, dtype=torch.long)
+        input_ids = torch.full((len(batch), prefix_len + width), pad, dtype=torch.long)
         attention_mask = torch.zeros_like(input_ids)
         input_ids[:, :prefix_len] = prefix
         attention_mask[:, :prefix_len] = 1
@@ -127,9 +176,7 @@ def _generate_shard(
             attention_mask[row, prefix_len + width - len(ids) :] = 1
         cache_kwargs = {}
         if prefix_cache is not None:
-            cache = copy.deepcopy(prefix_cache)
-            cache.batch_repeat_interleave(len(batch))
-            cache_kwargs["past_key_values"] = cache
+            cache_kwargs["past_key_values"] = expanded_cache(prefix_cache, len(batch))
         # One seed per batch: the same prompts on the same process get the same samples, run after run.
         torch.manual_seed(settings.seed + batch_number)
         output = model.generate(
@@ -142,7 +189,7 @@ def _generate_shard(
             top_k=None,
             stop_strings=list(settings.stop_strings) or None,
             tokenizer=tokenizer if settings.stop_strings else None,
-            pad_token_id=pad_id,
+            pad_token_id=pad,
             eos_token_id=sorted(eos_ids) or None,
             use_cache=True,
             **cache_kwargs,
@@ -179,15 +226,12 @@ def generate_completions(
     The model's training/eval mode is restored afterwards. Each process gets a contiguous slice of at most
     ceil(P / N) prompts.
     """
-    was_training = model.training
-    try:
-        with _generation_context(model, accelerator) as unwrapped:
-            unwrapped.eval()
-            return map_sharded(
-                prompts,
-                lambda shard: _generate_shard(
-                    unwrapped, tokenizer, shard, settings, desc=desc, show_progress=is_main_process()
-                ),
-            )
-    finally:
-        model.train(was_training)
+    # Eval mode goes on the unwrapped model that generates, inside TRL's context (after it gathered the weights and
+    # paused gradient checkpointing), and its own training mode comes back before the context closes.
+    with _generation_context(model, accelerator) as unwrapped, eval_mode(unwrapped):
+        return map_sharded(
+            prompts,
+            lambda shard: _generate_shard(
+                unwrapped, tokenizer, shard, settings, desc=desc, show_progress=is_main_process()
+            ),
+        )

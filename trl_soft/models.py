@@ -10,10 +10,13 @@ The tokenizer's special tokens are taken from the GGUF file's own metadata (`tok
 transformers' conversion: transformers 5.17 (the version vLLM 0.31 requires) names `<|im_start|>` as the end-of-text
 token, so answers would never end. A marker file records the conversion's version; a folder converted by an older
 version of this code is converted again.
+
+Also the small helpers every module that runs a model shares: `ensure_pad_token`, `pad_id` and `eval_mode`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -142,14 +145,90 @@ def check_model_path(name_or_path: str) -> None:
         )
 
 
-def load_model_and_tokenizer(name_or_path: str | None = EMBEDDED_NAME, **model_kwargs):
-    """(model, tokenizer) for a hub id, a local folder, or `embedded`; the tokenizer gets a pad token if missing."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    path = resolve_model_path(name_or_path)
-    tokenizer = AutoTokenizer.from_pretrained(path)
+def ensure_pad_token(tokenizer):
+    """`tokenizer`, given its end-of-text token as pad token when it has none (changed in place, and returned)."""
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def pad_id(tokenizer) -> int | None:
+    """The id to pad batches with: the tokenizer's pad token, else its end-of-text token (None when it has neither)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+@contextlib.contextmanager
+def eval_mode(model):
+    """Put `model` in eval mode for the block, then give it back the training mode it had, also when the block raises."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+def _from_pretrained(path: str, **model_kwargs):
+    from transformers import AutoModelForCausalLM
+
     model_kwargs.setdefault("dtype", "float32")
-    model = AutoModelForCausalLM.from_pretrained(path, **model_kwargs)
+    return AutoModelForCausalLM.from_pretrained(path, **model_kwargs)
+
+
+def load_model_and_tokenizer(name_or_path: str | None = EMBEDDED_NAME, **model_kwargs):
+    """(model, tokenizer) for a hub id, a local folder, or `embedded`; the tokenizer gets a pad token if missing.
+
+    A LoRA adapter folder is left to transformers here; `load_for_inference` loads it on its base model instead."""
+    from transformers import AutoTokenizer
+
+    path = resolve_model_path(name_or_path)
+    tokenizer = ensure_pad_token(AutoTokenizer.from_pretrained(path))
+    model = _from_pretrained(path, **model_kwargs)
     return model, tokenizer
+
+
+def adapter_base_model(name_or_path: str | None) -> str | None:
+    """The base model a LoRA adapter folder names (its adapter_config.json); None when it is no adapter folder."""
+    config = Path(name_or_path) / "adapter_config.json" if name_or_path else None
+    if config is None or not config.is_file():
+        return None
+    return json.loads(config.read_text())["base_model_name_or_path"]
+
+
+def load_inference_model(name_or_path: str | None = EMBEDDED_NAME, *, merge_adapter: bool = False, **model_kwargs):
+    """The model of a hub id, a local folder, `embedded`, or a LoRA adapter folder (float32 unless `dtype` is given).
+
+    An adapter is loaded on top of the base model it names (resolved like any model name) as a `PeftModel`, or
+    merged into it with `merge_adapter`."""
+    base = adapter_base_model(name_or_path)
+    if base is None:
+        return _from_pretrained(resolve_model_path(name_or_path), **model_kwargs)
+    from peft import PeftModel
+
+    model = PeftModel.from_pretrained(_from_pretrained(resolve_model_path(base), **model_kwargs), name_or_path)
+    return model.merge_and_unload() if merge_adapter else model
+
+
+def load_for_inference(name_or_path: str | None = EMBEDDED_NAME, *, merge_adapter: bool = False, **model_kwargs):
+    """(model, tokenizer) like `load_model_and_tokenizer`, and for a LoRA adapter folder too (see
+    `load_inference_model`; the tokenizer is then the adapter folder's own)."""
+    if adapter_base_model(name_or_path) is None:
+        return load_model_and_tokenizer(name_or_path, **model_kwargs)
+    from transformers import AutoTokenizer
+
+    tokenizer = ensure_pad_token(AutoTokenizer.from_pretrained(name_or_path))
+    return load_inference_model(name_or_path, merge_adapter=merge_adapter, **model_kwargs), tokenizer
+
+
+def trainable_snapshot(model) -> dict:
+    """A copy of the parameters that train (with `round_init='base'`, every round starts from them)."""
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def restore_trainable(model, snapshot: dict) -> None:
+    import torch
+
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name in snapshot:
+                param.copy_(snapshot[name])

@@ -22,6 +22,10 @@ from pathlib import Path
 
 from transformers import PreTrainedTokenizerBase
 
+from .settings import ConcernSettings
+
+PROMPT_FORMATS = ("auto", "chat", "plain")
+EXEMPLAR_SAMPLING = ("random", "fixed")
 PLAIN_USER_TAG = "### User:"
 PLAIN_ASSISTANT_TAG = "### Assistant:"
 THOUGHTS_TAG = "Internal thoughts:"
@@ -133,6 +137,38 @@ def check_exemplar_ids_unique(exemplars: Sequence[Exemplar], source: str) -> Non
         seen.add(exemplar.id)
 
 
+@dataclass(frozen=True)
+class PromptSettings(ConcernSettings):
+    """The principles and exemplars of the generation prompt, its layout, and the engraving examples' shots."""
+
+    CONFIG_FIELDS = {
+        "principles_path": "principles_path",
+        "exemplars_path": "exemplars_path",
+        "num_exemplars": "num_exemplars",
+        "exemplar_sampling": "exemplar_sampling",
+        "use_internal_thoughts": "use_internal_thoughts",
+        "prompt_format": "prompt_format",
+        "engraving_shots": "engraving_shots",
+    }
+
+    principles_path: str | None = None
+    exemplars_path: str | None = None
+    num_exemplars: int = 5
+    exemplar_sampling: str = "random"
+    use_internal_thoughts: bool = False
+    prompt_format: str = "auto"
+    engraving_shots: int = 0
+
+    def check(self) -> None:
+        self.check_choice("exemplar_sampling", EXEMPLAR_SAMPLING)
+        self.check_choice("prompt_format", PROMPT_FORMATS)
+        if self.num_exemplars < 0:
+            raise self.field_error("num_exemplars", f"must be >= 0 (0 means zero-shot generation); got "
+                                                    f"{self.num_exemplars}.")
+        if self.engraving_shots not in (0, 1):
+            raise self.field_error("engraving_shots", f"must be 0 or 1; got {self.engraving_shots}.")
+
+
 class ExemplarSampler:
     """Chooses the k in-context exemplars of each generation prompt.
 
@@ -147,7 +183,7 @@ class ExemplarSampler:
                 f"`num_exemplars` is {k} but the exemplar pool has only {len(pool)} exemplars. Lower `num_exemplars` "
                 "or add exemplars to the pool (`exemplars_path`)."
             )
-        if mode not in ("random", "fixed"):
+        if mode not in EXEMPLAR_SAMPLING:
             raise ValueError(f"`exemplar_sampling` must be 'random' or 'fixed'; got {mode!r}.")
         self.pool = list(pool)
         self.k = k
@@ -179,7 +215,7 @@ class PromptFormatter:
                 "`prompt_format='chat'` but the tokenizer has no chat template. Use `prompt_format='plain'` (or "
                 "'auto'), or set a template with `chat_template_path`."
             )
-        if prompt_format not in ("auto", "chat", "plain"):
+        if prompt_format not in PROMPT_FORMATS:
             raise ValueError(f"`prompt_format` must be 'auto', 'chat' or 'plain'; got {prompt_format!r}.")
         self.tokenizer = tokenizer
         self.principles = principles

@@ -4,11 +4,23 @@ opens the summary, and the per-round plot."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
+from .behaviour.evaluate import format_premise
 from .behaviour.settings import FEWSHOT_PREFIX, METRICS
 from .behaviour.stats import ITEM_SCORES, paired_difference
-from .state import SOFTState
+from .state import SOFTState, atomic_write_text
+
+SOFT_CITATION = """\
+@article{wang2024soft,
+    title   = {{Step-On-Feet Tuning: Scaling Self-Alignment of LLMs via Bootstrapping}},
+    author  = {Haoyu Wang and Guozheng Ma and Ziqiao Meng and Zeyu Qin and Li Shen and Zhong Zhang and Bingzhe Wu
+               and Liu Liu and Yatao Bian and Tingyang Xu and Xueqian Wang and Peilin Zhao},
+    journal = {arXiv preprint arXiv:2402.07610},
+    year    = 2024
+}"""
+
 
 COLUMNS: tuple[tuple[str, str, str], ...] = (
     # (metric key, header, format)
@@ -149,6 +161,49 @@ PLOT_PANELS: tuple[tuple[str, str], ...] = (
     ("hhh_overall", "HHH"),
     ("train_loss", "train loss"),
 )
+
+
+def run_summary(state: SOFTState) -> str:
+    """`summary.md`: the behaviour verdict, the round table, why the rounds stopped, and the engine."""
+    verdict, stop = behaviour_verdict(state), format_stop_line(state)
+    table = format_round_table(state.history, state.base_metrics)
+    return (
+        (f"{verdict}\n\n" if verdict else "") + table + "\n" + (f"\n{stop}\n" if stop else "")
+        + f"\nGeneration engine: {state.engine}\n"
+    )
+
+
+def write_summary(output_dir: Path, state: SOFTState) -> None:
+    atomic_write_text(Path(output_dir) / "summary.md", run_summary(state))
+
+
+def printed_summary(state: SOFTState, output_dir: str) -> str:
+    """What the end of a run prints."""
+    verdict, stop = behaviour_verdict(state), format_stop_line(state)
+    table = format_round_table(state.history, state.base_metrics)
+    return (
+        f"\nSOFT summary ({state.rounds_completed} rounds, {output_dir}):\n" + (f"{verdict}\n\n" if verdict else "")
+        + f"{table}\n{stop}\n"
+    )
+
+
+def model_card_section(state: SOFTState, settings: dict[str, Any]) -> str:
+    """The model card's SOFT part: the round table, the stop, the engine, the settings, the behaviour verdict and
+    the premise check."""
+    rendered = ", ".join(f"`{k}={v}`" for k, v in settings.items() if v is not None)
+    table = format_round_table(state.history, state.base_metrics)
+    stop, verdict = format_stop_line(state), behaviour_verdict(state)
+    premise = (state.base_metrics or {}).get("premise")
+    behaviour = (f"\n## Behaviour\n\n{verdict}\n\n" if verdict else "") + (
+        f"Premise check before round 1 (starting model):\n\n```\n{format_premise(premise)}\n```\n"
+        if premise else ""
+    )
+    return (
+        f"\n## SOFT rounds\n\nTrained with trl-soft for {state.rounds_completed} round(s). Round 0 is "
+        "the starting model; `val NLL` is the mean negative log-likelihood per token of the reference answers of "
+        f"the validation set (lower is better).\n\n{table}\n\n{stop + chr(10) + chr(10) if stop else ''}"
+        f"Generation engine: {state.engine}\n\nSettings: {rendered}\n{behaviour}"
+    )
 
 
 def plot_rounds(state: SOFTState, path: str) -> None:

@@ -12,9 +12,10 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -127,3 +128,85 @@ class SOFTState:
     def record_round(self, metrics: dict[str, Any]) -> None:
         self.history = [m for m in self.history if m.get("round") != metrics["round"]] + [metrics]
         self.rounds_completed = metrics["round"]
+
+
+# ---- the run's folder ------------------------------------------------------------------------------------------------
+def round_dirs(output_dir: str | Path) -> list[Path]:
+    """The `round_*` folders of a run, sorted."""
+    return sorted(p for p in Path(output_dir).glob("round_*") if p.is_dir())
+
+
+def run_hash(
+    fingerprint: dict[str, Any], prompts: Sequence[str], principles: str, exemplars: Sequence, validation: Sequence,
+    model: Any,
+) -> str:
+    """The manifest's configuration hash: the settings' fingerprint, the prompts, the rendered principles, the
+    exemplars and validation pairs (dataclasses), and the starting model's name."""
+    digest = hashlib.sha256("\x1e".join(prompts).encode("utf-8")).hexdigest()
+    data = {"principles": principles, "exemplars": [e.__dict__ for e in exemplars],
+            "validation": [p.__dict__ for p in validation]}
+    data_digest = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+    model_id = model if isinstance(model, str) else getattr(model.config, "_name_or_path", type(model).__name__)
+    return config_hash(fingerprint, [digest, data_digest, str(model_id)])
+
+
+def check_output_dir(output_dir: Path, run_config_hash: str, overwrite: bool) -> None:
+    """Before any model loads: `output_dir` is writable, and a run already in it can be resumed or may be replaced."""
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        probe = output_dir / f".write-test-{os.getpid()}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as err:
+        raise PermissionError(
+            f"`output_dir`: cannot write to {str(output_dir)!r} ({err.strerror}). Choose a writable folder."
+        ) from err
+    existing = SOFTState.load(output_dir)
+    if existing is not None and existing.config_hash != run_config_hash and not overwrite:
+        raise ValueError(
+            f"`output_dir`: {str(output_dir)!r} holds a SOFT run made with a different configuration or data "
+            f"({existing.rounds_completed} round(s) done), so it cannot be resumed. Use a new `output_dir`, or "
+            "pass `overwrite_output_dir=True` (`--overwrite_output_dir`) to replace it."
+        )
+
+
+def open_state(output_dir: Path, run_config_hash: str, num_rounds: int, resume: bool, overwrite: bool) -> SOFTState:
+    """The manifest to continue (`resume` and the same configuration), or a fresh one (`overwrite` clears the rounds of
+    an earlier run); an earlier run that may be neither continued nor replaced is an error."""
+    from .distributed import is_main_process, wait_for_everyone
+
+    existing = SOFTState.load(output_dir)
+    if existing is not None and existing.rounds_completed > 0 or round_dirs(output_dir):
+        if resume and existing is not None and existing.config_hash == run_config_hash:
+            return existing
+        if not overwrite:
+            raise ValueError(
+                f"`output_dir`: {str(output_dir)!r} already holds a SOFT run. Continue it with "
+                "`train(resume_from_checkpoint=True)` (`--resume`), or pass `overwrite_output_dir=True` "
+                "(`--overwrite_output_dir`) to start over."
+            )
+        if is_main_process():
+            for folder in round_dirs(output_dir):
+                shutil.rmtree(folder)
+        wait_for_everyone()
+    state = SOFTState(config_hash=run_config_hash, num_rounds=num_rounds)
+    if is_main_process():
+        state.save(output_dir)
+    return state
+
+
+def save_atomically(save: Callable[[str], None], target: Path) -> None:
+    """`save(folder)` (every process calls it, e.g. `Trainer.save_model`) into a temporary folder, then rename: a
+    crash never leaves a half-written model."""
+    from .distributed import is_main_process, wait_for_everyone
+
+    partial = target.with_name(target.name + ".partial")
+    if is_main_process():
+        shutil.rmtree(partial, ignore_errors=True)
+    wait_for_everyone()
+    save(str(partial))
+    if is_main_process():
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(partial, target)
+    wait_for_everyone()

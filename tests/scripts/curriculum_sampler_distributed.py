@@ -15,6 +15,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from tests.conftest import make_tiny_llama, prompt_dataset, tiny_config  # noqa: E402
 from trl_soft import SOFTTrainer  # noqa: E402
 from trl_soft.distributed import process_state  # noqa: E402
+from trl_soft.rounds import Round  # noqa: E402
+from trl_soft.state import round_paths  # noqa: E402
 
 SCORES = [((i * 7) % 16) / 2 for i in range(16)]  # a permutation of 0, 0.5, ..., 7.5
 
@@ -25,11 +27,12 @@ def main(output: str, tokenizer_path: str, bucket_size: int) -> None:
                        curriculum_bucket_size=bucket_size or None)
     trainer = SOFTTrainer(model=make_tiny_llama(tokenizer), args=args, train_dataset=prompt_dataset(12),
                           processing_class=tokenizer)
-    examples = [
-        {**trainer.formatter.engraving_example(f"Prompt {i}", f"Answer number {i}."), "difficulty": score}
-        for i, score in enumerate(SCORES)
-    ]
-    trainer._round_index = 1
+    pairs = [(f"Prompt {i}", f"Answer number {i}.") for i in range(len(SCORES))]
+    examples = [trainer.formatter.engraving_example(p, r) for p, r in pairs]
+    _, order = args.settings.curriculum.rank(lambda p, r, c: SCORES, *zip(*pairs), None, args.seed + 1)
+    trainer.round = Round(1, round_paths(args.output_dir, 1), args.seed + 1, list(range(len(pairs))),
+                          [p for p, _ in pairs], [[] for _ in pairs], responses=[r for _, r in pairs],
+                          filter_reasons=[None] * len(pairs), train_order=order)
     trainer.train_dataset = trainer._prepare_dataset(Dataset.from_list(examples), tokenizer, args, False, None, "t")
     loader = trainer.get_train_dataloader()
     index_batches = [list(batch) for batch in loader.batch_sampler]

@@ -17,13 +17,17 @@ from ..judges.settings import JudgeSettings
 from ..prompting import Exemplar, PromptFormatter
 from ..state import atomic_write_json, atomic_write_jsonl
 from .data import BehaviourSets
-from .evaluate import BehaviourEvaluator, Generate, premise_check
+from .evaluate import BehaviourEvaluator, Generate, format_premise, premise_check
 from .gate import PrincipleGate
 from .settings import BehaviourSettings
 
 JUDGE_CACHE = "judge_cache.jsonl"  # in output_dir: verdicts survive a resume
 SAMPLES = "behaviour.jsonl"  # in each round folder: every behaviour answer with its verdict
 REFERENCE = "behaviour_reference.json"  # in round_0: the starting model's answers that win rates compare with
+
+
+class SOFTPremiseError(RuntimeError):
+    """`require_premise=True` and the premise check did not hold: nothing was trained."""
 
 
 class BehaviourRun:
@@ -107,6 +111,19 @@ class BehaviourRun:
             if round_index == 0 and "helpful" in self.sets.items:
                 atomic_write_json(round_dir / REFERENCE, result.answers.get("zero_shot", {}))
         return metrics
+
+    def check_premise(self, premise: dict[str, Any] | None) -> None:
+        """Say before round 1 whether the principle-driven prompt beats zero-shot; stop if it must and does not."""
+        if premise is None:
+            return
+        if is_main_process():
+            print(f"\nSOFT premise check (starting model, greedy):\n{format_premise(premise)}\n", flush=True)
+        if self.settings.require_premise and premise["verdict"] != "holds":
+            raise SOFTPremiseError(
+                f"`require_premise=True` and the premise check {premise['verdict']} (see above; the answers are in "
+                f"{self.output_dir / 'round_0' / SAMPLES}). Nothing was trained. Improve the principles or exemplars, "
+                "use a larger model, or set `require_premise=False` to train anyway."
+            )
 
     def _load_reference(self) -> dict[str, str] | None:
         if "helpful" not in self.sets.items:

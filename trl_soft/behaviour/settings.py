@@ -2,7 +2,7 @@
 requires, and the metrics all of that produces.
 
 `SOFTConfig` keeps flat `behaviour_*` fields for the command line and builds one `BehaviourSettings` from them;
-`CONFIG_FIELDS` is that mapping, and every check names the `SOFTConfig` field and the fix. `METRICS` is the one list
+`BehaviourSettings.CONFIG_FIELDS` is that mapping, and every check names the `SOFTConfig` field and the fix. `METRICS` is the one list
 of behaviour metrics (set, judge criterion, direction); `ALIGNMENT_SCORE` is the documented composite.
 """
 
@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
+
+from ..settings import ConcernSettings
 
 # metric -> (evaluation set, judge criterion or None for the pairwise judge, higher is better)
 METRICS: dict[str, tuple[str, str | None, bool]] = {
@@ -28,23 +30,6 @@ FEWSHOT_PREFIX = "fewshot_"
 DNA_REFUSAL_AREAS = ("malicious_uses", "information_hazard", "discrimination_exclusion_toxicity_hateful_offensive")
 PROMPT_STYLES = ("zero_shot", "fewshot")
 
-CONFIG_FIELDS = {
-    "sets": "behaviour_eval",
-    "harmful_limit": "behaviour_harmful_limit",
-    "limit": "behaviour_limit",
-    "max_new_tokens": "behaviour_max_new_tokens",
-    "fewshot": "behaviour_fewshot",
-    "benign_path": "behaviour_benign_path",
-    "unknowable_path": "behaviour_unknowable_path",
-    "data_dir": "benchmark_data_dir",
-    "require_premise": "require_premise",
-}
-
-
-def _field_error(attr: str, message: str) -> ValueError:
-    return ValueError(f"`{CONFIG_FIELDS[attr]}` {message}")
-
-
 def greater_is_better(metric: str) -> bool | None:
     """The direction of a behaviour metric (with or without the few-shot prefix); None when it is not one."""
     name = metric.removeprefix(FEWSHOT_PREFIX)
@@ -54,8 +39,22 @@ def greater_is_better(metric: str) -> bool | None:
 
 
 @dataclass(frozen=True)
-class BehaviourSettings:
+class BehaviourSettings(ConcernSettings):
     """Everything the behaviour evaluation needs to know; built once from `SOFTConfig`."""
+
+    CONFIG_FIELDS = {
+        "sets": "behaviour_eval",
+        "harmful_limit": "behaviour_harmful_limit",
+        "limit": "behaviour_limit",
+        "max_new_tokens": "behaviour_max_new_tokens",
+        "fewshot": "behaviour_fewshot",
+        "benign_path": "behaviour_benign_path",
+        "unknowable_path": "behaviour_unknowable_path",
+        "data_dir": "benchmark_data_dir",
+        "require_premise": "require_premise",
+    }
+    # Where the public sets are read from (the same items either way).
+    NOT_FINGERPRINTED = frozenset({"data_dir"})
 
     sets: tuple[str, ...] = ()
     harmful_limit: int = 100
@@ -68,35 +67,32 @@ class BehaviourSettings:
     require_premise: bool = False
     pairwise_judge: bool = field(default=False, compare=False)  # whether a pairwise judge is configured
 
-    def __post_init__(self):
-        self.check()
-
     @classmethod
-    def from_config(cls, config: Any, pairwise_judge: bool) -> BehaviourSettings:
-        values = {attr: getattr(config, name) for attr, name in CONFIG_FIELDS.items()}
+    def from_config(cls, config: Any, **extra: Any) -> BehaviourSettings:
+        values = {attr: getattr(config, name) for attr, name in cls.CONFIG_FIELDS.items()}
         values["sets"] = tuple(dict.fromkeys(parse_sets(values["sets"])))
-        return cls(**values, pairwise_judge=pairwise_judge)
+        return cls(**values, pairwise_judge=config.pairwise_judge != "none", **extra)
 
     def check(self) -> None:
         unknown = [s for s in self.sets if s not in SETS]
         if unknown:
-            raise _field_error("sets", f"has unknown set name(s) {unknown}; choose from {list(SETS)} (or leave it "
+            raise self.field_error("sets", f"has unknown set name(s) {unknown}; choose from {list(SETS)} (or leave it "
                                        "empty to turn the behaviour evaluation off).")
         if "helpful" in self.sets and not self.pairwise_judge:
-            raise _field_error("sets", "asks for 'helpful' (pairwise win rate on Vicuna bench), which needs a pairwise "
+            raise self.field_error("sets", "asks for 'helpful' (pairwise win rate on Vicuna bench), which needs a pairwise "
                                        "judge: set `pairwise_judge` ('hf' or 'openai'), or drop 'helpful'.")
         if self.harmful_limit < 2:
-            raise _field_error("harmful_limit", f"must be >= 2 (half HarmBench, half Do-Not-Answer); got "
+            raise self.field_error("harmful_limit", f"must be >= 2 (half HarmBench, half Do-Not-Answer); got "
                                                 f"{self.harmful_limit}.")
         if self.limit is not None and self.limit < 1:
-            raise _field_error("limit", f"must be >= 1 (or unset for every item); got {self.limit}.")
+            raise self.field_error("limit", f"must be >= 1 (or unset for every item); got {self.limit}.")
         if self.max_new_tokens < 1:
-            raise _field_error("max_new_tokens", f"must be >= 1; got {self.max_new_tokens}.")
+            raise self.field_error("max_new_tokens", f"must be >= 1; got {self.max_new_tokens}.")
         if self.require_premise and not self.fewshot:
-            raise _field_error("require_premise", "needs `behaviour_fewshot=True`: the premise compares the "
+            raise self.field_error("require_premise", "needs `behaviour_fewshot=True`: the premise compares the "
                                                   "principled prompt with zero-shot.")
         if self.require_premise and not self.sets:
-            raise _field_error("require_premise", "needs the behaviour evaluation: set `behaviour_eval` (e.g. "
+            raise self.field_error("require_premise", "needs the behaviour evaluation: set `behaviour_eval` (e.g. "
                                                   "harmful,benign,unknowable).")
 
     @property
@@ -106,6 +102,9 @@ class BehaviourSettings:
     @property
     def styles(self) -> tuple[str, ...]:
         return PROMPT_STYLES if self.fewshot else PROMPT_STYLES[:1]
+
+    def metric_direction(self, metric: str) -> bool | None:
+        return greater_is_better(metric)
 
     def base_metrics(self) -> list[str]:
         """The behaviour metrics (zero-shot names) these settings produce, composite last."""

@@ -2,14 +2,15 @@
 
 `SOFTConfig` keeps these as flat `generation_backend` / `vllm_*` fields for the command line; it builds one
 `EngineSettings` from them (`EngineSettings.from_config`) and every check here names the `SOFTConfig` field and the fix.
-`CONFIG_FIELDS` is the one list of that mapping.
+`EngineSettings.CONFIG_FIELDS` is the one list of that mapping.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from functools import cache
-from typing import Any
+
+from ..settings import ConcernSettings
 
 BACKENDS = ("auto", "vllm", "hf")
 VLLM_MODES = ("colocate", "server")
@@ -20,33 +21,34 @@ VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 # The metric the engine adds to every round: seconds spent handing the round's weights to the engine.
 SYNC_METRIC = "seconds_engine_sync"
 
-# EngineSettings attribute -> SOFTConfig field.
-CONFIG_FIELDS = {
-    "backend": "generation_backend",
-    "vllm_mode": "vllm_mode",
-    "dtype": "vllm_dtype",
-    "lora_mode": "vllm_lora_mode",
-    "max_lora_rank": "vllm_max_lora_rank",
-    "server_base_url": "vllm_server_base_url",
-    "server_host": "vllm_server_host",
-    "server_port": "vllm_server_port",
-    "server_timeout": "vllm_server_timeout",
-    "request_timeout": "vllm_request_timeout",
-    "tensor_parallel_size": "vllm_tensor_parallel_size",
-    "gpu_memory_utilization": "vllm_gpu_memory_utilization",
-    "cpu_kv_cache_gb": "vllm_cpu_kv_cache_gb",
-    "max_model_len": "vllm_max_model_len",
-    "enforce_eager": "vllm_enforce_eager",
-}
-
-
-def _field_error(attr: str, message: str) -> ValueError:
-    return ValueError(f"`{CONFIG_FIELDS[attr]}` {message}")
-
 
 @dataclass(frozen=True)
-class EngineSettings:
+class EngineSettings(ConcernSettings):
     """Everything the generation engine needs to know; built once from `SOFTConfig`."""
+
+    CONFIG_FIELDS = {
+        "backend": "generation_backend",
+        "vllm_mode": "vllm_mode",
+        "dtype": "vllm_dtype",
+        "lora_mode": "vllm_lora_mode",
+        "max_lora_rank": "vllm_max_lora_rank",
+        "server_base_url": "vllm_server_base_url",
+        "server_host": "vllm_server_host",
+        "server_port": "vllm_server_port",
+        "server_timeout": "vllm_server_timeout",
+        "request_timeout": "vllm_request_timeout",
+        "tensor_parallel_size": "vllm_tensor_parallel_size",
+        "gpu_memory_utilization": "vllm_gpu_memory_utilization",
+        "cpu_kv_cache_gb": "vllm_cpu_kv_cache_gb",
+        "max_model_len": "vllm_max_model_len",
+        "enforce_eager": "vllm_enforce_eager",
+    }
+    # Where and how long the engine runs; not what it writes.
+    NOT_FINGERPRINTED = frozenset({
+        "vllm_mode", "max_lora_rank", "server_base_url", "server_host", "server_port", "server_timeout",
+        "request_timeout", "tensor_parallel_size", "gpu_memory_utilization", "cpu_kv_cache_gb", "max_model_len",
+        "enforce_eager",
+    })
 
     backend: str = "auto"
     vllm_mode: str = "colocate"
@@ -64,13 +66,6 @@ class EngineSettings:
     max_model_len: int | None = None
     enforce_eager: bool | None = None
 
-    def __post_init__(self):
-        self.check()
-
-    @classmethod
-    def from_config(cls, config: Any) -> EngineSettings:
-        return cls(**{attr: getattr(config, name) for attr, name in CONFIG_FIELDS.items()})
-
     def check(self) -> None:
         """Reject impossible values, naming the `SOFTConfig` field and the fix. Nothing is imported or started."""
         for attr, choices in (
@@ -79,43 +74,39 @@ class EngineSettings:
             ("dtype", VLLM_DTYPES),
             ("lora_mode", LORA_MODES),
         ):
-            value = getattr(self, attr)
-            if value not in choices:
-                raise _field_error(attr, f"must be one of {', '.join(repr(c) for c in choices)}; got {value!r}.")
+            self.check_choice(attr, choices)
         if self.max_lora_rank is not None and self.max_lora_rank not in VLLM_LORA_RANKS:
-            raise _field_error(
+            raise self.field_error(
                 "max_lora_rank", f"must be one of {list(VLLM_LORA_RANKS)} (the ranks vLLM accepts); got "
                 f"{self.max_lora_rank}. Leave it unset to use the smallest one that holds the LoRA rank."
             )
         if self.server_base_url is not None and not self.server_base_url.startswith(("http://", "https://")):
-            raise _field_error(
+            raise self.field_error(
                 "server_base_url", f"must be an http(s) URL such as 'http://10.0.0.2:8000'; got {self.server_base_url!r}."
             )
         if self.server_port is not None and not 0 < self.server_port < 65536:
-            raise _field_error(
+            raise self.field_error(
                 "server_port", f"must be a TCP port (1-65535), or unset to pick a free one; got {self.server_port}."
             )
         for attr in ("server_timeout", "request_timeout"):
             if getattr(self, attr) <= 0:
-                raise _field_error(attr, f"must be a positive number of seconds; got {getattr(self, attr)}.")
+                raise self.field_error(attr, f"must be a positive number of seconds; got {getattr(self, attr)}.")
         if self.tensor_parallel_size < 1:
-            raise _field_error("tensor_parallel_size", f"must be >= 1; got {self.tensor_parallel_size}.")
+            raise self.field_error("tensor_parallel_size", f"must be >= 1; got {self.tensor_parallel_size}.")
         if not 0 < self.gpu_memory_utilization <= 1:
-            raise _field_error("gpu_memory_utilization", f"must be in (0, 1]; got {self.gpu_memory_utilization}.")
+            raise self.field_error("gpu_memory_utilization", f"must be in (0, 1]; got {self.gpu_memory_utilization}.")
         if self.cpu_kv_cache_gb < 1:
-            raise _field_error("cpu_kv_cache_gb", f"must be a whole number of GiB >= 1; got {self.cpu_kv_cache_gb}.")
+            raise self.field_error("cpu_kv_cache_gb", f"must be a whole number of GiB >= 1; got {self.cpu_kv_cache_gb}.")
         if self.max_model_len is not None and self.max_model_len < 16:
-            raise _field_error("max_model_len", f"must be >= 16 tokens, or unset for the model's own; got {self.max_model_len}.")
+            raise self.field_error("max_model_len", f"must be >= 16 tokens, or unset for the model's own; got {self.max_model_len}.")
 
-    metrics = (SYNC_METRIC,)
+    def metric_names(self) -> set[str]:
+        return {SYNC_METRIC}
 
     @property
     def external_server(self) -> bool:
         """A server somebody else runs, reached at `vllm_server_base_url`; trl-soft starts none."""
         return self.vllm_mode == "server" and self.server_base_url is not None
-
-    def as_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 @cache

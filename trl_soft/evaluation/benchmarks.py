@@ -11,10 +11,50 @@ from dataclasses import dataclass, field
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from ..config import BENCHMARKS
 from ..data import resolve_data_dir
+from ..settings import ConcernSettings
 from . import hhh, truthfulqa
 from .multiple_choice import score_choices
+
+BENCHMARKS = ("truthfulqa_mc1", "truthfulqa_mc2", "hhh")
+HHH_CATEGORIES = (*hhh.CATEGORIES, "overall")
+
+
+def benchmark_metrics(name: str) -> list[str]:
+    """The metrics one benchmark produces."""
+    if name == "hhh":
+        return [f"hhh_{c}" for c in HHH_CATEGORIES] + [f"hhh_acc_norm_{c}" for c in HHH_CATEGORIES]
+    return [name]
+
+
+@dataclass(frozen=True)
+class BenchmarkSettings(ConcernSettings):
+    """Which benchmarks score the starting model and every round, on how many items, from where."""
+
+    CONFIG_FIELDS = {"names": "benchmarks", "limit": "benchmark_limit", "data_dir": "benchmark_data_dir"}
+    NOT_FINGERPRINTED = frozenset({"data_dir"})
+
+    names: tuple[str, ...] = ()
+    limit: int | None = None
+    data_dir: str | None = None
+
+    @classmethod
+    def from_config(cls, config, **extra) -> BenchmarkSettings:
+        names = config.benchmarks
+        return cls(names=tuple(names or ()), limit=config.benchmark_limit, data_dir=config.benchmark_data_dir, **extra)
+
+    def check(self) -> None:
+        unknown = sorted(set(self.names) - set(BENCHMARKS))
+        if unknown:
+            raise self.field_error("names", f"has unknown name(s) {unknown}; choose from {list(BENCHMARKS)}.")
+        if self.limit is not None and self.limit < 1:
+            raise self.field_error("limit", f"must be >= 1 (or unset for all items); got {self.limit}.")
+
+    def metric_names(self) -> set[str]:
+        return {metric for name in self.names for metric in benchmark_metrics(name)}
+
+    def load(self) -> BenchmarkSuite:
+        return BenchmarkSuite.load(self.names, self.data_dir, self.limit)
 
 
 def parse_benchmark_names(names: str | Sequence[str] | None) -> list[str]:

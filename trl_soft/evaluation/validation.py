@@ -8,12 +8,44 @@ several rounds is the late-round collapse the SOFT paper warns about. The prompt
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from transformers import PreTrainedModel
 
 from ..data import ValidationPair
 from ..prompting import PromptFormatter
+from ..settings import ConcernSettings
 from .likelihood import score_completions
+
+VALIDATION_METRIC = "validation_nll"
+
+
+@dataclass(frozen=True)
+class ValidationSettings(ConcernSettings):
+    """The held-out set scored after every round, and whether the starting model is scored first (round 0)."""
+
+    CONFIG_FIELDS = {
+        "path": "validation_path",
+        "batch_size": "validation_batch_size",
+        "evaluate_start": "evaluate_start",
+    }
+    NOT_FINGERPRINTED = frozenset({"batch_size"})
+    LOWER_IS_BETTER = frozenset({VALIDATION_METRIC})
+
+    path: str | None = None
+    batch_size: int = 8
+    evaluate_start: bool = True
+
+    def check(self) -> None:
+        if self.batch_size < 1:
+            raise self.field_error("batch_size", f"must be >= 1; got {self.batch_size}.")
+
+    @property
+    def enabled(self) -> bool:
+        return (self.path or "").lower() != "none"
+
+    def metric_names(self) -> set[str]:
+        return {VALIDATION_METRIC} if self.enabled else set()
 
 
 def validation_nll_items(

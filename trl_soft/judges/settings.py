@@ -2,46 +2,43 @@
 (`pairwise_judge`), and how a model judge is reached.
 
 `SOFTConfig` keeps them as flat `judge_*` fields; `JudgeSettings.from_config` builds one object from them, and every
-check here names the `SOFTConfig` field and the fix. `CONFIG_FIELDS` is the one list of that mapping. Nothing is
+check here names the `SOFTConfig` field and the fix. `JudgeSettings.CONFIG_FIELDS` is the one list of that mapping. Nothing is
 loaded or contacted until `build_pointwise` / `build_pairwise` / `check_reachable` are called.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from ..settings import ConcernSettings
 from .base import PairwiseJudge, PointwiseJudge
 
 POINTWISE_JUDGES = ("rules", "hf", "openai")
 PAIRWISE_JUDGES = ("none", "hf", "openai")
-
-# JudgeSettings attribute -> SOFTConfig field.
-CONFIG_FIELDS = {
-    "pointwise": "behaviour_judge",
-    "pairwise": "pairwise_judge",
-    "model": "judge_model",
-    "base_url": "judge_base_url",
-    "api_key_env": "judge_api_key_env",
-    "timeout": "judge_timeout",
-    "max_retries": "judge_max_retries",
-    "batch_size": "judge_batch_size",
-}
-
-
-def _field_error(attr: str, message: str) -> ValueError:
-    return ValueError(f"`{CONFIG_FIELDS[attr]}` {message}")
-
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
-class JudgeSettings:
+class JudgeSettings(ConcernSettings):
     """Which judges a run uses and how to reach them; built once from `SOFTConfig`."""
+
+    CONFIG_FIELDS = {
+        "pointwise": "behaviour_judge",
+        "pairwise": "pairwise_judge",
+        "model": "judge_model",
+        "base_url": "judge_base_url",
+        "api_key_env": "judge_api_key_env",
+        "timeout": "judge_timeout",
+        "max_retries": "judge_max_retries",
+        "batch_size": "judge_batch_size",
+    }
+    # How a judge is reached, not what it decides.
+    NOT_FINGERPRINTED = frozenset({"base_url", "api_key_env", "timeout", "max_retries", "batch_size"})
 
     pointwise: str = "rules"
     pairwise: str = "none"
@@ -52,23 +49,14 @@ class JudgeSettings:
     max_retries: int = 3
     batch_size: int = 8
 
-    def __post_init__(self):
-        self.check()
-
-    @classmethod
-    def from_config(cls, config: Any) -> JudgeSettings:
-        return cls(**{attr: getattr(config, name) for attr, name in CONFIG_FIELDS.items()})
-
     def check(self) -> None:
         """Reject impossible values, naming the `SOFTConfig` field and the fix. Nothing is loaded or contacted."""
         for attr, choices in (("pointwise", POINTWISE_JUDGES), ("pairwise", PAIRWISE_JUDGES)):
-            value = getattr(self, attr)
-            if value not in choices:
-                raise _field_error(attr, f"must be one of {', '.join(repr(c) for c in choices)}; got {value!r}.")
+            self.check_choice(attr, choices)
         kinds = self.kinds()
         if "hf" in kinds:
             if not self.model:
-                raise _field_error(
+                raise self.field_error(
                     "model", "is needed by the 'hf' judge: give a local model folder, a hub id in the local cache, or "
                     "'embedded' for the built-in SmolLM2-135M-Instruct."
                 )
@@ -77,30 +65,30 @@ class JudgeSettings:
             try:
                 check_model_path(self.model)
             except FileNotFoundError as err:
-                raise _field_error(
+                raise self.field_error(
                     "model", f"{self.model!r} is not an existing folder and not a hub model id. Give the folder of a "
                     "saved model, a hub id such as 'org/name', or 'embedded'."
                 ) from err
         if "openai" in kinds:
             if not self.base_url:
-                raise _field_error(
+                raise self.field_error(
                     "base_url", "is needed by the 'openai' judge: the API root of an OpenAI-compatible server, such "
                     "as 'http://127.0.0.1:8000/v1' (a vLLM server) or 'https://api.openai.com/v1'."
                 )
             parts = urlsplit(self.base_url)
             if parts.scheme not in ("http", "https") or not parts.netloc:
-                raise _field_error(
+                raise self.field_error(
                     "base_url", f"must be an http:// or https:// URL such as 'http://127.0.0.1:8000/v1'; got "
                     f"{self.base_url!r}."
                 )
         if not isinstance(self.api_key_env, str):
-            raise _field_error("api_key_env", f"must be the name of an environment variable; got {self.api_key_env!r}.")
+            raise self.field_error("api_key_env", f"must be the name of an environment variable; got {self.api_key_env!r}.")
         if not _is_number(self.timeout) or self.timeout <= 0:
-            raise _field_error("timeout", f"must be a positive number of seconds; got {self.timeout!r}.")
+            raise self.field_error("timeout", f"must be a positive number of seconds; got {self.timeout!r}.")
         if not isinstance(self.max_retries, int) or isinstance(self.max_retries, bool) or self.max_retries < 0:
-            raise _field_error("max_retries", f"must be a whole number >= 0 (0: no retry); got {self.max_retries!r}.")
+            raise self.field_error("max_retries", f"must be a whole number >= 0 (0: no retry); got {self.max_retries!r}.")
         if not isinstance(self.batch_size, int) or isinstance(self.batch_size, bool) or self.batch_size < 1:
-            raise _field_error("batch_size", f"must be a whole number >= 1; got {self.batch_size!r}.")
+            raise self.field_error("batch_size", f"must be a whole number >= 1; got {self.batch_size!r}.")
 
     def kinds(self) -> tuple[str, ...]:
         """The judge kinds in use (pointwise, then pairwise unless 'none')."""
@@ -117,12 +105,9 @@ class JudgeSettings:
     def judge_names(self) -> dict[str, str]:
         """`SOFTConfig` field -> description of the judge it chose, for logs and the run state."""
         return {
-            CONFIG_FIELDS["pointwise"]: self.describe(self.pointwise),
-            CONFIG_FIELDS["pairwise"]: self.describe(self.pairwise),
+            self.CONFIG_FIELDS["pointwise"]: self.describe(self.pointwise),
+            self.CONFIG_FIELDS["pairwise"]: self.describe(self.pairwise),
         }
-
-    def as_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
 
     # ---- building ---------------------------------------------------------------------------------------------
     def build(self, cache_path: str | Path | None = None) -> tuple[PointwiseJudge, PairwiseJudge | None]:

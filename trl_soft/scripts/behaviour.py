@@ -54,18 +54,17 @@ def main(args: BehaviourArguments, config, check: bool = False) -> int:
     from ..behaviour.evaluate import format_premise
     from ..behaviour.model import evaluate_model_behaviour
     from ..behaviour.settings import BehaviourSettings, parse_sets
-    from ..judges.settings import JudgeSettings
     from ..prompting import load_exemplars, load_principles
     from ..state import atomic_write_jsonl
 
     config.behaviour_eval = parse_sets(args.behaviour)
     if check:
         config.behaviour_fewshot = True
-    settings = BehaviourSettings.from_config(config, pairwise_judge=config.pairwise_judge != "none")
+    settings = BehaviourSettings.from_config(config)  # after the changes above
     reference = json.loads(Path(args.reference_answers).read_text()) if args.reference_answers else None
     started = time.perf_counter()
     outcome = evaluate_model_behaviour(
-        args.model, settings, JudgeSettings.from_config(config), config.engine_settings,
+        args.model, settings, config.settings.judges, config.settings.engine,
         load_principles(config.principles_path), load_exemplars(config.exemplars_path), config.num_exemplars,
         config.seed, config.generation_batch_size, reference,
     )

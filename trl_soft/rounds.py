@@ -1,0 +1,230 @@
+"""The rounds: how many, which prompts each answers, where its weights start, and the `Round` record.
+
+`RoundSettings` is the round loop's own settings (built once by `SOFTConfig`). A `Round` carries one round through the
+loop: its prompts and exemplar sets, the generations, the filter verdicts and their counts, the difficulty scores and
+the one training order computed from them, then the metrics and timings. `generations.jsonl` and `metrics.json` are
+written from it, a resumed round is read back into it, and the training sampler reads its order.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .data import split_rounds
+from .filters import Candidate
+from .generation import GenerationResult
+from .prompting import Exemplar
+from .settings import ConcernSettings
+from .state import RoundPaths, atomic_write_json, atomic_write_jsonl, read_jsonl
+
+PROMPT_SCHEDULES = ("disjoint", "reuse")
+ROUND_INITS = ("previous", "base")
+
+
+@dataclass(frozen=True)
+class RoundSettings(ConcernSettings):
+    """How many rounds, which prompts each answers, and the weights each round's fine-tuning starts from."""
+
+    CONFIG_FIELDS = {
+        "num_rounds": "num_rounds",
+        "prompts_per_round": "prompts_per_round",
+        "prompt_schedule": "prompt_schedule",
+        "prompt_column": "prompt_column",
+        "round_init": "round_init",
+        "overwrite_output_dir": "overwrite_output_dir",
+    }
+    NOT_FINGERPRINTED = frozenset({"overwrite_output_dir"})
+    LOWER_IS_BETTER = frozenset({"train_loss"})
+
+    num_rounds: int = 3
+    prompts_per_round: int | None = None
+    prompt_schedule: str = "disjoint"
+    prompt_column: str = "prompt"
+    round_init: str = "previous"
+    overwrite_output_dir: bool = False
+
+    def check(self) -> None:
+        if self.num_rounds < 1:
+            raise self.field_error("num_rounds", f"must be at least 1; got {self.num_rounds}.")
+        if self.prompts_per_round is not None and self.prompts_per_round < 1:
+            raise self.field_error(
+                "prompts_per_round", f"must be at least 1 (or unset to split the prompts evenly); got "
+                f"{self.prompts_per_round}."
+            )
+        self.check_choice("prompt_schedule", PROMPT_SCHEDULES)
+        self.check_choice("round_init", ROUND_INITS)
+
+    def metric_names(self) -> set[str]:
+        return {"train_loss", "kept", "mean_response_tokens"}
+
+    def prompt_indices(self, num_prompts: int, seed: int) -> list[list[int]]:
+        """The prompt-dataset rows each round answers (seeded; the same on every process)."""
+        return split_rounds(num_prompts, self.num_rounds, self.prompts_per_round, self.prompt_schedule, seed)
+
+
+class SOFTRoundError(RuntimeError):
+    """A round cannot go on (e.g. every generated answer was filtered out); earlier rounds stay on disk."""
+
+
+@dataclass
+class Round:
+    """One round of the loop, from its prompts to its metrics (see the module docstring).
+
+    Per prompt, in the round's prompt order: `prompts`, `exemplar_ids`, `raw_outputs`, `responses`, `num_tokens`,
+    `finished`, `filter_reasons` (None = kept) and `difficulty` (None unless kept and a curriculum is on).
+    `train_order` lists the kept prompts' positions in the order they are trained on (None: the Trainer's shuffle).
+    """
+
+    index: int
+    paths: RoundPaths
+    seed: int
+    prompt_indices: list[int]
+    prompts: list[str]
+    exemplar_ids: list[list[str]]
+    raw_outputs: list[str] = field(default_factory=list)
+    responses: list[str] = field(default_factory=list)
+    num_tokens: list[int] = field(default_factory=list)
+    finished: list[bool] = field(default_factory=list)
+    filter_reasons: list[str | None] = field(default_factory=list)
+    difficulty: list[float | None] = field(default_factory=list)
+    train_order: list[int] | None = None
+    exemplar_sets: list[list[Exemplar]] | None = field(default=None, repr=False)  # None when read back
+    metrics: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    engine_sync_start: float = 0.0  # the engine's weight hand-over seconds when the round began
+    resumed: bool = False  # the generations were read back from an interrupted attempt
+
+    @property
+    def kept(self) -> list[int]:
+        """Positions of the answers that passed every filter, in prompt order."""
+        return [k for k, reason in enumerate(self.filter_reasons) if reason is None]
+
+    @property
+    def filter_counts(self) -> dict[str, int]:
+        """How many answers each filter dropped, in the order reasons first occur."""
+        return dict(Counter(reason for reason in self.filter_reasons if reason is not None))
+
+    @property
+    def train_positions(self) -> dict[int, int]:
+        """prompt position -> rank in the training order."""
+        return {position: rank for rank, position in enumerate(self.train_order or ())}
+
+    def training_pairs(self) -> list[tuple[str, str]]:
+        """The kept (prompt, response) pairs, in prompt order: the round dataset the sampler's order indexes."""
+        return [(self.prompts[k], self.responses[k]) for k in self.kept]
+
+    def sampler_order(self) -> list[int] | None:
+        """The training order as indices into `training_pairs()`, or None for the Trainer's own shuffle."""
+        if self.train_order is None:
+            return None
+        row = {position: i for i, position in enumerate(self.kept)}
+        return [row[position] for position in self.train_order]
+
+    def summary_metrics(self) -> dict[str, Any]:
+        """The round's data figures, which open its metrics."""
+        kept = self.kept
+        return {
+            "round": self.index,
+            "prompts": len(self.prompts),
+            "kept": len(kept),
+            "filtered": self.filter_counts,
+            "mean_response_tokens": sum(self.num_tokens[k] for k in kept) / len(kept) if kept else 0.0,
+        }
+
+    def candidates(self) -> list[Candidate]:
+        """What the filters judge, one per answer (a fresh round only: it needs the exemplars themselves)."""
+        return [
+            Candidate(prompt=p, response=r, finished=f, exemplars=ex)
+            for p, r, f, ex in zip(self.prompts, self.responses, self.finished, self.exemplar_sets or ())
+        ]
+
+    def check_kept(self, output_dir: Path) -> None:
+        """A round with no answer left has nothing to train on: stop, naming the file to read and the fixes."""
+        if not self.kept:
+            raise SOFTRoundError(
+                f"Round {self.index}: all {len(self.prompts)} generated answers were filtered out "
+                f"({self.filter_counts}); see {self.paths.generations}. Earlier rounds are kept in {output_dir}. "
+                "Loosen `filters` or raise `generation_max_new_tokens`, then rerun with --resume."
+            )
+
+    # ---- generations.jsonl ------------------------------------------------------------------------------------------
+    def rows(self) -> list[dict[str, Any]]:
+        """One row per prompt: what `generations.jsonl` holds."""
+        positions = self.train_positions
+        return [
+            {
+                "prompt_index": self.prompt_indices[k],
+                "prompt": self.prompts[k],
+                "exemplar_ids": self.exemplar_ids[k],
+                "raw_output": self.raw_outputs[k],
+                "response": self.responses[k],
+                "num_tokens": self.num_tokens[k],
+                "finished": self.finished[k],
+                "kept": self.filter_reasons[k] is None,
+                "filter_reason": self.filter_reasons[k],
+                "difficulty": self.difficulty[k] if self.difficulty else None,
+                "train_position": positions.get(k),
+            }
+            for k in range(len(self.prompts))
+        ]
+
+    @classmethod
+    def generated(
+        cls,
+        index: int,
+        paths: RoundPaths,
+        seed: int,
+        prompt_indices: Sequence[int],
+        prompts: list[str],
+        exemplar_sets: list[list[Exemplar]],
+        results: Sequence[GenerationResult],
+        extract_response: Callable[[str], str],
+        engine_sync_start: float,
+    ) -> Round:
+        """A round just generated: one result per prompt, the answer cut out of each raw output."""
+        return cls(
+            index, paths, seed, list(prompt_indices), prompts, [[e.id for e in ex] for ex in exemplar_sets],
+            raw_outputs=[r.text for r in results], responses=[extract_response(r.text) for r in results],
+            num_tokens=[r.num_tokens for r in results], finished=[r.finished for r in results],
+            exemplar_sets=exemplar_sets, engine_sync_start=engine_sync_start,
+        )
+
+    @classmethod
+    def read(cls, index: int, paths: RoundPaths, seed: int, engine_sync_start: float = 0.0) -> Round:
+        """The round an interrupted attempt generated (and filtered and ordered) already, from `generations.jsonl`."""
+        return cls.from_rows(index, paths, seed, read_jsonl(paths.generations), engine_sync_start)
+
+    def save_generations(self) -> None:
+        atomic_write_jsonl(self.paths.generations, self.rows())
+
+    def save_metrics(self) -> None:
+        atomic_write_json(self.paths.metrics, self.metrics)
+
+    @classmethod
+    def from_rows(
+        cls, index: int, paths: RoundPaths, seed: int, rows: list[dict[str, Any]], engine_sync_start: float = 0.0
+    ) -> Round:
+        """A round whose generations an interrupted attempt wrote already."""
+        ranked = sorted((r["train_position"], k) for k, r in enumerate(rows) if r.get("train_position") is not None)
+        return cls(
+            index=index,
+            paths=paths,
+            seed=seed,
+            prompt_indices=[r["prompt_index"] for r in rows],
+            prompts=[r["prompt"] for r in rows],
+            exemplar_ids=[r["exemplar_ids"] for r in rows],
+            raw_outputs=[r["raw_output"] for r in rows],
+            responses=[r["response"] for r in rows],
+            num_tokens=[r["num_tokens"] for r in rows],
+            finished=[r["finished"] for r in rows],
+            filter_reasons=[r["filter_reason"] for r in rows],
+            difficulty=[r["difficulty"] for r in rows],
+            train_order=[k for _, k in ranked] if ranked else None,
+            engine_sync_start=engine_sync_start,
+            resumed=True,
+        )
+
