@@ -13,6 +13,7 @@ from pathlib import Path
 from trl import SFTConfig
 
 from trl_soft import SOFTConfig
+from trl_soft.config import CONCERNS
 
 DOC = Path(__file__).with_name("configuration.md")
 BEGIN, END = "<!-- BEGIN SOFTConfig fields -->", "<!-- END SOFTConfig fields -->"
@@ -20,13 +21,17 @@ BEGIN, END = "<!-- BEGIN SOFTConfig fields -->", "<!-- END SOFTConfig fields -->
 
 def field_table() -> str:
     inherited = {f.name for f in dataclasses.fields(SFTConfig)}
-    rows = ["| field | default | what it does |", "|---|---|---|"]
+    owner: dict[str, str] = {}
+    for concern, settings in CONCERNS.items():
+        for name in settings.CONFIG_FIELDS.values():
+            owner.setdefault(name, f"{concern} (`{settings.__name__}`)")
+    rows = ["| field | default | concern | what it does |", "|---|---|---|---|"]
     for f in dataclasses.fields(SOFTConfig):
         if f.name in inherited:
             continue
         default = f.default if f.default is not dataclasses.MISSING else None
         text = f.metadata.get("help", "").replace("|", "\\|")
-        rows.append(f"| `{f.name}` | `{default!r}` | {text} |")
+        rows.append(f"| `{f.name}` | `{default!r}` | {owner.get(f.name, '')} | {text} |")
     return "\n".join(rows)
 
 
