@@ -1,12 +1,13 @@
 """trl-soft: Step-On-Feet Tuning (SOFT / SOFT+), multi-round self-alignment by bootstrapping, as a TRL plugin."""
 
 from .callbacks import EarlyCollapseCallback, RoundControl, SOFTCallback
-from .config import SOFTConfig
+from .config import SOFTConfig, SOFTSettings
 from .curriculum import SCORERS, ScoringContext
 from .models import load_model_and_tokenizer
 from .prompting import Exemplar, Principles, load_exemplars, load_principles
+from .rounds import Round
 from .sampler import CurriculumSampler
-from .trainer import SOFTRoundError, SOFTTrainer
+from .trainer import SOFTPremiseError, SOFTRoundError, SOFTTrainer
 
 __version__ = "0.1.0"
 
@@ -16,10 +17,13 @@ __all__ = [
     "EarlyCollapseCallback",
     "Exemplar",
     "Principles",
+    "Round",
     "RoundControl",
     "SOFTCallback",
     "SOFTConfig",
+    "SOFTPremiseError",
     "SOFTRoundError",
+    "SOFTSettings",
     "SOFTTrainer",
     "ScoringContext",
     "load_exemplars",

@@ -185,16 +185,14 @@ class SOFTTrainer(SFTTrainer):
         output = TrainOutput(global_step=0, training_loss=float("nan"), metrics={})
         first = self.settings.rounds.num_rounds + 1 if state.stopped_early else state.rounds_completed + 1
         for index in range(first, self.settings.rounds.num_rounds + 1):
-            self.round = self._regenerate(index, resume)
-            if not self.round.resumed:
-                self._filter(self.round)
-                self._order(self.round)
-                self._save_generations(self.round)
-            output = self._fine_tune(self.round, resume)
-            self.round.metrics.update(self.evaluator.evaluate(
-                index, self.model, self.accelerator, self.engine.generate, self.round.paths.root
-            ))
-            control = self._decide(self.round, state, output)
+            round_ = self.round = self._regenerate(index, resume)
+            if not round_.resumed:  # an interrupted attempt filtered and ordered it already
+                self._filter(round_)
+                self._order(round_)
+                self._save_generations(round_)
+            output = self._fine_tune(round_, resume)
+            self._evaluate(round_)
+            control = self._decide(round_, state, output)
             if control.should_stop:
                 if control.restore_round is not None and control.restore_round != index:
                     self._load_round_weights(control.restore_round)
@@ -284,7 +282,13 @@ class SOFTTrainer(SFTTrainer):
         self.engine.use_round(round_.index)
         return output
 
-    # ---- decide -----------------------------------------------------------------------------------------------------
+    # ---- evaluate and decide -----------------------------------------------------------------------------------------------------
+    def _evaluate(self, round_: Round) -> None:
+        """Validation, behaviour, diagnostics and benchmarks of the round's model (the engine has its weights)."""
+        round_.metrics.update(self.evaluator.evaluate(
+            round_.index, self.model, self.accelerator, self.engine.generate, round_.paths.root
+        ))
+
     def _decide(self, round_: Round, state: SOFTState, output: TrainOutput) -> RoundControl:
         """The round's metrics to the callbacks, which may stop the run; then the round is recorded."""
         metrics = {
