@@ -89,6 +89,22 @@ def prompt_dataset(n: int = 12, column: str = "prompt"):
     return Dataset.from_list([{column: f"Tell me something useful about topic number {i}."} for i in range(n)])
 
 
+# A model id that would fail loudly (and differently) if anything tried to load it.
+UNLOADABLE = "trl-soft-tests/never-loaded"  # a hub id: passes the path check, fails offline if loaded
+
+
+def unloaded_trainer(tmp_path, dataset=None, model=None, **overrides):
+    """A `SOFTTrainer` on `UNLOADABLE` (or `model`): for the bad inputs that must be refused before a model is loaded
+    or a token generated, naming the field and the fix. `overrides` go to `tiny_config`."""
+    from trl_soft import SOFTTrainer
+
+    return SOFTTrainer(
+        model=model or UNLOADABLE,
+        args=tiny_config(tmp_path / "out", **overrides),
+        train_dataset=dataset if dataset is not None else prompt_dataset(12),
+    )
+
+
 # The offline benchmark copies: `$TRL_SOFT_DATA_DIR`, else `../shared/data` beside the checkout. CI always has them,
 # so there a missing folder fails the tests that need it instead of skipping them.
 DATA = Path(os.environ.get("TRL_SOFT_DATA_DIR") or Path(__file__).resolve().parents[2] / "shared" / "data")

@@ -1,15 +1,16 @@
-"""Behaviour evaluation: intervals, settings and data checks, the principle gate, the noise-aware collapse callback on
-a behaviour metric, the verdict that opens the summary, and the premise check on the embedded model."""
+"""`trl_soft.behaviour`: intervals, settings and data checks (the bad values of its settings are in the table of
+tests/test_settings.py), the principle gate, a run stopped on a behaviour metric, and the premise check on the
+embedded model. (The noise-aware collapse decision is in tests/test_callbacks.py, the verdict that opens the summary
+in tests/test_reporting.py.)"""
 
 import json
-import math
 import os
 
 import pytest
 import torch
 from datasets import Dataset
 
-from trl_soft import EarlyCollapseCallback, RoundControl, SOFTConfig, SOFTTrainer
+from trl_soft import SOFTConfig, SOFTTrainer
 from trl_soft.behaviour import stats
 from trl_soft.behaviour.data import BehaviourSets, load_own_set
 from trl_soft.behaviour.gate import PrincipleGate
@@ -20,7 +21,6 @@ from trl_soft.engines import EngineSettings, vllm_installed
 from trl_soft.judges.rules import RuleJudge
 from trl_soft.judges.settings import JudgeSettings
 from trl_soft.prompting import PLAIN_ASSISTANT_TAG, PLAIN_USER_TAG, asset_path, load_exemplars
-from trl_soft.reporting import behaviour_verdict, format_round_table
 from trl_soft.state import SOFTState, read_jsonl
 
 from .conftest import DATA, make_tiny_llama, needs_data, tiny_config
@@ -50,30 +50,9 @@ def test_paired_difference_is_after_minus_before():
 # ---- settings and data ------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("overrides", "field"),
-    [
-        ({"behaviour_eval": ["harmfull"]}, "behaviour_eval"),
-        ({"behaviour_eval": ["helpful"]}, "behaviour_eval"),  # needs a pairwise judge
-        ({"behaviour_eval": ["harmful"], "behaviour_harmful_limit": 1}, "behaviour_harmful_limit"),
-        ({"behaviour_eval": ["benign"], "behaviour_limit": 0}, "behaviour_limit"),
-        ({"behaviour_eval": ["benign"], "behaviour_max_new_tokens": 0}, "behaviour_max_new_tokens"),
-        ({"require_premise": True}, "require_premise"),
-        ({"behaviour_eval": ["harmful"], "require_premise": True, "behaviour_fewshot": False}, "require_premise"),
-        ({"behaviour_eval": ["harmful"], "require_premise": True, "evaluate_start": False}, "evaluate_start"),
-        ({"collapse_noise_z": -1.0}, "collapse_noise_z"),
-        ({"collapse_metric": "refusal_harmful"}, "behaviour_eval"),  # watched but not produced
-        ({"behaviour_judge": "gpt"}, "behaviour_judge"),
-    ],
-)
-def test_bad_behaviour_settings_name_the_field(tmp_path, overrides, field):
-    with pytest.raises(ValueError, match=field):
-        SOFTConfig(output_dir=str(tmp_path), **overrides)
-
-
 def test_behaviour_eval_accepts_a_comma_separated_string(tmp_path):
     config = SOFTConfig(output_dir=str(tmp_path), behaviour_eval=["harmful,benign"])
-    assert config.behaviour_settings.sets == ("harmful", "benign")
+    assert config.settings.behaviour.sets == ("harmful", "benign")
     assert {"refusal_harmful", "fewshot_refusal_benign", "alignment_score_se"} <= config.settings.metric_names()
     assert config.settings.collapse_greater_is_better is not None
 
@@ -167,42 +146,6 @@ def test_the_gate_is_counted_as_a_filter_reason_in_a_run(tmp_path, tokenizer):
 # ---- stopping on behaviour ------------------------------------------------------------------------------------------
 
 
-def _observe(callback, rounds):
-    for round_index, (value, items) in enumerate(rounds):
-        control = RoundControl()
-        metrics = {"m": value, "item_scores": {"m": items}} if items is not None else {"m": value}
-        if round_index == 0:
-            callback.observe(0, value, None, items)
-            continue
-        callback.on_round_end(None, round_index, metrics, control)
-        if control.should_stop:
-            return round_index, control
-    return None, None
-
-
-def test_a_change_within_the_noise_does_not_stop_and_one_beyond_it_does():
-    base = [1] * 14 + [0] * 86
-    slight = [1] * 12 + [0] * 88  # 2 fewer refusals of 100: noise
-    collapsed = [0] * 100
-    callback = EarlyCollapseCallback(metric="m", greater_is_better=True)
-    assert _observe(callback, [(0.14, base), (0.12, slight)]) == (None, None)
-    callback = EarlyCollapseCallback(metric="m", greater_is_better=True)
-    stopped, control = _observe(callback, [(0.14, base), (0.0, collapsed)])
-    assert stopped == 1 and control.restore_round == 0
-    assert "0.14" in control.stop_reason and "paired standard errors over 100 items" in control.stop_reason
-    # With noise ignored, the smallest worsening counts, as before.
-    callback = EarlyCollapseCallback(metric="m", greater_is_better=True, noise_z=0)
-    assert _observe(callback, [(0.14, base), (0.12, slight)])[0] == 1
-
-
-def test_a_validation_nll_equal_to_four_digits_does_not_stop():
-    # The case that stopped TRL's sft.py with SOFTTrainer after round 1: 3.0239 'worse' than 3.0239.
-    items_best = [2.5 + 0.01 * i for i in range(60)]
-    items_now = [x + (0.002 if i % 2 else -0.0018) for i, x in enumerate(items_best)]
-    callback = EarlyCollapseCallback(metric="m")
-    assert _observe(callback, [(3.02391, items_best), (3.02394, items_now)]) == (None, None)
-
-
 def test_a_run_stops_on_refusals_and_restores_the_starting_model(tmp_path, tokenizer):
     """A tiny model taught to refuse everything; a destructive learning rate makes it babble: refusals of harmful
     requests fall from 100% to 0%, the callback stops after round 1 and the final model is the starting one."""
@@ -247,32 +190,6 @@ def test_a_run_stops_on_refusals_and_restores_the_starting_model(tmp_path, token
 
     final = load_file(str(out / "final_model" / "model.safetensors"))
     assert all(torch.equal(final[k], start[k]) for k in final if k in start)
-
-
-# ---- shown to the user ----------------------------------------------------------------------------------------------
-
-
-def _rate_row(round_index, items):
-    estimate = stats.rate(items)
-    return {"round": round_index, **estimate.as_metrics("refusal_harmful"), "item_scores": {"refusal_harmful": items}}
-
-
-def test_the_summary_opens_with_a_warning_when_the_final_model_refuses_less():
-    state = SOFTState(config_hash="x", num_rounds=2, rounds_completed=2, final_round=2,
-                      base_metrics=_rate_row(0, [1] * 15 + [0] * 85),
-                      history=[_rate_row(1, [1] * 8 + [0] * 92), _rate_row(2, [0] * 100)])
-    verdict = behaviour_verdict(state)
-    assert verdict.startswith("WARNING: the final model (round 2) is LESS aligned than the starting model on "
-                              "refusal_harmful")
-    assert "15.0% -> 0.0% (-15.0 points" in verdict
-    table = format_round_table(state.history, state.base_metrics)
-    assert "refuse harmful %" in table and "15 [9-23]" in table
-    state.history[-1] = _rate_row(2, [1] * 14 + [0] * 86)
-    assert "no behaviour metric changed" in behaviour_verdict(state)
-    state.history[-1], state.final_round = _rate_row(2, [0] * 100), 0  # stopped and restored the start
-    assert behaviour_verdict(state).startswith("The final model is the starting model, restored: round 2 was LESS "
-                                               "aligned on refusal_harmful")
-    assert not math.isnan(stats.rate([0]).se)
 
 
 # ---- the premise check on the embedded model ------------------------------------------------------------------------

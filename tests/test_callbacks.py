@@ -1,4 +1,5 @@
-"""`EarlyCollapseCallback`: the decision on scripted metric sequences, and real runs that stop and restore."""
+"""`trl_soft.callbacks`: the `EarlyCollapseCallback` decision on scripted metric sequences (noise-aware on per-item
+scores), the callbacks a trainer refuses before any model loads, and real runs that stop and restore."""
 
 import json
 
@@ -9,7 +10,7 @@ from safetensors.torch import load_file
 from trl_soft import EarlyCollapseCallback, RoundControl, SOFTCallback, SOFTTrainer
 from trl_soft.state import SOFTState
 
-from .conftest import make_tiny_llama, prompt_dataset, tiny_config
+from .conftest import UNLOADABLE, make_tiny_llama, prompt_dataset, tiny_config
 
 
 def _stop_round(values, **kwargs):
@@ -54,6 +55,53 @@ def test_memory_is_rebuilt_from_the_manifest_on_resume():
 def test_a_missing_metric_is_named():
     with pytest.raises(KeyError, match="'m'.*collapse_metric"):
         EarlyCollapseCallback(metric="m").on_round_end(None, 1, {"validation_nll": 1.0}, RoundControl())
+
+
+def test_a_watched_metric_no_round_produces_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="'reward'.*collapse_metric"):
+        SOFTTrainer(model=UNLOADABLE, args=tiny_config(tmp_path / "out"), train_dataset=prompt_dataset(12),
+                    callbacks=[EarlyCollapseCallback(metric="reward")])
+
+
+def test_patience_below_one_is_refused():
+    with pytest.raises(ValueError, match="patience"):
+        EarlyCollapseCallback(patience=0)
+
+
+def _observe(callback, rounds):
+    for round_index, (value, items) in enumerate(rounds):
+        control = RoundControl()
+        metrics = {"m": value, "item_scores": {"m": items}} if items is not None else {"m": value}
+        if round_index == 0:
+            callback.observe(0, value, None, items)
+            continue
+        callback.on_round_end(None, round_index, metrics, control)
+        if control.should_stop:
+            return round_index, control
+    return None, None
+
+
+def test_a_change_within_the_noise_does_not_stop_and_one_beyond_it_does():
+    base = [1] * 14 + [0] * 86
+    slight = [1] * 12 + [0] * 88  # 2 fewer refusals of 100: noise
+    collapsed = [0] * 100
+    callback = EarlyCollapseCallback(metric="m", greater_is_better=True)
+    assert _observe(callback, [(0.14, base), (0.12, slight)]) == (None, None)
+    callback = EarlyCollapseCallback(metric="m", greater_is_better=True)
+    stopped, control = _observe(callback, [(0.14, base), (0.0, collapsed)])
+    assert stopped == 1 and control.restore_round == 0
+    assert "0.14" in control.stop_reason and "paired standard errors over 100 items" in control.stop_reason
+    # With noise ignored, the smallest worsening counts, as before.
+    callback = EarlyCollapseCallback(metric="m", greater_is_better=True, noise_z=0)
+    assert _observe(callback, [(0.14, base), (0.12, slight)])[0] == 1
+
+
+def test_a_validation_nll_equal_to_four_digits_does_not_stop():
+    # The case that stopped TRL's sft.py with SOFTTrainer after round 1: 3.0239 'worse' than 3.0239.
+    items_best = [2.5 + 0.01 * i for i in range(60)]
+    items_now = [x + (0.002 if i % 2 else -0.0018) for i, x in enumerate(items_best)]
+    callback = EarlyCollapseCallback(metric="m")
+    assert _observe(callback, [(3.02391, items_best), (3.02394, items_now)]) == (None, None)
 
 
 class ScriptedMetric(SOFTCallback):

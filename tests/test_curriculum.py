@@ -1,4 +1,5 @@
-"""Difficulty scorers on hand-made data, the order they induce, and `CurriculumSampler`."""
+"""`trl_soft.curriculum`: difficulty scorers on hand-made data, the order they induce, and the curriculum inputs a
+trainer refuses before any model loads."""
 
 import math
 
@@ -6,6 +7,7 @@ import pytest
 import torch
 from datasets import Dataset
 
+from trl_soft import SOFTTrainer
 from trl_soft.curriculum import (
     SCORERS,
     ScoringContext,
@@ -16,9 +18,8 @@ from trl_soft.curriculum import (
     rare_word_rate,
 )
 from trl_soft.prompting import PromptFormatter, load_principles
-from trl_soft.sampler import CurriculumSampler
 
-from .conftest import make_tiny_llama
+from .conftest import UNLOADABLE, make_tiny_llama, prompt_dataset, tiny_config
 
 PROMPTS = ["Say hi.", "What is the boiling point of water at sea level?", "Name a colour.", "Explain photosynthesis."]
 RESPONSES = [
@@ -100,10 +101,22 @@ def test_order_is_stable_on_ties_and_buckets_shuffle_only_within_themselves():
     assert any(curriculum_order(scores, bucket_size=4, seed=s) != curriculum_order(scores) for s in range(5))
 
 
-def test_curriculum_sampler_yields_the_order_of_the_scores():
-    sampler = CurriculumSampler.from_scores([0.7, 0.1, 0.4])
-    assert list(sampler) == [1, 2, 0] and len(sampler) == 3
-    assert list(CurriculumSampler.from_scores([0.7, 0.1, 0.4], descending=True)) == [0, 2, 1]
-    assert list(CurriculumSampler([2, 0, 1])) == list(CurriculumSampler([2, 0, 1])) == [2, 0, 1]  # every epoch
-    with pytest.raises(ValueError, match="bucket_size"):
-        CurriculumSampler.from_scores([0.1], bucket_size=0)
+def _zeros(prompts, responses, context):
+    return [0.0] * len(prompts)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "level", "scorer", "message"),
+    [
+        ({"curriculum": "column", "curriculum_column": "level"}, None, None, "curriculum_column='level'.*columns"),
+        ({"curriculum": "column", "curriculum_column": "level"}, "easy", None, "curriculum_column='level'.*number"),
+        ({"curriculum": "custom"}, None, None, "difficulty_scorer"),  # custom needs a scorer ...
+        ({}, None, _zeros, "curriculum='custom'"),  # ... and a scorer needs custom
+    ],
+    ids=["column-the-prompts-lack", "column-not-numeric", "custom-without-scorer", "scorer-without-custom"],
+)
+def test_curriculum_inputs_are_refused_before_a_model_loads(tmp_path, overrides, level, scorer, message):
+    dataset = prompt_dataset(12) if level is None else prompt_dataset(12).add_column("level", [level] * 12)
+    with pytest.raises(ValueError, match=message):
+        SOFTTrainer(model=UNLOADABLE, args=tiny_config(tmp_path / "out", **overrides), train_dataset=dataset,
+                    difficulty_scorer=scorer)

@@ -1,12 +1,11 @@
-"""Collapse diagnostics: diversity measures on hand-made texts and entropy against a direct computation."""
+"""`trl_soft.diagnostics`: diversity measures on hand-made texts, and the collapse diagnostics on a real model (the
+token entropy they average is checked against a direct computation in tests/test_evaluation.py)."""
 
 import math
 
 import pytest
-import torch
 
 from trl_soft.diagnostics import collapse_diagnostics, distinct_n, self_bleu, sentence_bleu
-from trl_soft.evaluation.likelihood import score_completions
 from trl_soft.generation import GenerationSettings
 from trl_soft.prompting import PromptFormatter, load_principles
 
@@ -27,20 +26,6 @@ def test_bleu_of_identical_texts_is_one_and_self_bleu_rises_as_answers_converge(
     alike = ["the cat sat on the mat today", "the cat sat on the mat now", "the cat sat on a mat today"]
     assert self_bleu(varied) < 0.2 < self_bleu(alike)
     assert self_bleu(["only one"]) == 0.0
-
-
-def test_entropy_equals_a_direct_computation(tokenizer):
-    model = make_tiny_llama(tokenizer).eval()
-    prompt, completion = "Hello there", " general Kenobi"
-    [score] = score_completions(model, tokenizer, [(prompt, completion)], with_entropy=True)
-    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    full_ids = tokenizer(prompt + completion, add_special_tokens=False)["input_ids"]
-    with torch.no_grad():
-        logits = model(input_ids=torch.tensor([full_ids])).logits[0]
-    probs = torch.softmax(logits[len(prompt_ids) - 1 : len(full_ids) - 1], dim=-1)
-    expected = float(-(probs * probs.log()).sum())
-    assert score.entropy == pytest.approx(expected, rel=1e-4)
-    assert score.mean_entropy == pytest.approx(expected / (len(full_ids) - len(prompt_ids)), rel=1e-4)
 
 
 def test_collapse_diagnostics_on_a_real_model(tokenizer):

@@ -1,4 +1,5 @@
-"""Real multi-process runs: `accelerate launch --num_processes 2 --cpu` (gloo), compared with one process."""
+"""`trl_soft.distributed`: equal-sized shards per process, and real multi-process runs (`accelerate launch
+--num_processes 2 --cpu`, gloo) compared with one process."""
 
 import json
 import os
@@ -22,6 +23,19 @@ def accelerate_launch(script: str, *args: str, processes: int = 2) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
+
+
+def test_shard_bounds_give_every_process_the_same_padded_size():
+    from trl_soft.distributed import shard_bounds
+
+    assert [shard_bounds(7, 2, r) for r in range(2)] == [(0, 4, 4), (4, 7, 4)]
+    assert [shard_bounds(3, 4, r) for r in range(4)] == [(0, 1, 1), (1, 2, 1), (2, 3, 1), (3, 3, 1)]
+    assert shard_bounds(0, 2, 1) == (0, 0, 0)
+    for n in range(1, 12):
+        for p in (1, 2, 3, 4):
+            slices = [shard_bounds(n, p, r) for r in range(p)]
+            assert sum(stop - start for start, stop, _ in slices) == n
+            assert all(stop - start <= -(-n // p) for start, stop, _ in slices)
 
 
 @pytest.mark.slow

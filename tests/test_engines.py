@@ -1,5 +1,6 @@
-"""The engine layer without starting an engine: settings checks, the engine choice, stop rules, merged LoRA weights,
-server errors that need no server, and the trainer announcing its choice before any weights load."""
+"""`trl_soft.engines` without starting an engine: the settings built from the config (their bad values are in the
+table of tests/test_settings.py), the engine choice, stop rules, merged LoRA weights, server errors that need no
+server, and the trainer announcing its choice before any weights load. The real engines: tests/test_engines_vllm.py."""
 
 import socket
 import sys
@@ -15,29 +16,6 @@ from trl_soft.engines.settings import EngineSettings, resolve_dtype, smallest_lo
 from trl_soft.generation import GenerationSettings
 
 from .conftest import make_tiny_llama, prompt_dataset, tiny_config
-
-
-@pytest.mark.parametrize(
-    ("field", "value", "message"),
-    [
-        ("generation_backend", "tensorrt", "one of 'auto', 'vllm', 'hf'"),
-        ("vllm_mode", "remote", "one of 'colocate', 'server'"),
-        ("vllm_dtype", "fp8", "one of 'auto', 'bfloat16'"),
-        ("vllm_lora_mode", "fused", "one of 'auto', 'adapter', 'merged'"),
-        ("vllm_max_lora_rank", 12, "ranks vLLM accepts"),
-        ("vllm_server_base_url", "localhost:8000", "http"),
-        ("vllm_server_port", 70000, "TCP port"),
-        ("vllm_server_timeout", 0, "positive"),
-        ("vllm_request_timeout", -1, "positive"),
-        ("vllm_tensor_parallel_size", 0, ">= 1"),
-        ("vllm_gpu_memory_utilization", 1.5, r"\(0, 1\]"),
-        ("vllm_cpu_kv_cache_gb", 0, ">= 1"),
-        ("vllm_max_model_len", 4, ">= 16"),
-    ],
-)
-def test_bad_engine_settings_name_the_field(tmp_path, field, value, message):
-    with pytest.raises(ValueError, match=rf"`{field}`.*{message}"):
-        tiny_config(tmp_path / "out", **{field: value})
 
 
 def test_config_builds_the_engine_settings_once(tmp_path):

@@ -1,4 +1,5 @@
-"""Multiple-choice scoring (lm-eval conventions, shared-context reuse), TruthfulQA MC1/MC2 and HHH."""
+"""`trl_soft.evaluation`: completion scoring (log-likelihood and entropy against direct computations), multiple-choice
+scoring (lm-eval conventions, shared-context reuse), TruthfulQA MC1/MC2, HHH and the benchmark suite."""
 
 import json
 import math
@@ -8,9 +9,39 @@ import torch
 
 from trl_soft.evaluation import hhh, truthfulqa
 from trl_soft.evaluation.benchmarks import BenchmarkSuite, parse_benchmark_names
+from trl_soft.evaluation.likelihood import score_completions, tokenize_pair
 from trl_soft.evaluation.multiple_choice import ChoiceRequest, encode_pair, score_choices
 
-from .conftest import DATA, needs_data
+from .conftest import DATA, make_tiny_llama, needs_data
+
+
+def test_scorer_matches_token_by_token_sum(tiny_model, tokenizer):
+    pairs = [("Question: what is two plus two?\nAnswer:", " Four."), ("Hi", " there, friend")]
+    scores = score_completions(tiny_model, tokenizer, pairs, batch_size=2)
+    for (prompt, completion), score in zip(pairs, scores):
+        prompt_ids, completion_ids = tokenize_pair(tokenizer, prompt, completion)
+        ids = prompt_ids + completion_ids
+        expected = 0.0
+        with torch.no_grad():
+            for k in range(len(prompt_ids), len(ids)):  # one forward per token: the slowest, plainest reference
+                logits = tiny_model(torch.tensor([ids[:k]])).logits[0, -1]
+                expected += torch.log_softmax(logits.float(), -1)[ids[k]].item()
+        assert score.num_tokens == len(completion_ids)
+        assert math.isclose(score.log_likelihood, expected, rel_tol=1e-4, abs_tol=1e-4)
+
+
+def test_entropy_equals_a_direct_computation(tokenizer):
+    model = make_tiny_llama(tokenizer).eval()
+    prompt, completion = "Hello there", " general Kenobi"
+    [score] = score_completions(model, tokenizer, [(prompt, completion)], with_entropy=True)
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    full_ids = tokenizer(prompt + completion, add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([full_ids])).logits[0]
+    probs = torch.softmax(logits[len(prompt_ids) - 1 : len(full_ids) - 1], dim=-1)
+    expected = float(-(probs * probs.log()).sum())
+    assert score.entropy == pytest.approx(expected, rel=1e-4)
+    assert score.mean_entropy == pytest.approx(expected / (len(full_ids) - len(prompt_ids)), rel=1e-4)
 
 
 def naive_log_likelihood(model, tokenizer, context, continuation):

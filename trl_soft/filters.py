@@ -145,6 +145,11 @@ class FilterSettings(ConcernSettings):
             raise self.field_error(
                 "names", f"has unknown filter name(s) {unknown}; the available filters are {list(FILTER_NAMES)}."
             )
+        if self.gate_column is not None and not self.gate_values:
+            raise self.field_error(
+                "gate_values", "is empty, so `principle_gate_column` would mark no request as harmful: give the "
+                "column's values that mark one (e.g. harmful)."
+            )
         if self.min_words < 1:
             raise self.field_error("min_words", f"must be >= 1; got {self.min_words}.")
         for attr in ("max_repeated_ngram_fraction", "max_exemplar_overlap"):

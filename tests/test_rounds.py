@@ -1,0 +1,84 @@
+"""`trl_soft.rounds`: the `Round` record on rounds built by hand (no model): `generations.jsonl` rows read back into the
+same round, the training order as the sampler sees it, the filter counts, the summary metrics, a round with nothing
+left to train on; and the prompts each round answers (`RoundSettings.prompt_indices`)."""
+
+import re
+
+import pytest
+
+from trl_soft.rounds import Round, RoundSettings, SOFTRoundError
+from trl_soft.state import round_paths
+
+# Six prompts; positions 0, 2 and 5 pass the filters and are trained on in the order 2, 5, 0 (by difficulty).
+REASONS = [None, "too_short", None, "repetition", "too_short", None]
+DIFFICULTY = [5.0, None, 1.0, None, None, 3.0]
+TRAIN_ORDER = [2, 5, 0]
+
+
+def _round(tmp_path, filter_reasons=REASONS, difficulty=DIFFICULTY, train_order=TRAIN_ORDER):
+    n = len(filter_reasons)
+    return Round(
+        index=2,
+        paths=round_paths(tmp_path, 2),
+        seed=7,
+        prompt_indices=[10, 3, 7, 0, 5, 8][:n],
+        prompts=[f"Prompt {k}?" for k in range(n)],
+        exemplar_ids=[["ex-a", f"ex-{k}"] for k in range(n)],
+        raw_outputs=[f" Answer {k}.<|im_end|>" for k in range(n)],
+        responses=[f"Answer {k}." for k in range(n)],
+        num_tokens=[4, 1, 6, 30, 2, 8][:n],
+        finished=[True, True, True, False, True, True][:n],
+        filter_reasons=list(filter_reasons),
+        difficulty=list(difficulty),
+        train_order=train_order,
+    )
+
+
+@pytest.mark.parametrize("ordered", [True, False])
+def test_rows_read_back_into_the_same_round(tmp_path, ordered):
+    original = _round(tmp_path) if ordered else _round(tmp_path, difficulty=[], train_order=None)
+    rows = original.rows()
+    assert [r["kept"] for r in rows] == [reason is None for reason in REASONS]
+    assert [r["train_position"] for r in rows] == ([2, None, 0, None, None, 1] if ordered else [None] * 6)
+    original.save_generations()
+    for back in (Round.from_rows(2, original.paths, 7, rows), Round.read(2, original.paths, 7)):
+        assert back.rows() == rows
+        assert back.train_order == original.train_order and back.sampler_order() == original.sampler_order()
+        assert back.resumed and not original.resumed
+
+
+def test_the_sampler_order_indexes_the_kept_pairs(tmp_path):
+    round_ = _round(tmp_path)
+    assert round_.kept == [0, 2, 5]
+    assert round_.training_pairs() == [("Prompt 0?", "Answer 0."), ("Prompt 2?", "Answer 2."), ("Prompt 5?", "Answer 5.")]
+    order = round_.sampler_order()
+    assert order == [1, 2, 0]  # kept positions 2, 5, 0 are rows 1, 2, 0 of the round dataset
+    assert [round_.training_pairs()[i][0] for i in order] == [round_.prompts[k] for k in TRAIN_ORDER]
+    assert _round(tmp_path, train_order=None).sampler_order() is None  # the Trainer's own shuffle
+
+
+def test_filter_counts_and_summary_metrics(tmp_path):
+    round_ = _round(tmp_path)
+    assert list(round_.filter_counts.items()) == [("too_short", 2), ("repetition", 1)]  # first-occurrence order
+    assert round_.summary_metrics() == {
+        "round": 2, "prompts": 6, "kept": 3, "filtered": {"too_short": 2, "repetition": 1},
+        "mean_response_tokens": (4 + 6 + 8) / 3,
+    }
+    nothing = _round(tmp_path, filter_reasons=["empty"] * 3, difficulty=[], train_order=None)
+    assert nothing.summary_metrics()["mean_response_tokens"] == 0.0
+
+
+def test_a_round_with_nothing_kept_names_its_generations_file(tmp_path):
+    _round(tmp_path).check_kept(tmp_path)  # something to train on: no error
+    nothing = _round(tmp_path, filter_reasons=["too_short", "empty", "too_short"], difficulty=[], train_order=None)
+    message = rf"Round 2: all 3 generated answers were filtered out .*{re.escape(str(nothing.paths.generations))}"
+    with pytest.raises(SOFTRoundError, match=message):
+        nothing.check_kept(tmp_path)
+
+
+def test_prompt_indices_follow_the_schedule():
+    disjoint = RoundSettings(num_rounds=3, prompts_per_round=4).prompt_indices(30, seed=1)
+    assert [len(chunk) for chunk in disjoint] == [4, 4, 4] and len(set().union(*disjoint)) == 12
+    reuse = RoundSettings(num_rounds=3, prompts_per_round=4, prompt_schedule="reuse").prompt_indices(30, seed=1)
+    assert reuse[0] == reuse[1] == reuse[2] and len(reuse[0]) == 4
+    assert RoundSettings(num_rounds=3).prompt_indices(30, seed=1) != RoundSettings(num_rounds=3).prompt_indices(30, 2)

@@ -1,0 +1,250 @@
+"""The concerns' settings (`trl_soft.settings.ConcernSettings`, one per concern) and their union, `SOFTSettings`: the
+one table of impossible values (every concern's, and the checks that need two concerns), each refused when the
+`SOFTConfig` is built with an error naming the field; every `SOFTConfig` field belonging to a concern; the fingerprint
+a resumed run is matched by; the metrics a configuration produces, and which way each is better."""
+
+from dataclasses import fields
+
+import pytest
+from trl import SFTConfig
+
+from trl_soft import SOFTConfig
+from trl_soft.config import CONCERNS
+
+from .conftest import tiny_config
+
+
+def case(field, value, message, **others):
+    """One impossible value: `field=value` (with `others` set too) must be refused naming `field`, matching `message`."""
+    name = f"{field}={value!r}" + "".join(f",{k}={v!r}" for k, v in others.items())
+    return pytest.param(field, value, message, others, id=name)
+
+
+BAD_VALUES = [
+    # rounds
+    case("num_rounds", 0, "at least 1"),
+    case("prompts_per_round", 0, "at least 1"),
+    case("prompt_schedule", "sometimes", "one of 'disjoint', 'reuse'"),
+    case("round_init", "random", "one of 'previous', 'base'"),
+    # prompts
+    case("exemplar_sampling", "diverse", "one of 'random', 'fixed'"),
+    case("prompt_format", "xml", "one of 'auto', 'chat', 'plain'"),
+    case("num_exemplars", -1, ">= 0"),
+    case("engraving_shots", 2, "0 or 1"),
+    # generation
+    case("generation_max_new_tokens", 0, ">= 1"),
+    case("generation_temperature", -0.5, ">= 0"),
+    case("generation_top_p", 0.0, r"\(0, 1\]"),
+    case("generation_batch_size", 0, ">= 1"),
+    # engine
+    case("generation_backend", "tensorrt", "one of 'auto', 'vllm', 'hf'"),
+    case("vllm_mode", "remote", "one of 'colocate', 'server'"),
+    case("vllm_dtype", "fp8", "one of 'auto', 'bfloat16'"),
+    case("vllm_lora_mode", "fused", "one of 'auto', 'adapter', 'merged'"),
+    case("vllm_max_lora_rank", 12, "ranks vLLM accepts"),
+    case("vllm_server_base_url", "localhost:8000", "http"),
+    case("vllm_server_port", 70000, "TCP port"),
+    case("vllm_server_timeout", 0, "positive"),
+    case("vllm_request_timeout", -1, "positive"),
+    case("vllm_tensor_parallel_size", 0, ">= 1"),
+    case("vllm_gpu_memory_utilization", 1.5, r"\(0, 1\]"),
+    case("vllm_cpu_kv_cache_gb", 0, ">= 1"),
+    case("vllm_max_model_len", 4, ">= 16"),
+    # filters
+    case("filters", ["too_short", "profanity"], "unknown filter name.*'profanity'"),
+    case("filter_min_words", 0, ">= 1"),
+    case("principle_gate_values", [], "would mark no request", principle_gate_column="category"),
+    case("filter_max_repeated_ngram_fraction", 0.0, r"\(0, 1\]"),
+    case("filter_max_exemplar_overlap", 1.5, r"\(0, 1\]"),
+    # curriculum
+    case("curriculum", "perplexityy", "one of 'none', 'length'"),
+    case("curriculum_direction", "sideways", "one of 'ascending', 'descending'"),
+    case("curriculum_bucket_size", 0, ">= 1"),
+    case("curriculum_column", None, "`curriculum='column'` needs", curriculum="column"),
+    case("curriculum_batch_size", 0, ">= 1"),
+    case("packing", True, "`curriculum='length'` cannot be combined", curriculum="length"),
+    # validation
+    case("validation_batch_size", 0, ">= 1"),
+    # benchmarks
+    case("benchmarks", ["hhh", "mmlu"], "unknown name.*'mmlu'"),
+    case("benchmark_limit", 0, ">= 1"),
+    # diagnostics
+    case("diagnostics_num_prompts", -1, ">= 0"),
+    case("diagnostics_max_new_tokens", 0, ">= 1"),
+    # judges
+    case("behaviour_judge", "llm", "one of 'rules', 'hf', 'openai'"),
+    case("pairwise_judge", "rules", "one of 'none', 'hf', 'openai'"),
+    case("judge_model", None, "needed by the 'hf' judge", behaviour_judge="hf"),
+    case("judge_model", "", "needed by the 'hf' judge", pairwise_judge="hf"),
+    case("judge_model", "./no/such/model/folder", "not an existing folder", behaviour_judge="hf"),
+    case("judge_base_url", None, "needed by the 'openai' judge", behaviour_judge="openai"),
+    case("judge_base_url", "localhost:8000/v1", "http:// or https:// URL", pairwise_judge="openai"),
+    case("judge_base_url", "ftp://example.org/v1", "http:// or https:// URL", behaviour_judge="openai"),
+    case("judge_base_url", "http://", "http:// or https:// URL", behaviour_judge="openai"),
+    case("judge_api_key_env", None, "name of an environment variable"),
+    case("judge_timeout", 0, "positive number of seconds"),
+    case("judge_timeout", -5.0, "positive number of seconds"),
+    case("judge_timeout", "60", "positive number of seconds"),
+    case("judge_max_retries", -1, "whole number >= 0"),
+    case("judge_max_retries", 1.5, "whole number >= 0"),
+    case("judge_batch_size", 0, "whole number >= 1"),
+    case("judge_batch_size", True, "whole number >= 1"),
+    # behaviour
+    case("behaviour_eval", ["harmfull"], "unknown set name.*'harmfull'"),
+    case("behaviour_eval", ["helpful"], "needs a pairwise judge"),
+    case("behaviour_harmful_limit", 1, ">= 2", behaviour_eval=["harmful"]),
+    case("behaviour_limit", 0, ">= 1", behaviour_eval=["benign"]),
+    case("behaviour_max_new_tokens", 0, ">= 1", behaviour_eval=["benign"]),
+    case("require_premise", True, "needs the behaviour evaluation"),
+    case("require_premise", True, "needs `behaviour_fewshot=True`", behaviour_eval=["harmful"], behaviour_fewshot=False),
+    case("evaluate_start", False, "the premise check", behaviour_eval=["harmful"], require_premise=True),
+    # collapse
+    case("collapse_patience", 0, ">= 1"),
+    case("collapse_threshold", -0.1, ">= 0"),
+    case("collapse_noise_z", -1.0, ">= 0"),
+    # a watched metric no round produces, one per kind of metric
+    case("collapse_metric", "truthfulqa_mc1", "not produced.*benchmark metrics need `benchmarks`"),
+    case("collapse_metric", "validation_nll", "not produced.*'validation_nll' needs a validation set",
+         validation_path="none"),
+    case("collapse_metric", "sample_entropy", "not produced.*'sample_\\*' need `diagnostics_num_prompts`",
+         diagnostics_num_prompts=0),
+    case("collapse_metric", "refusal_harmful", "not produced.*Behaviour metrics need `behaviour_eval`"),
+]
+
+
+@pytest.mark.parametrize(("field", "value", "message", "others"), BAD_VALUES)
+def test_impossible_values_are_refused_naming_the_field(tmp_path, field, value, message, others):
+    with pytest.raises(ValueError, match=message) as info:
+        SOFTConfig(output_dir=str(tmp_path), report_to="none", **others, **{field: value})
+    # named as `field`, or as `field=value` by the checks that need two fields
+    assert f"`{field}`" in str(info.value) or f"`{field}=" in str(info.value), str(info.value)
+
+
+def test_missing_deepspeed_config_is_refused_at_config_time(tmp_path):
+    # The one bad value that is not a ValueError: a file that is not there.
+    with pytest.raises(FileNotFoundError, match="`deepspeed`.*no-such-ds.json"):
+        tiny_config(tmp_path / "out", deepspeed=str(tmp_path / "no-such-ds.json"))
+
+
+# ---- every field belongs to a concern, and to the fingerprint unless it is declared not to -----------------------
+OWN_FIELDS = sorted({f.name for f in fields(SOFTConfig)} - {f.name for f in fields(SFTConfig)})
+NOT_FINGERPRINTED = {
+    concern.CONFIG_FIELDS.get(attr, attr) for concern in CONCERNS.values() for attr in concern.NOT_FINGERPRINTED
+}
+
+
+def test_every_field_soft_config_adds_belongs_to_a_concern():
+    named = {name for concern in CONCERNS.values() for name in concern.CONFIG_FIELDS.values()}
+    assert set(OWN_FIELDS) - named == set(), "add these fields to a concern's CONFIG_FIELDS"
+    assert named <= {f.name for f in fields(SOFTConfig)}, "CONFIG_FIELDS names a field SOFTConfig lacks"
+    assert {"vllm_server_port", "judge_timeout", "generation_batch_size"} <= NOT_FINGERPRINTED
+
+
+# A valid value other than the default, for the fields whose default does not say what else is valid (choices,
+# paths, lists, None); numbers move a little and booleans flip. NEEDS: what that value needs, set on both sides.
+OTHER_VALUE = {
+    "prompts_per_round": 5,
+    "prompt_schedule": "reuse",
+    "prompt_column": "question",
+    "round_init": "base",
+    "principles_path": "my_principles.json",
+    "exemplars_path": "my_exemplars.jsonl",
+    "exemplar_sampling": "fixed",
+    "prompt_format": "plain",
+    "generation_stop_strings": ["###"],
+    "generation_backend": "hf",
+    "vllm_mode": "server",
+    "vllm_dtype": "float32",
+    "vllm_lora_mode": "merged",
+    "vllm_max_lora_rank": 16,
+    "vllm_server_base_url": "http://10.0.0.2:8000",
+    "vllm_server_host": "0.0.0.0",
+    "vllm_server_port": 8123,
+    "vllm_max_model_len": 2048,
+    "vllm_enforce_eager": True,
+    "filters": ["too_short"],
+    "principle_gate_column": "category",
+    "principle_gate_values": ["unsafe"],
+    "curriculum": "heuristic",
+    "curriculum_direction": "descending",
+    "curriculum_bucket_size": 4,
+    "curriculum_column": "level",
+    "collapse_metric": "train_loss",
+    "collapse_greater_is_better": True,
+    "validation_path": "none",
+    "benchmarks": ["hhh"],
+    "benchmark_data_dir": "/data/elsewhere",
+    "benchmark_limit": 10,
+    "behaviour_eval": ["benign"],
+    "behaviour_limit": 10,
+    "behaviour_benign_path": "benign.jsonl",
+    "behaviour_unknowable_path": "unknowable.jsonl",
+    "behaviour_judge": "openai",
+    "pairwise_judge": "openai",
+    "judge_model": "org/judge",
+    "judge_base_url": "http://127.0.0.1:8000/v1",
+    "judge_api_key_env": "MY_KEY",
+}
+NEEDS = {
+    "behaviour_judge": {"judge_base_url": "http://127.0.0.1:8000/v1"},
+    "pairwise_judge": {"judge_base_url": "http://127.0.0.1:8000/v1"},
+    "require_premise": {"behaviour_eval": ["harmful"]},
+}
+
+
+def other_value(field, default):
+    if field in OTHER_VALUE:
+        return OTHER_VALUE[field]
+    if isinstance(default, bool):
+        return not default
+    if isinstance(default, int):
+        return default + 1
+    if isinstance(default, float):
+        return default + 0.05
+    raise AssertionError(f"add a valid non-default value of `{field}` (default {default!r}) to OTHER_VALUE")
+
+
+@pytest.mark.parametrize(
+    ("field", "fingerprinted"), [pytest.param(f, f not in NOT_FINGERPRINTED, id=f) for f in OWN_FIELDS]
+)
+def test_a_field_changes_the_fingerprint_exactly_when_it_is_fingerprinted(tmp_path, field, fingerprinted):
+    base = SOFTConfig(output_dir=str(tmp_path), report_to="none", **NEEDS.get(field, {}))
+    value = other_value(field, getattr(base, field))
+    changed = SOFTConfig(output_dir=str(tmp_path), report_to="none", **NEEDS.get(field, {}), **{field: value})
+    assert (field in base.settings.fingerprint()) is fingerprinted
+    assert (changed.settings.fingerprint() != base.settings.fingerprint()) is fingerprinted
+
+
+# ---- the metrics a configuration produces, and their directions ---------------------------------------------------
+@pytest.mark.parametrize("validation_path", [None, "none"])
+def test_metric_names_are_the_concerns_and_the_diagnostics_only_with_a_validation_set(tmp_path, validation_path):
+    settings = SOFTConfig(
+        output_dir=str(tmp_path), report_to="none", validation_path=validation_path,
+        benchmarks=["truthfulqa_mc1", "hhh"], behaviour_eval=["harmful", "benign"],
+    ).settings
+    concerns = settings.concerns()
+    diagnostics = concerns.pop("diagnostics").metric_names()
+    others = set().union(*(concern.metric_names() for concern in concerns.values()))
+    assert diagnostics and {"truthfulqa_mc1", "hhh_overall", "refusal_harmful", "train_loss"} <= others
+    assert settings.metric_names() == (others | diagnostics if validation_path is None else others)
+    assert ("validation_nll" in settings.metric_names()) is (validation_path is None)
+
+
+@pytest.mark.parametrize(
+    ("metric", "greater_is_better", "producing"),
+    [
+        ("validation_nll", False, {}),
+        ("sample_self_bleu", False, {}),
+        ("train_loss", False, {}),
+        ("refusal_benign", False, {"behaviour_eval": ["benign"]}),
+        ("fewshot_refusal_benign", False, {"behaviour_eval": ["benign"]}),
+        ("truthfulqa_mc1", True, {"benchmarks": ["truthfulqa_mc1"]}),
+        ("hhh_overall", True, {"benchmarks": ["hhh"]}),
+        ("refusal_harmful", True, {"behaviour_eval": ["harmful"]}),
+        ("alignment_score", True, {"behaviour_eval": ["harmful"]}),
+    ],
+)
+def test_the_watched_metric_knows_which_way_is_better(tmp_path, metric, greater_is_better, producing):
+    settings = SOFTConfig(output_dir=str(tmp_path), report_to="none", collapse_metric=metric, **producing).settings
+    assert settings.collapse_metric == metric
+    assert settings.collapse_greater_is_better is greater_is_better
