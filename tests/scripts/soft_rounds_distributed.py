@@ -23,7 +23,8 @@ class RecordRoundData(SOFTCallback):
 
     def on_round_metrics(self, args, round_index, metrics, trainer=None, **kwargs):
         dataset = trainer.train_dataset
-        columns = [[list(ids) for ids in dataset["input_ids"]], list(dataset["difficulty"])]
+        # the round dataset and the order it is trained in (the Round record's, which the sampler reads)
+        columns = [[list(ids) for ids in dataset["input_ids"]], trainer.round.sampler_order()]
         digest = hashlib.sha256(json.dumps(columns).encode()).hexdigest()
         self.rounds[round_index] = {"dataset": digest, "rows": len(dataset), "steps": metrics["train_steps"]}
 
