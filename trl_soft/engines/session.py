@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
+
 from ..distributed import is_main_process
 from ..generation import GenerationResult, GenerationSettings
 from ..state import round_paths
@@ -43,8 +45,6 @@ class EngineSession:
     def choose(settings: EngineSettings, model, peft_config, kbit: bool, use_cpu: bool) -> EngineChoice:
         """Which engine generates, decided and announced before any weights load (`ValueError` when the settings
         insist on one that cannot run here)."""
-        import torch
-
         on_cuda = torch.cuda.is_available() and not use_cpu
         try:
             choice = choose_engine(settings, read_model_facts(model, peft_config, kbit, on_cuda))
