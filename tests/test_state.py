@@ -31,5 +31,5 @@ def test_existing_run_from_a_different_config(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     SOFTState(config_hash="from-another-config", num_rounds=2, rounds_completed=1).save(out)
-    with pytest.raises(ValueError, match="different configuration.*overwrite_output_dir"):
+    with pytest.raises(ValueError, match="different settings.*overwrite_output_dir"):
         unloaded_trainer(tmp_path)

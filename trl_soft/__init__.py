@@ -7,7 +7,15 @@ from .models import load_model_and_tokenizer
 from .prompting import Exemplar, Principles, load_exemplars, load_principles
 from .rounds import Round
 from .sampler import CurriculumSampler
-from .trainer import SOFTPremiseError, SOFTRoundError, SOFTTrainer
+from .trainer import (
+    SOFTInterrupted,
+    SOFTLockError,
+    SOFTPremiseError,
+    SOFTResumeError,
+    SOFTRoundError,
+    SOFTSaveError,
+    SOFTTrainer,
+)
 
 __version__ = "0.1.0"
 
@@ -21,8 +29,12 @@ __all__ = [
     "RoundControl",
     "SOFTCallback",
     "SOFTConfig",
+    "SOFTInterrupted",
+    "SOFTLockError",
     "SOFTPremiseError",
+    "SOFTResumeError",
     "SOFTRoundError",
+    "SOFTSaveError",
     "SOFTSettings",
     "SOFTTrainer",
     "ScoringContext",

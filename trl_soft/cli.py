@@ -53,22 +53,32 @@ def _report(argv: Sequence[str]) -> int:
     return 0
 
 
+def _stoppable(job) -> int:
+    """Run `job` with SIGTERM / Ctrl-C ending it on one line (no traceback), exit code 128 + the signal. Inside
+    `train()` the trainer defers them to its next safe point (`trl_soft.interrupts`); before it, they stop at once."""
+    from .interrupts import SOFTInterrupted, stop_at_once
+
+    try:
+        with stop_at_once():
+            job()
+    except SOFTInterrupted as stop:
+        print(stop, file=sys.stderr, flush=True)
+        return stop.exit_code
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
         return 0
     command, rest = argv[0], argv[1:]
-    if command == "train":
+    if command in ("train", "demo"):
         from .scripts.train import run
 
-        run(rest, prog="trl-soft train")
-        return 0
-    if command == "demo":
-        from .scripts.train import run
-
-        run(["--config", str(asset_path("demo.yaml")), *rest], prog="trl-soft demo")
-        return 0
+        if command == "demo":
+            rest = ["--config", str(asset_path("demo.yaml")), *rest]
+        return _stoppable(lambda: run(rest, prog=f"trl-soft {command}"))
     if command == "eval" and any(a == "--behaviour" or a.startswith("--behaviour=") for a in rest):
         from .scripts.behaviour import run as run_behaviour
 

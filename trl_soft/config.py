@@ -48,7 +48,14 @@ CONCERNS: dict[str, type[ConcernSettings]] = {
     "collapse": CollapseSettings,
 }
 # The `SFTConfig` fields that shape every round's weights besides the SOFT ones (part of the resume fingerprint).
-TRAINING_FIELDS = ("seed", "learning_rate", "num_train_epochs", "max_steps")
+TRAINING_FIELDS = (
+    "seed", "data_seed", "learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size",
+    "gradient_accumulation_steps", "optim", "optim_args", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon",
+    "max_grad_norm", "lr_scheduler_type", "lr_scheduler_kwargs", "warmup_steps", "label_smoothing_factor",
+    "max_length", "packing", "packing_strategy", "padding_free", "truncation_mode", "completion_only_loss",
+    "assistant_only_loss", "loss_type", "neftune_noise_alpha", "bf16", "fp16", "model_init_kwargs",
+    "chat_template_path", "use_liger_kernel",
+)
 
 
 @dataclass(frozen=True)
@@ -194,8 +201,16 @@ class SOFTConfig(SFTConfig):
     overwrite_output_dir: bool = field(
         default=False,
         metadata={
-            "help": "Allow starting over in an `output_dir` that already holds a run (its rounds are replaced). "
-            "Without it, an existing run must be continued with `resume_from_checkpoint`/`--resume`."
+            "help": "Allow starting over in an `output_dir` that already holds a run (everything the run wrote is "
+            "removed: rounds, final model, summary, manifest). Without it, an existing run must be continued with "
+            "`resume_from_checkpoint`/`--resume`."
+        },
+    )
+    keep_round_checkpoints: bool = field(
+        default=False,
+        metadata={
+            "help": "Keep each round's Trainer checkpoints (`round_{t}/checkpoints/`, written with `save_strategy`) "
+            "after the round's model is saved. By default they are removed then: resume needs only the round's model."
         },
     )
 

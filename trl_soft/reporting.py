@@ -10,7 +10,7 @@ from typing import Any
 from .behaviour.evaluate import format_premise
 from .behaviour.settings import FEWSHOT_PREFIX, METRICS
 from .behaviour.stats import ITEM_SCORES, paired_difference
-from .state import SOFTState, atomic_write_text
+from .state import SUMMARY_NAME, SOFTState, atomic_write_text
 
 SOFT_CITATION = """\
 @article{wang2024soft,
@@ -174,7 +174,7 @@ def run_summary(state: SOFTState) -> str:
 
 
 def write_summary(output_dir: Path, state: SOFTState) -> None:
-    atomic_write_text(Path(output_dir) / "summary.md", run_summary(state))
+    atomic_write_text(Path(output_dir) / SUMMARY_NAME, run_summary(state))
 
 
 def printed_summary(state: SOFTState, output_dir: str) -> str:

@@ -8,6 +8,7 @@ written from it, a resumed round is read back into it, and the training sampler 
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -22,6 +23,11 @@ from .settings import ConcernSettings
 from .state import RoundPaths, atomic_write_json, atomic_write_jsonl, read_jsonl
 
 PROMPT_SCHEDULES = ("disjoint", "reuse")
+# The columns of `generations.jsonl`, one row per prompt (see `Round.rows`).
+GENERATION_COLUMNS = (
+    "prompt_index", "prompt", "exemplar_ids", "raw_output", "response", "num_tokens", "finished", "kept",
+    "filter_reason", "difficulty", "train_position",
+)
 ROUND_INITS = ("previous", "base")
 
 
@@ -36,8 +42,9 @@ class RoundSettings(ConcernSettings):
         "prompt_column": "prompt_column",
         "round_init": "round_init",
         "overwrite_output_dir": "overwrite_output_dir",
+        "keep_checkpoints": "keep_round_checkpoints",
     }
-    NOT_FINGERPRINTED = frozenset({"overwrite_output_dir"})
+    NOT_FINGERPRINTED = frozenset({"overwrite_output_dir", "keep_checkpoints"})
     LOWER_IS_BETTER = frozenset({"train_loss"})
 
     num_rounds: int = 3
@@ -46,6 +53,7 @@ class RoundSettings(ConcernSettings):
     prompt_column: str = "prompt"
     round_init: str = "previous"
     overwrite_output_dir: bool = False
+    keep_checkpoints: bool = False
 
     def check(self) -> None:
         if self.num_rounds < 1:
@@ -203,6 +211,17 @@ class Round:
 
     def save_metrics(self) -> None:
         atomic_write_json(self.paths.metrics, self.metrics)
+
+    def save_training(self, global_step: int, training_loss: float) -> None:
+        """What training the round gave (its model is saved already)."""
+        atomic_write_json(self.paths.training, {"global_step": global_step, "training_loss": training_loss})
+
+    def read_training(self) -> tuple[int, float] | None:
+        """`(global_step, training_loss)` of an interrupted attempt that trained and saved this round, else None."""
+        if not (self.paths.training.is_file() and self.paths.model.is_dir()):
+            return None
+        data = json.loads(self.paths.training.read_text(encoding="utf-8"))
+        return data["global_step"], data["training_loss"]
 
     @classmethod
     def from_rows(

@@ -9,6 +9,7 @@ half-written manifest, generations file or metrics file.
 from __future__ import annotations
 
 import contextlib
+import enum
 import hashlib
 import json
 import os
@@ -21,7 +22,25 @@ from pathlib import Path
 from typing import Any
 
 MANIFEST_NAME = "soft_state.json"
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2  # 2: the manifest lists the settings it was made with (`fingerprint`)
+# What a run writes at the top of `output_dir` besides the manifest and the `round_*` folders (all of it is the run's:
+# `overwrite_output_dir` removes it).
+SUMMARY_NAME = "summary.md"
+FINAL_MODEL = "final_model"
+ENGINE_WEIGHTS = "engine_weights"
+SERVER_LOG = "vllm_server.log"
+JUDGE_CACHE = "judge_cache.jsonl"  # verdicts survive a resume
+RUN_FILES = (FINAL_MODEL, SUMMARY_NAME, ENGINE_WEIGHTS, SERVER_LOG, JUDGE_CACHE)
+
+
+def _file_mode() -> int:
+    """The mode `open()` gives a new file under this process's umask (`mkstemp` would leave 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+FILE_MODE = _file_mode()
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -30,6 +49,7 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
             handle.flush()
@@ -54,9 +74,9 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
         return [json.loads(line) for line in handle if line.strip()]
 
 
-def config_hash(fields: dict[str, Any], extra: Iterable[str] = ()) -> str:
-    """A short stable hash of the settings that determine a run's data (and of the data's own fingerprints)."""
-    payload = json.dumps({"fields": fields, "extra": list(extra)}, sort_keys=True, default=str)
+def config_hash(fingerprint: dict[str, Any]) -> str:
+    """A short stable hash of a run's fingerprint (`run_fingerprint`)."""
+    payload = json.dumps(fingerprint, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
 
 
@@ -86,6 +106,11 @@ class RoundPaths:
     def checkpoints(self) -> Path:
         return self.root / "checkpoints"
 
+    @property
+    def training(self) -> Path:
+        """The round's training figures, written right after its model: a resume that finds both skips training."""
+        return self.root / "training.json"
+
 
 def round_paths(output_dir: str | Path, round_index: int) -> RoundPaths:
     return RoundPaths(Path(output_dir) / f"round_{round_index}")
@@ -104,6 +129,7 @@ class SOFTState:
     stop_reason: str | None = None
     final_round: int | None = None
     engine: str | None = None  # the generation engine of the latest session, and why it was chosen
+    fingerprint: dict[str, Any] | None = None  # the settings and data digests the run was made with (`run_fingerprint`)
     version: int = MANIFEST_VERSION
     created: float = field(default_factory=time.time)
     updated: float = field(default_factory=time.time)
@@ -136,63 +162,84 @@ def round_dirs(output_dir: str | Path) -> list[Path]:
     return sorted(p for p in Path(output_dir).glob("round_*") if p.is_dir())
 
 
-def run_hash(
-    fingerprint: dict[str, Any], prompts: Sequence[str], principles: str, exemplars: Sequence, validation: Sequence,
-    model: Any,
-) -> str:
-    """The manifest's configuration hash: the settings' fingerprint, the prompts, the rendered principles, the
-    exemplars and validation pairs (dataclasses), and the starting model's name."""
-    digest = hashlib.sha256("\x1e".join(prompts).encode("utf-8")).hexdigest()
-    data = {"principles": principles, "exemplars": [e.__dict__ for e in exemplars],
-            "validation": [p.__dict__ for p in validation]}
-    data_digest = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+def _plain(value: Any) -> Any:
+    """`value` as JSON gives it back (sets sorted, enums by value, other objects by `str`): what a manifest stores."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
+    if isinstance(value, (set, frozenset)):
+        return sorted(_plain(v) for v in value)
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, enum.Enum):
+        return _plain(value.value)
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode("utf-8")).hexdigest()[:16]
+
+
+def run_fingerprint(
+    settings: dict[str, Any], prompts: Sequence[str], principles: str, exemplars: Sequence, validation: Sequence,
+    model: Any, peft: dict[str, Any] | None, quantization: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """Everything that decides a run's data and weights, by name: the settings' fingerprint (`SOFTSettings`), digests
+    of the prompts, principles, exemplars and validation pairs, the starting model's name, and the PEFT and
+    quantisation configurations. Stored in the manifest, so a resume with other values can name them."""
     model_id = model if isinstance(model, str) else getattr(model.config, "_name_or_path", type(model).__name__)
-    return config_hash(fingerprint, [digest, data_digest, str(model_id)])
+    data = {
+        "prompts (data)": _digest(list(prompts)),
+        "principles": _digest(principles),
+        "exemplars": _digest([e.__dict__ for e in exemplars]),
+        "validation set": _digest([p.__dict__ for p in validation]),
+        "model": str(model_id),
+        "peft_config": peft,
+        "quantization_config": quantization,
+    }
+    return _plain({**settings, **data})
 
 
-def check_output_dir(output_dir: Path, run_config_hash: str, overwrite: bool) -> None:
-    """Before any model loads: `output_dir` is writable, and a run already in it can be resumed or may be replaced."""
+def fingerprint_changes(before: dict[str, Any], after: dict[str, Any], may_change: Sequence[str] = ("num_rounds",)) -> list[str]:
+    """`name: old -> new` for every setting that differs (except `may_change`); digests only say they changed."""
+    changes = []
+    for name in sorted(set(before) | set(after)):
+        old, new = before.get(name, "<unset>"), after.get(name, "<unset>")
+        if name in may_change or old == new:
+            continue
+        if name.endswith("(data)") or name in {"principles", "exemplars", "validation set"}:
+            changes.append(f"{name} changed")
+        else:
+            changes.append(f"`{name}` {_short(old)} -> {_short(new)}")
+    return changes
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class SOFTSaveError(OSError):
+    """Writing a round's artifact failed (a full disk, a lost mount): the message names the round and how to resume."""
+
+
+@contextlib.contextmanager
+def saving(what: str, output_dir: Path, rounds_done: int):
+    """Turn an `OSError` (or a safetensors write error) while saving `what` into a `SOFTSaveError` that names it, the
+    rounds already safe in `output_dir`, and `--resume`."""
+    from safetensors import SafetensorError
+
     try:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        probe = output_dir / f".write-test-{os.getpid()}"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as err:
-        raise PermissionError(
-            f"`output_dir`: cannot write to {str(output_dir)!r} ({err.strerror}). Choose a writable folder."
+        yield
+    except (OSError, SafetensorError) as err:
+        if isinstance(err, SOFTSaveError):
+            raise
+        done = f"rounds 1-{rounds_done} are complete" if rounds_done else "no round is complete yet"
+        raise SOFTSaveError(
+            f"{what} failed: {err}. Nothing half-written was kept; {done} in {str(output_dir)!r}. Free space (or fix "
+            "the folder), then rerun with `--resume` (`train(resume_from_checkpoint=True)`) to continue."
         ) from err
-    existing = SOFTState.load(output_dir)
-    if existing is not None and existing.config_hash != run_config_hash and not overwrite:
-        raise ValueError(
-            f"`output_dir`: {str(output_dir)!r} holds a SOFT run made with a different configuration or data "
-            f"({existing.rounds_completed} round(s) done), so it cannot be resumed. Use a new `output_dir`, or "
-            "pass `overwrite_output_dir=True` (`--overwrite_output_dir`) to replace it."
-        )
-
-
-def open_state(output_dir: Path, run_config_hash: str, num_rounds: int, resume: bool, overwrite: bool) -> SOFTState:
-    """The manifest to continue (`resume` and the same configuration), or a fresh one (`overwrite` clears the rounds of
-    an earlier run); an earlier run that may be neither continued nor replaced is an error."""
-    from .distributed import is_main_process, wait_for_everyone
-
-    existing = SOFTState.load(output_dir)
-    if existing is not None and existing.rounds_completed > 0 or round_dirs(output_dir):
-        if resume and existing is not None and existing.config_hash == run_config_hash:
-            return existing
-        if not overwrite:
-            raise ValueError(
-                f"`output_dir`: {str(output_dir)!r} already holds a SOFT run. Continue it with "
-                "`train(resume_from_checkpoint=True)` (`--resume`), or pass `overwrite_output_dir=True` "
-                "(`--overwrite_output_dir`) to start over."
-            )
-        if is_main_process():
-            for folder in round_dirs(output_dir):
-                shutil.rmtree(folder)
-        wait_for_everyone()
-    state = SOFTState(config_hash=run_config_hash, num_rounds=num_rounds)
-    if is_main_process():
-        state.save(output_dir)
-    return state
 
 
 def save_atomically(save: Callable[[str], None], target: Path) -> None:
@@ -204,7 +251,12 @@ def save_atomically(save: Callable[[str], None], target: Path) -> None:
     if is_main_process():
         shutil.rmtree(partial, ignore_errors=True)
     wait_for_everyone()
-    save(str(partial))
+    try:
+        save(str(partial))
+    except BaseException:
+        if is_main_process():
+            shutil.rmtree(partial, ignore_errors=True)  # a full disk gets its space back
+        raise
     if is_main_process():
         if target.exists():
             shutil.rmtree(target)

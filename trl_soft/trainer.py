@@ -16,14 +16,16 @@ Every concern lives in its own module with its own settings (built once by `SOFT
 from __future__ import annotations
 
 import contextlib
+import json
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
 from datasets import Dataset
-from transformers import AutoTokenizer, PreTrainedTokenizerBase, TrainerCallback
-from transformers.trainer_utils import TrainOutput, get_last_checkpoint
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, TrainerCallback, set_seed
+from transformers.trainer_utils import TrainOutput
 from trl import SFTTrainer
 
 from .behaviour.run import BehaviourRun, SOFTPremiseError
@@ -35,15 +37,40 @@ from .distributed import is_main_process, wait_for_everyone
 from .engines import SYNC_METRIC
 from .engines.session import EngineSession
 from .evaluation.suite import RoundEvaluator
+from .interrupts import SOFTInterrupted, StopRequests
 from .models import check_model_path, ensure_pad_token, resolve_model_path, restore_trainable, trainable_snapshot
 from .prompting import Exemplar, ExemplarSampler, Principles, PromptFormatter, load_exemplars, load_principles
 from .quantization import check_kbit_supported, wants_kbit
 from .reporting import SOFT_CITATION, model_card_section, printed_summary, write_summary
 from .rounds import Round, SOFTRoundError
+from .run_folder import (
+    CHECKPOINT_DONE,
+    RunLock,
+    SOFTLockError,
+    SOFTResumeError,
+    check_output_dir,
+    check_writable,
+    clean_leftovers,
+    last_complete_checkpoint,
+    open_state,
+)
 from .sampler import CurriculumSampler
-from .state import SOFTState, check_output_dir, open_state, round_paths, run_hash, save_atomically
+from .state import (
+    FINAL_MODEL,
+    SOFTSaveError,
+    SOFTState,
+    atomic_write_json,
+    config_hash,
+    round_paths,
+    run_fingerprint,
+    save_atomically,
+    saving,
+)
 
-__all__ = ["SOFTPremiseError", "SOFTRoundError", "SOFTTrainer"]
+__all__ = [
+    "SOFTInterrupted", "SOFTLockError", "SOFTPremiseError", "SOFTResumeError", "SOFTRoundError", "SOFTSaveError",
+    "SOFTTrainer",
+]
 
 
 class SOFTTrainer(SFTTrainer):
@@ -119,11 +146,14 @@ class SOFTTrainer(SFTTrainer):
             check_model_path(model)
         kbit_config = quantization_config or (args.model_init_kwargs or {}).get("quantization_config")
         check_kbit_supported(kbit_config, peft_config, model)
-        self.soft_config_hash = run_hash(
+        self.soft_fingerprint = run_fingerprint(
             settings.fingerprint(), train_dataset[settings.rounds.prompt_column], self.principles.render(),
-            self.exemplars, self.validation_set, model,
+            self.exemplars, self.validation_set, model, _peft_fingerprint(peft_config, model),
+            kbit_config.to_dict() if hasattr(kbit_config, "to_dict") else kbit_config,
         )
-        check_output_dir(self.soft_output_dir, self.soft_config_hash, settings.rounds.overwrite_output_dir)
+        self.soft_config_hash = config_hash(self.soft_fingerprint)
+        self.lock = RunLock(self.soft_output_dir)  # one run per folder, from here to the end of `train()`
+        self._check_run_folder(args, resume=bool(args.resume_from_checkpoint))
         if isinstance(model, str):
             model = resolve_model_path(model)  # converts the embedded model on first use: after every check
         engine_choice = EngineSession.choose(settings.engine, model, peft_config, wants_kbit(kbit_config), args.use_cpu)
@@ -166,6 +196,9 @@ class SOFTTrainer(SFTTrainer):
         self.soft_state: SOFTState | None = None
         self._start_weights: dict | None = None  # with `round_init='base'`: each round's start
         self.round: Round | None = None  # the round being (or last) trained: the HF hooks below read its order
+        self.stops = StopRequests(self.soft_output_dir)  # SIGTERM / Ctrl-C during `train()`
+        self._resumed_loss_sum = 0.0  # the training loss summed up to the checkpoint a round resumed from
+        self.add_callback(_RoundProgress(self))
 
     @property
     def settings(self) -> SOFTSettings:
@@ -174,23 +207,32 @@ class SOFTTrainer(SFTTrainer):
 
     # ---- the algorithm --------------------------------------------------------------------------------------------
     def train(self, resume_from_checkpoint: str | bool | None = None, trial=None, ignore_keys_for_eval=None, **kwargs):
-        """Run every remaining round; `resume_from_checkpoint=True` continues a run from its manifest."""
+        """Run every remaining round; `resume_from_checkpoint=True` continues a run from its manifest.
+
+        SIGTERM and Ctrl-C stop the run at the next safe point with `SOFTInterrupted` (see `trl_soft.interrupts`)."""
+        resume = bool(resume_from_checkpoint or self.args.resume_from_checkpoint)
         try:
-            return self._train_rounds(bool(resume_from_checkpoint or self.args.resume_from_checkpoint))
+            self._check_run_folder(self.args, resume)
+            with self.stops.installed():
+                return self._train_rounds(resume)
         finally:
             self.engine.close()  # a server trl-soft started is stopped, whatever happened
+            self.lock.release()
 
     def _train_rounds(self, resume: bool) -> TrainOutput:
         state = self._start(resume)
         output = TrainOutput(global_step=0, training_loss=float("nan"), metrics={})
         first = self.settings.rounds.num_rounds + 1 if state.stopped_early else state.rounds_completed + 1
         for index in range(first, self.settings.rounds.num_rounds + 1):
+            self.stops.check(f"before round {index}")
             round_ = self.round = self._regenerate(index, resume)
             if not round_.resumed:  # an interrupted attempt filtered and ordered it already
                 self._filter(round_)
                 self._order(round_)
                 self._save_generations(round_)
+            self.stops.check(f"after generating round {index}")
             output = self._fine_tune(round_, resume)
+            self.stops.check(f"after training round {index}")
             self._evaluate(round_)
             control = self._decide(round_, state, output)
             if control.should_stop:
@@ -208,6 +250,7 @@ class SOFTTrainer(SFTTrainer):
             round_ = Round.read(index, paths, seed, self.engine.sync_seconds)
             round_.timings["seconds_generate"] = time.perf_counter() - started
             return round_
+        set_seed(seed)  # every phase of a round starts from `seed + round`, whatever an earlier attempt reused
         sync_start = self.engine.sync_seconds
         indices = self.round_prompt_indices[index - 1]
         column = self.prompt_dataset[self.settings.rounds.prompt_column]  # read the column once, not once per prompt
@@ -224,6 +267,7 @@ class SOFTTrainer(SFTTrainer):
     def _filter(self, round_: Round) -> None:
         """Each answer's verdict: the principle gate, then the quality filters in order."""
         started, filters = time.perf_counter(), self.settings.filters
+        set_seed(round_.seed)
         candidates = round_.candidates()
         if self.behaviour.gate_on:
             marks = self.prompt_dataset[filters.gate_column] if filters.gate_column else None
@@ -238,6 +282,7 @@ class SOFTTrainer(SFTTrainer):
     def _order(self, round_: Round) -> None:
         """The kept answers' difficulty (scored by the model that wrote them) and the one training order it gives."""
         started, kept = time.perf_counter(), round_.kept
+        set_seed(round_.seed)
         round_.difficulty = [None] * len(round_.prompts)
         if self.difficulty_scorer is not None and kept:
             context = ScoringContext(
@@ -257,13 +302,34 @@ class SOFTTrainer(SFTTrainer):
 
     def _save_generations(self, round_: Round) -> None:
         if is_main_process():
-            round_.save_generations()
+            with self._saving(f"Round {round_.index}: writing {round_.paths.generations}"):
+                round_.save_generations()
         wait_for_everyone()
 
     # ---- train ------------------------------------------------------------------------------------------------------
     def _fine_tune(self, round_: Round, resume: bool) -> TrainOutput:
-        """Fine-tune on the kept answers without principles (in the curriculum's order), then save the round."""
+        """Fine-tune on the kept answers without principles (in the curriculum's order), then save the round (its
+        model, then its training figures); an interrupted attempt's checkpoints are resumed, its saved model reused."""
         round_.check_kept(self.soft_output_dir)
+        started, paths = time.perf_counter(), round_.paths
+        trained = round_.read_training() if resume else None
+        if trained is not None:  # the interrupted attempt trained and saved this round: only its evaluation remains
+            self._load_round_weights(round_.index)
+            output = TrainOutput(trained[0], trained[1], {})
+        else:
+            output = self._train_round(round_, last_complete_checkpoint(paths.checkpoints) if resume else None)
+            with self._saving(f"Round {round_.index}: saving its model to {paths.model}"):
+                save_atomically(self.save_model, paths.model)
+                if is_main_process():
+                    round_.save_training(output.global_step, output.training_loss)
+            self.engine.use_round(round_.index)
+        round_.timings["seconds_train"] = time.perf_counter() - started
+        if is_main_process() and not self.settings.rounds.keep_checkpoints:
+            shutil.rmtree(paths.checkpoints, ignore_errors=True)  # the round's model is all a resume needs now
+        return output
+
+    def _train_round(self, round_: Round, checkpoint: str | None) -> TrainOutput:
+        """The HF training loop over the round's examples, from `checkpoint` when an interrupted attempt left one."""
         examples = [self.formatter.engraving_example(p, r, self.engraving_shot) for p, r in round_.training_pairs()]
         self.train_dataset = self._prepare_dataset(
             Dataset.from_list(examples), self.processing_class, self.args, self.args.packing, None,
@@ -271,20 +337,16 @@ class SOFTTrainer(SFTTrainer):
         )
         if self._start_weights is not None:
             restore_trainable(self.model, self._start_weights)
-        started = time.perf_counter()
         self.optimizer, self.lr_scheduler = None, None  # fresh optimizer and schedule every round
-        checkpoints = round_.paths.checkpoints
-        checkpoint = get_last_checkpoint(str(checkpoints)) if resume and checkpoints.is_dir() else None
-        with self._writing_to(checkpoints):
-            output = super().train(resume_from_checkpoint=checkpoint)
-        round_.timings["seconds_train"] = time.perf_counter() - started
-        save_atomically(self.save_model, round_.paths.model)
-        self.engine.use_round(round_.index)
-        return output
+        self._resumed_loss_sum = _checkpoint_loss_sum(checkpoint)
+        set_seed(round_.seed)  # dropout and the sampler see the same random state however the round was reached
+        with self._writing_to(round_.paths.checkpoints), self._saving(f"Round {round_.index}: training"):
+            return super().train(resume_from_checkpoint=checkpoint)
 
     # ---- evaluate and decide -----------------------------------------------------------------------------------------------------
     def _evaluate(self, round_: Round) -> None:
         """Validation, behaviour, diagnostics and benchmarks of the round's model (the engine has its weights)."""
+        set_seed(round_.seed)
         round_.metrics.update(self.evaluator.evaluate(
             round_.index, self.model, self.accelerator, self.engine.generate, round_.paths.root
         ))
@@ -304,8 +366,9 @@ class SOFTTrainer(SFTTrainer):
             state.final_round = control.restore_round if control.restore_round is not None else round_.index
         state.record_round(metrics)
         if is_main_process():
-            round_.save_metrics()
-            state.save(self.soft_output_dir)  # the stop is on disk before any weights are swapped
+            with self._saving(f"Round {round_.index}: writing its metrics and the manifest"):
+                round_.save_metrics()
+                state.save(self.soft_output_dir)  # the stop is on disk before any weights are swapped
         wait_for_everyone()
         self.log({f"soft/{k}": v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
         if control.should_stop and is_main_process():
@@ -316,8 +379,15 @@ class SOFTTrainer(SFTTrainer):
     def _start(self, resume: bool) -> SOFTState:
         """Open the manifest, load the weights to continue from, and score the starting model (round 0)."""
         rounds = self.settings.rounds
+        if is_main_process():
+            removed = clean_leftovers(self.soft_output_dir)
+            if removed:
+                print(f"SOFT: removed {len(removed)} leftover(s) of an interrupted run: "
+                      f"{', '.join(str(p.relative_to(self.soft_output_dir)) for p in removed)}", flush=True)
+        wait_for_everyone()
         state = self.soft_state = open_state(
-            self.soft_output_dir, self.soft_config_hash, rounds.num_rounds, resume, rounds.overwrite_output_dir
+            self.soft_output_dir, self.soft_fingerprint, self.soft_config_hash, rounds.num_rounds, resume,
+            rounds.overwrite_output_dir,
         )
         state.engine = self.engine.choice.describe()
         self._start_weights = trainable_snapshot(self.model) if rounds.round_init == "base" else None
@@ -329,6 +399,7 @@ class SOFTTrainer(SFTTrainer):
             if any(getattr(c, "requires_start_weights", False) for c in self._soft_callback_list()):
                 save_atomically(self.save_model, round_paths(self.soft_output_dir, 0).model)  # a stop may restore round 0
             if self.evaluator.scores_start:
+                set_seed(self.args.seed)
                 state.base_metrics = {"round": 0, **self.evaluator.evaluate(
                     0, self.model, self.accelerator, self.engine.generate, round_paths(self.soft_output_dir, 0).root
                 )}
@@ -341,8 +412,9 @@ class SOFTTrainer(SFTTrainer):
 
     def _finish(self, state: SOFTState) -> None:
         """Save the final model, its model card and the run summary."""
-        final_dir = self.soft_output_dir / "final_model"
-        save_atomically(self.save_model, final_dir)
+        final_dir = self.soft_output_dir / FINAL_MODEL
+        with self._saving(f"Saving the final model to {final_dir}"):
+            save_atomically(self.save_model, final_dir)
         if not state.stopped_early:  # an early stop has set the final round already
             state.final_round = state.rounds_completed
         if is_main_process():
@@ -386,10 +458,69 @@ class SOFTTrainer(SFTTrainer):
         """Push the final model (not the per-round folders) under the run's name."""
         if self.args.hub_model_id is None:
             self.args.hub_model_id = self.soft_output_dir.name
-        with self._writing_to(self.soft_output_dir / "final_model"):
+        with self._writing_to(self.soft_output_dir / FINAL_MODEL):
             return super().push_to_hub(*args, **kwargs)
 
-    # ---- weights ------------------------------------------------------------------------------------------------------
+    # ---- the run's folder, checkpoints and weights -----------------------------------------------------------------
+    def _check_run_folder(self, args: SOFTConfig, resume: bool) -> None:
+        """Lock `output_dir` and check what it holds against this run (before any model loads when called from
+        `__init__`; again when `train()` starts, which knows whether it resumes)."""
+        check_writable(self.soft_output_dir)
+        if is_main_process():
+            self.lock.acquire()
+            if self.lock.stale_holder:
+                print(f"SOFT: took over the lock of an interrupted run ({self.lock.stale_holder}).", flush=True)
+                self.lock.stale_holder = None
+        rounds = args.settings.rounds
+
+        def same_prompts(old_num_rounds: int, completed: int) -> bool:
+            old = replace(rounds, num_rounds=old_num_rounds).prompt_indices(len(self.prompt_dataset), args.seed)
+            return old[:completed] == self.round_prompt_indices[:completed]
+
+        try:
+            check_output_dir(
+                self.soft_output_dir, self.soft_fingerprint, self.soft_config_hash, rounds.overwrite_output_dir,
+                resume, same_prompts,
+            )
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def __del__(self):
+        lock = self.__dict__.get("lock")
+        if lock is not None:
+            lock.release()
+
+    @contextlib.contextmanager
+    def _saving(self, what: str):
+        """A failed write (full disk, lost mount) raises `SOFTSaveError` naming `what`, the rounds done and --resume."""
+        done = self.soft_state.rounds_completed if self.soft_state is not None else 0
+        with saving(what, self.soft_output_dir, done):
+            yield
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """The Trainer's checkpoint, then a completion mark (with the loss summed so far): a checkpoint a kill
+        interrupted has none, and is skipped and removed; `train_loss` survives a resume from a marked one."""
+        super()._save_checkpoint(model, trial)
+        pending = self.accelerator.gather(self._tr_loss.detach().reshape(1)).mean().item()
+        folder = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
+        if is_main_process():
+            atomic_write_json(folder / CHECKPOINT_DONE, {
+                "global_step": self.state.global_step, "loss_sum": self._total_loss_scalar + pending,
+            })
+
+    def _issue_warnings_after_load(self, load_result) -> None:
+        """A round's weights must load whole: a missing or unexpected key means the folder is not this model's."""
+        tied = _tied_names(self.model)
+        missing = [k for k in load_result.missing_keys if k not in tied]
+        if missing or load_result.unexpected_keys:
+            raise SOFTResumeError(
+                f"Loading saved weights into the model left {len(missing)} missing and "
+                f"{len(load_result.unexpected_keys)} unexpected key(s) (e.g. {(missing or load_result.unexpected_keys)[:3]}): "
+                "they were saved from a different model or PEFT setup. Resume with the settings the run was made with."
+            )
+        super()._issue_warnings_after_load(load_result)
+
     def _load_round_weights(self, round_index: int) -> None:
         model_dir = round_paths(self.soft_output_dir, round_index).model
         if not model_dir.is_dir():
@@ -398,3 +529,51 @@ class SOFTTrainer(SFTTrainer):
             )
         self._load_from_checkpoint(str(model_dir))
         self.engine.use_round(round_index)
+
+
+class _RoundProgress(TrainerCallback):
+    """Inside a round's HF training loop: restore the loss summed before the checkpoint a round resumed from, and on
+    SIGTERM / Ctrl-C save a checkpoint at the end of the current step, then stop."""
+
+    def __init__(self, trainer: SOFTTrainer):
+        self.trainer = trainer
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.trainer._total_loss_scalar = self.trainer._resumed_loss_sum  # the Trainer has just zeroed it
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.trainer.stops.requested:
+            control.should_save = True
+        return control
+
+    def on_save(self, args, state, control, **kwargs):
+        round_ = self.trainer.round
+        self.trainer.stops.check(f"in round {round_.index if round_ else '?'}'s training, at step {state.global_step} "
+                                 "(checkpoint saved)")
+
+
+def _checkpoint_loss_sum(checkpoint: str | None) -> float:
+    if checkpoint is None:
+        return 0.0
+    return float(json.loads((Path(checkpoint) / CHECKPOINT_DONE).read_text(encoding="utf-8"))["loss_sum"])
+
+
+def _tied_names(model) -> set[str]:
+    """Names of parameters that share their tensor with another (tied embeddings): saved once, loaded through it."""
+    first: dict[int, str] = {}
+    tied: set[str] = set()
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        pointer = tensor.data_ptr()
+        if pointer in first and tensor.numel() > 0:
+            tied |= {name, first[pointer]}
+        first.setdefault(pointer, name)
+    return tied
+
+
+def _peft_fingerprint(peft_config, model) -> dict | None:
+    """The PEFT configuration a run trains with (given, or already on a `PeftModel`), without bookkeeping fields."""
+    config = peft_config if peft_config is not None else getattr(model, "peft_config", {}).get("default")
+    if config is None:
+        return None
+    values = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    return {k: v for k, v in values.items() if k not in {"base_model_name_or_path", "revision", "inference_mode"}}

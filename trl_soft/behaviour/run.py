@@ -15,13 +15,12 @@ from typing import Any
 from ..distributed import is_main_process, run_on_main
 from ..judges.settings import JudgeSettings
 from ..prompting import Exemplar, PromptFormatter
-from ..state import atomic_write_json, atomic_write_jsonl
+from ..state import JUDGE_CACHE, atomic_write_json, atomic_write_jsonl
 from .data import BehaviourSets
 from .evaluate import BehaviourEvaluator, Generate, format_premise, premise_check
 from .gate import PrincipleGate
 from .settings import BehaviourSettings
 
-JUDGE_CACHE = "judge_cache.jsonl"  # in output_dir: verdicts survive a resume
 SAMPLES = "behaviour.jsonl"  # in each round folder: every behaviour answer with its verdict
 REFERENCE = "behaviour_reference.json"  # in round_0: the starting model's answers that win rates compare with
 

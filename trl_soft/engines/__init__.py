@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ..distributed import is_main_process, run_on_main
 from ..generation import GenerationResult, GenerationSettings
+from ..state import ENGINE_WEIGHTS, SERVER_LOG
 from .base import EngineError, EngineWeights, GenerationEngine
 from .choice import EngineChoice, EngineUnavailable, ModelFacts, choose_engine, vllm_installed
 from .hf import HFEngine
@@ -44,11 +45,11 @@ def make_vllm_engine(
     choice: EngineChoice, settings: EngineSettings, tokenizer, output_dir: Path, seed: int
 ) -> GenerationEngine:
     """Start the vLLM engine `choice` describes (this process only)."""
-    work_dir = Path(output_dir) / "engine_weights"
+    work_dir = Path(output_dir) / ENGINE_WEIGHTS
     if choice.mode == "server":
         from .vllm_server import VLLMServerEngine
 
-        return VLLMServerEngine(choice, settings, tokenizer, work_dir, seed, Path(output_dir) / "vllm_server.log")
+        return VLLMServerEngine(choice, settings, tokenizer, work_dir, seed, Path(output_dir) / SERVER_LOG)
     from .vllm_local import VLLMColocateEngine
 
     return VLLMColocateEngine(choice, settings, tokenizer, work_dir, seed)

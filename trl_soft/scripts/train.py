@@ -55,6 +55,8 @@ def main(script_args: SOFTScriptArguments, training_args: SOFTConfig, model_args
         model_init_kwargs.update(training_args.model_init_kwargs)
     training_args.model_init_kwargs = model_init_kwargs
 
+    if script_args.resume:  # known before the trainer is built: a `--resume` with nothing to resume stops there
+        training_args.resume_from_checkpoint = True
     prompts = load_prompt_dataset(script_args.prompts_dataset, script_args.prompts_split, script_args.prompts_config)
     if script_args.max_prompts is not None:
         prompts = prompts.select(range(min(script_args.max_prompts, len(prompts))))
@@ -66,7 +68,7 @@ def main(script_args: SOFTScriptArguments, training_args: SOFTConfig, model_args
         quantization_config=get_quantization_config(model_args),
         peft_config=get_peft_config(model_args),
     )
-    trainer.train(resume_from_checkpoint=script_args.resume or training_args.resume_from_checkpoint)
+    trainer.train(resume_from_checkpoint=bool(training_args.resume_from_checkpoint))
     trainer.accelerator.print(f"Final model saved to {trainer.soft_output_dir / 'final_model'}.")
     if training_args.push_to_hub:
         trainer.push_to_hub(dataset_name=script_args.prompts_dataset)

@@ -1,0 +1,99 @@
+"""SIGTERM and Ctrl-C (SIGINT) during `train()`: remembered, and acted on at the next safe point.
+
+A scheduler's SIGTERM or a user's Ctrl-C should not cost the round in progress, nor leave a traceback. While
+`StopRequests.installed()` is active the first signal only sets a flag (and says so on one line); the round loop calls
+`check()` between its steps, and during fine-tuning the trainer saves a checkpoint at the end of the current step and
+stops there. `SOFTInterrupted` carries a one-line message naming the signal, where the run stopped and `--resume`.
+A second signal stops at once: every file is written atomically, so that too resumes correctly.
+
+Handlers can only be installed from the main thread; elsewhere signals keep their default behaviour.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+import threading
+from pathlib import Path
+
+SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class SOFTInterrupted(KeyboardInterrupt):
+    """The run stopped on a signal at a safe point; `--resume` continues it. `exit_code` is 128 + the signal number."""
+
+    def __init__(self, signum: int, where: str, output_dir: Path | None = None):
+        self.signum, self.exit_code = signum, 128 + signum
+        name = signal.Signals(signum).name
+        super().__init__(
+            f"SOFT: stopped by {name} {where}." if output_dir is None else
+            f"SOFT: stopped by {name} {where}; the completed rounds are in {str(output_dir)!r}. Continue with "
+            "`--resume` (`train(resume_from_checkpoint=True)`)."
+        )
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class StopRequests:
+    """The signal received during `train()`, if any (see the module docstring)."""
+
+    def __init__(self, output_dir: Path):
+        self.output_dir = output_dir
+        self.signum: int | None = None
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    def check(self, where: str) -> None:
+        """At a safe point: stop if a signal came."""
+        if self.signum is not None:
+            raise SOFTInterrupted(self.signum, where, self.output_dir)
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None:
+            raise SOFTInterrupted(signum, "at once (second signal)", self.output_dir)
+        self.signum = signum
+        print(
+            f"\nSOFT: {signal.Signals(signum).name} received; stopping at the next safe point (send it again to stop at "
+            "once).", file=sys.stderr, flush=True,
+        )
+
+    @contextlib.contextmanager
+    def installed(self):
+        """Route SIGTERM and SIGINT here for the duration (main thread only); the previous handlers come back after."""
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        self.signum = None
+        previous = {s: signal.getsignal(s) for s in SIGNALS}
+        for s in SIGNALS:
+            signal.signal(s, self._handle)
+        try:
+            yield self
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+
+@contextlib.contextmanager
+def stop_at_once():
+    """Outside `train()` (loading, building the trainer) there is nothing to save: SIGTERM and SIGINT raise
+    `SOFTInterrupted` at once, so a console script ends on one line instead of a traceback or a silent -15."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handle(signum, frame):
+        raise SOFTInterrupted(signum, "outside the round loop (no round was in progress)")
+
+    previous = {s: signal.getsignal(s) for s in SIGNALS}
+    for s in SIGNALS:
+        signal.signal(s, handle)
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)

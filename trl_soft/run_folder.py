@@ -1,0 +1,303 @@
+"""The run's folder, `output_dir`: who may write to it, what an interrupted run leaves in it, and what a run owns.
+
+- **One run at a time.** `RunLock` takes an exclusive `flock` on `output_dir/.soft.lock` and writes the holder's PID,
+  host and start time into it. A second run (or a second `--resume`) on the same folder is refused naming the holder.
+  The kernel drops the lock when its process dies, so a lock left by a `kill -9` is stale by construction: the next
+  run takes it over (and says so). `flock` is per machine: two machines sharing a network folder are not excluded.
+- **Leftovers.** Every file is written to a temporary name and renamed, every model into `<name>.partial` and renamed;
+  a kill between the two leaves the temporary behind. `clean_leftovers` removes them when a run starts.
+- **What a run owns** (`RUN_FILES` and the `round_*` folders): `--overwrite_output_dir` clears all of it, not only
+  the rounds, so an old final model or summary never sits beside a new manifest.
+- **Resume.** `check_output_dir` refuses, before any model loads, a folder holding a run made with settings that
+  change the weights (naming each difference), and a `--resume` with nothing to resume.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .state import (
+    FINAL_MODEL,
+    MANIFEST_NAME,
+    RUN_FILES,
+    SOFTState,
+    fingerprint_changes,
+    round_dirs,
+    round_paths,
+)
+
+LOCK_NAME = ".soft.lock"
+CHECKPOINT_DONE = ".soft-checkpoint-complete"  # written into a Trainer checkpoint once all of it is on disk
+
+_HELD: dict[str, tuple[int, object]] = {}  # resolved folder -> (fd, owner) for the locks this process holds
+
+
+class SOFTLockError(RuntimeError):
+    """Another live process is running SOFT in the same `output_dir`."""
+
+
+class SOFTResumeError(ValueError):
+    """The run in `output_dir` cannot be continued as asked (nothing to resume, damaged files, changed settings)."""
+
+
+# ---- the lock --------------------------------------------------------------------------------------------------------
+class RunLock:
+    """An exclusive lock on a run folder, held from the trainer's construction to the end of `train()`.
+
+    Within one process a newer trainer takes the lock over from an older one (a notebook cell run twice); between
+    processes the second is refused with the holder's PID."""
+
+    def __init__(self, output_dir: Path):
+        self.path = Path(output_dir) / LOCK_NAME
+        self.key = str(Path(output_dir).resolve())
+        self.stale_holder: str | None = None  # the holder a stale lock named, when one was taken over
+
+    @property
+    def held(self) -> bool:
+        return _HELD.get(self.key, (None, None))[1] is self
+
+    def acquire(self) -> RunLock:
+        if self.held:
+            return self
+        if self.key in _HELD:  # this process holds it for an older trainer: take it over
+            _HELD[self.key] = (_HELD[self.key][0], self)
+            return self
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_holder(fd)
+            os.close(fd)
+            raise SOFTLockError(
+                f"`output_dir`: {str(self.path.parent)!r} is in use by another trl-soft run ({holder}). Wait for it "
+                "to finish (or stop it), or choose another `output_dir`."
+            ) from None
+        previous = _read_holder(fd)
+        self.stale_holder = previous if previous != "holder unknown" else None
+        record = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()})
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, record.encode(), 0)
+        _HELD[self.key] = (fd, self)
+        return self
+
+    def release(self) -> None:
+        """Drop the lock if this trainer holds it (the file stays: removing it would race with a waiting run)."""
+        if not self.held:
+            return
+        fd, _ = _HELD.pop(self.key)
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def _read_holder(fd: int) -> str:
+    try:
+        record = json.loads(os.pread(fd, 4096, 0).decode() or "null")
+        started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record["started"]))
+        return f"PID {record['pid']} on {record['host']}, started {started}"
+    except (OSError, ValueError, TypeError, KeyError):
+        return "holder unknown"
+
+
+# ---- leftovers and overwrite -----------------------------------------------------------------------------------------
+def _owned_folders(output_dir: Path) -> list[Path]:
+    return [output_dir, *round_dirs(output_dir)]
+
+
+def incomplete_checkpoints(checkpoints: Path) -> list[Path]:
+    """`checkpoint-N` folders a kill interrupted while the Trainer was writing them (no completion mark)."""
+    if not checkpoints.is_dir():
+        return []
+    return sorted(p for p in checkpoints.glob("checkpoint-*") if p.is_dir() and not (p / CHECKPOINT_DONE).is_file())
+
+
+def last_complete_checkpoint(checkpoints: Path) -> str | None:
+    """The latest checkpoint the Trainer finished writing, or None."""
+    if not checkpoints.is_dir():
+        return None
+    done = [p for p in checkpoints.glob("checkpoint-*") if (p / CHECKPOINT_DONE).is_file()]
+    steps = [(int(p.name.rsplit("-", 1)[1]), p) for p in done if p.name.rsplit("-", 1)[1].isdigit()]
+    return str(max(steps)[1]) if steps else None
+
+
+def leftovers(output_dir: Path) -> list[Path]:
+    """What interrupted writes left: temporary files, `.partial` models, write probes, half-written checkpoints."""
+    found: list[Path] = []
+    for folder in _owned_folders(output_dir):
+        found += [p for p in folder.glob(".*.tmp") if p.is_file()]
+        found += [p for p in folder.glob("*.partial") if p.is_dir()]
+        found += [p for p in folder.glob(".write-test-*") if p.is_file()]
+        found += incomplete_checkpoints(folder / "checkpoints")
+    return found
+
+
+def clean_leftovers(output_dir: Path) -> list[Path]:
+    """Remove `leftovers(output_dir)` (call with the lock held); returns what was removed."""
+    removed = leftovers(output_dir)
+    for path in removed:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+    return removed
+
+
+def clear_run(output_dir: Path) -> None:
+    """Everything a run owns in `output_dir`, removed (for `overwrite_output_dir`); the manifest goes last."""
+    for folder in round_dirs(output_dir):
+        shutil.rmtree(folder)
+    for name in (*RUN_FILES, MANIFEST_NAME):
+        path = output_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
+def has_run(output_dir: Path) -> bool:
+    """Whether `output_dir` holds any artifact of a SOFT run."""
+    return any((output_dir / name).exists() for name in (*RUN_FILES, MANIFEST_NAME)) or bool(round_dirs(output_dir))
+
+
+# ---- the checks before a run starts ----------------------------------------------------------------------------------
+def check_writable(output_dir: Path) -> None:
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        probe = output_dir / f".write-test-{os.getpid()}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as err:
+        raise PermissionError(
+            f"`output_dir`: cannot write to {str(output_dir)!r} ({err.strerror}). Choose a writable folder."
+        ) from err
+
+
+def load_manifest(output_dir: Path) -> SOFTState | None:
+    """The run's manifest, or None; a damaged one is an error naming the file and what to do."""
+    try:
+        return SOFTState.load(output_dir)
+    except (ValueError, TypeError, UnicodeDecodeError) as err:
+        raise SOFTResumeError(
+            f"`output_dir`: the manifest {str(SOFTState.path(output_dir))!r} is damaged ({err}). It is written "
+            "atomically, so something else changed it: restore it from a backup, or start over with "
+            "`--overwrite_output_dir`."
+        ) from err
+
+
+def check_round_files(output_dir: Path, state: SOFTState) -> None:
+    """The generations an interrupted round left (read back on `--resume`) parse and have every column."""
+    from .rounds import GENERATION_COLUMNS
+
+    paths = round_paths(output_dir, state.rounds_completed + 1)
+    if not paths.generations.is_file():
+        return
+    with open(paths.generations, encoding="utf-8", errors="strict") as handle:
+        for line_no, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                missing = [c for c in GENERATION_COLUMNS if c not in row]
+            except (ValueError, TypeError) as err:
+                missing, row = [f"valid JSON ({err.__class__.__name__}: {err})"], None
+            if missing or not isinstance(row, dict):
+                raise SOFTResumeError(
+                    f"`--resume`: {str(paths.generations)}:{line_no} is damaged (missing {', '.join(missing)}). "
+                    f"Delete {str(paths.generations)!r} and resume again: round {state.rounds_completed + 1} is then "
+                    "generated afresh."
+                )
+
+
+def check_output_dir(
+    output_dir: Path,
+    fingerprint: dict[str, Any],
+    run_config_hash: str,
+    overwrite: bool,
+    resume: bool,
+    same_prompts: Callable[[int, int], bool],
+) -> SOFTState | None:
+    """Before any model loads: `output_dir` is writable, and a run already in it can be resumed (same settings, except
+    those that may change) or may be replaced. Returns its manifest, or None.
+
+    `same_prompts(old_num_rounds, completed)` says whether the completed rounds keep their prompts under the new
+    `num_rounds` (more rounds may extend a run when the prompt split of the finished rounds is unchanged)."""
+    check_writable(output_dir)
+    existing = None if overwrite else load_manifest(output_dir)
+    if resume and not overwrite and existing is None:
+        raise SOFTResumeError(
+            f"`--resume`: {str(output_dir)!r} holds no SOFT run to continue (no {MANIFEST_NAME}). Drop `--resume` "
+            "(`resume_from_checkpoint`) to start a new run there, or give the `output_dir` of the run to continue."
+        )
+    if existing is None:
+        return None
+    if existing.fingerprint is None:  # a manifest from before per-setting fingerprints
+        changes = [] if existing.config_hash == run_config_hash else ["(settings or data; this manifest lists none)"]
+    else:
+        changes = fingerprint_changes(existing.fingerprint, fingerprint)
+    if changes:
+        raise SOFTResumeError(
+            f"`output_dir`: {str(output_dir)!r} holds a SOFT run ({existing.rounds_completed} round(s) done) made with "
+            f"different settings, which change the weights: {'; '.join(changes)}. Resume it with its own settings, "
+            "use a new `output_dir`, or pass `--overwrite_output_dir` to replace it."
+        )
+    old_rounds = (existing.fingerprint or {}).get("num_rounds", existing.num_rounds)
+    new_rounds = fingerprint.get("num_rounds", old_rounds)
+    if new_rounds != old_rounds:
+        if new_rounds < existing.rounds_completed:
+            raise SOFTResumeError(
+                f"`num_rounds`: {new_rounds} is fewer than the {existing.rounds_completed} rounds this run has done "
+                f"in {str(output_dir)!r}. Give at least {existing.rounds_completed}, or use a new `output_dir`."
+            )
+        if not same_prompts(old_rounds, existing.rounds_completed):
+            raise SOFTResumeError(
+                f"`num_rounds`: {old_rounds} -> {new_rounds} would give the completed rounds other prompts (with "
+                "`prompts_per_round` unset the prompts are split evenly over `num_rounds`). To extend the run, also "
+                "set `prompts_per_round` to the number of prompts each completed round answered."
+            )
+    if resume:
+        check_round_files(output_dir, existing)
+    return existing
+
+
+def open_state(
+    output_dir: Path, fingerprint: dict[str, Any], run_config_hash: str, num_rounds: int, resume: bool, overwrite: bool
+) -> SOFTState:
+    """The manifest to continue (`resume`; `check_output_dir` has matched its settings), or a fresh one (`overwrite`
+    clears everything an earlier run left); an earlier run that may be neither continued nor replaced is an error."""
+    from .distributed import is_main_process, wait_for_everyone
+
+    existing = None if overwrite else load_manifest(output_dir)
+    if resume and existing is not None:
+        existing.num_rounds, existing.fingerprint = num_rounds, fingerprint  # `num_rounds` may have been raised
+        return existing
+    if has_run(output_dir):
+        if not overwrite and (existing is None or existing.rounds_completed > 0 or round_dirs(output_dir)):
+            raise SOFTResumeError(
+                f"`output_dir`: {str(output_dir)!r} already holds a SOFT run. Continue it with "
+                "`train(resume_from_checkpoint=True)` (`--resume`), or pass `overwrite_output_dir=True` "
+                "(`--overwrite_output_dir`) to start over."
+            )
+        if is_main_process():
+            clear_run(output_dir)
+        wait_for_everyone()
+    state = SOFTState(config_hash=run_config_hash, num_rounds=num_rounds, fingerprint=fingerprint)
+    if is_main_process():
+        state.save(output_dir)
+    return state
+
+
+__all__ = [
+    "CHECKPOINT_DONE", "FINAL_MODEL", "LOCK_NAME", "RunLock", "SOFTLockError", "SOFTResumeError", "check_output_dir",
+    "clean_leftovers", "clear_run", "has_run", "last_complete_checkpoint", "leftovers", "open_state",
+]
