@@ -124,17 +124,29 @@ def _convert_gguf(gguf: Path, folder: Path) -> None:
     os.replace(tmp, folder)
 
 
-def resolve_model_path(name_or_path: str | None) -> str:
-    """Map `embedded`/None to the cached embedded folder; check that local paths exist; pass hub ids through."""
+def resolve_model_path(name_or_path: str | None, needs_tokenizer: bool = True) -> str:
+    """Map `embedded`/None to the cached embedded folder; check local paths (see `check_model_path`); pass hub ids
+    through."""
     if name_or_path is None or name_or_path == EMBEDDED_NAME:
         return str(embedded_model_path())
-    check_model_path(name_or_path)
+    check_model_path(name_or_path, needs_tokenizer=needs_tokenizer)
     return name_or_path
 
 
-def check_model_path(name_or_path: str) -> None:
-    """A path that cannot be a hub id must exist locally. Cheap: touches neither weights nor network."""
-    if os.path.isdir(name_or_path) or name_or_path == EMBEDDED_NAME:
+# What a model folder holds: a config, weights, and (unless the tokenizer is given separately) the tokenizer's files.
+MODEL_CONFIGS = ("config.json", "adapter_config.json")  # a model, or a LoRA adapter on the base model it names
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".h5", ".msgpack")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model", "tokenizer.tiktoken")
+
+
+def check_model_path(name_or_path: str, needs_tokenizer: bool = True) -> None:
+    """A path that cannot be a hub id must exist locally, and a local folder must hold a model: its config.json (or a
+    LoRA adapter's adapter_config.json), weights and, when `needs_tokenizer`, tokenizer files. Cheap: reads file names
+    only, touches neither weights nor network."""
+    if name_or_path == EMBEDDED_NAME:
+        return
+    if os.path.isdir(name_or_path):
+        _check_model_folder(Path(name_or_path), needs_tokenizer)
         return
     looks_local = name_or_path.startswith((".", "/", "~")) or os.sep in name_or_path.strip("/").replace("/", "", 1)
     if looks_local or not _HUB_ID.match(name_or_path):
@@ -142,6 +154,30 @@ def check_model_path(name_or_path: str) -> None:
             f"`model_name_or_path`: {name_or_path!r} is not an existing folder and not a hub model id. Give the "
             f"folder of a saved model, a hub id such as 'org/name', or '{EMBEDDED_NAME}' for the built-in "
             "SmolLM2-135M-Instruct."
+        )
+
+
+def _check_model_folder(folder: Path, needs_tokenizer: bool) -> None:
+    names = sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+    fix = "Give the folder `save_pretrained` wrote, a hub id such as 'org/name', or 'embedded'."
+    if not names:
+        raise FileNotFoundError(f"`model_name_or_path`: the folder {str(folder)!r} is empty. {fix}")
+    listed = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
+    if not any(name in names for name in MODEL_CONFIGS):
+        raise FileNotFoundError(
+            f"`model_name_or_path`: {str(folder)!r} is not a model folder: it has no config.json (it holds {listed}). "
+            f"{fix}"
+        )
+    if not any(name.endswith(WEIGHT_SUFFIXES) and name != "training_args.bin" for name in names):
+        raise FileNotFoundError(
+            f"`model_name_or_path`: {str(folder)!r} has a config but no weights (no *.safetensors or *.bin file; it "
+            f"holds {listed}). Save the model there with `model.save_pretrained(folder)`."
+        )
+    if needs_tokenizer and not any(name in TOKENIZER_FILES or name.endswith(".tiktoken") for name in names):
+        raise FileNotFoundError(
+            f"`model_name_or_path`: {str(folder)!r} has no tokenizer files (none of {', '.join(TOKENIZER_FILES)}; it "
+            f"holds {listed}). Save the tokenizer there too (`tokenizer.save_pretrained(folder)`), or pass the "
+            "tokenizer yourself (`SOFTTrainer(processing_class=...)`)."
         )
 
 
@@ -232,3 +268,24 @@ def restore_trainable(model, snapshot: dict) -> None:
         for name, param in model.named_parameters():
             if name in snapshot:
                 param.copy_(snapshot[name])
+
+
+def tied_parameter_names(model) -> set[str]:
+    """Names of parameters that share their tensor with another (tied embeddings): saved once, loaded through it."""
+    first: dict[int, str] = {}
+    tied: set[str] = set()
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        pointer = tensor.data_ptr()
+        if pointer in first and tensor.numel() > 0:
+            tied |= {name, first[pointer]}
+        first.setdefault(pointer, name)
+    return tied
+
+
+def peft_fingerprint(peft_config, model) -> dict | None:
+    """The PEFT configuration a run trains with (given, or already on a `PeftModel`), without bookkeeping fields."""
+    config = peft_config if peft_config is not None else getattr(model, "peft_config", {}).get("default")
+    if config is None:
+        return None
+    values = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    return {k: v for k, v in values.items() if k not in {"base_model_name_or_path", "revision", "inference_mode"}}

@@ -130,6 +130,13 @@ def last_complete_checkpoint(checkpoints: Path) -> str | None:
     return str(max(steps)[1]) if steps else None
 
 
+def checkpoint_loss_sum(checkpoint: str | None) -> float:
+    """The training loss summed up to `checkpoint` (its completion mark), 0 for none."""
+    if checkpoint is None:
+        return 0.0
+    return float(json.loads((Path(checkpoint) / CHECKPOINT_DONE).read_text(encoding="utf-8"))["loss_sum"])
+
+
 def leftovers(output_dir: Path) -> list[Path]:
     """What interrupted writes left: temporary files, `.partial` models, write probes, half-written checkpoints."""
     found: list[Path] = []
@@ -155,6 +162,7 @@ def clean_leftovers(output_dir: Path) -> list[Path]:
 
 def clear_run(output_dir: Path) -> None:
     """Everything a run owns in `output_dir`, removed (for `overwrite_output_dir`); the manifest goes last."""
+    clean_leftovers(output_dir)
     for folder in round_dirs(output_dir):
         shutil.rmtree(folder)
     for name in (*RUN_FILES, MANIFEST_NAME):
@@ -230,8 +238,9 @@ def check_output_dir(
     """Before any model loads: `output_dir` is writable, and a run already in it can be resumed (same settings, except
     those that may change) or may be replaced. Returns its manifest, or None.
 
-    `same_prompts(old_num_rounds, completed)` says whether the completed rounds keep their prompts under the new
-    `num_rounds` (more rounds may extend a run when the prompt split of the finished rounds is unchanged)."""
+    `same_prompts(old_fingerprint, completed)` says whether the completed rounds keep their prompts under the new
+    `num_rounds` and `prompts_per_round` (which may change: more rounds extend a run when the prompts of the finished
+    rounds stay the same)."""
     check_writable(output_dir)
     existing = None if overwrite else load_manifest(output_dir)
     if resume and not overwrite and existing is None:
@@ -251,20 +260,21 @@ def check_output_dir(
             f"different settings, which change the weights: {'; '.join(changes)}. Resume it with its own settings, "
             "use a new `output_dir`, or pass `--overwrite_output_dir` to replace it."
         )
-    old_rounds = (existing.fingerprint or {}).get("num_rounds", existing.num_rounds)
-    new_rounds = fingerprint.get("num_rounds", old_rounds)
-    if new_rounds != old_rounds:
-        if new_rounds < existing.rounds_completed:
-            raise SOFTResumeError(
-                f"`num_rounds`: {new_rounds} is fewer than the {existing.rounds_completed} rounds this run has done "
-                f"in {str(output_dir)!r}. Give at least {existing.rounds_completed}, or use a new `output_dir`."
-            )
-        if not same_prompts(old_rounds, existing.rounds_completed):
-            raise SOFTResumeError(
-                f"`num_rounds`: {old_rounds} -> {new_rounds} would give the completed rounds other prompts (with "
-                "`prompts_per_round` unset the prompts are split evenly over `num_rounds`). To extend the run, also "
-                "set `prompts_per_round` to the number of prompts each completed round answered."
-            )
+    old = {"num_rounds": existing.num_rounds, "prompts_per_round": None, **(existing.fingerprint or {})}
+    new_rounds = fingerprint.get("num_rounds", old["num_rounds"])
+    if new_rounds < existing.rounds_completed:
+        raise SOFTResumeError(
+            f"`num_rounds`: {new_rounds} is fewer than the {existing.rounds_completed} rounds this run has done in "
+            f"{str(output_dir)!r}. Give at least {existing.rounds_completed}, or use a new `output_dir`."
+        )
+    split = ("num_rounds", "prompts_per_round")
+    if any(old[k] != fingerprint.get(k, old[k]) for k in split) and not same_prompts(old, existing.rounds_completed):
+        raise SOFTResumeError(
+            f"`num_rounds`: {old['num_rounds']} -> {new_rounds} (`prompts_per_round` {old['prompts_per_round']} -> "
+            f"{fingerprint.get('prompts_per_round')}) would give the completed rounds other prompts (with "
+            "`prompts_per_round` unset the prompts are split evenly over `num_rounds`). To extend the run, set "
+            "`prompts_per_round` to the number of prompts each completed round answered."
+        )
     if resume:
         check_round_files(output_dir, existing)
     return existing

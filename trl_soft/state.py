@@ -201,7 +201,7 @@ def run_fingerprint(
     return _plain({**settings, **data})
 
 
-def fingerprint_changes(before: dict[str, Any], after: dict[str, Any], may_change: Sequence[str] = ("num_rounds",)) -> list[str]:
+def fingerprint_changes(before: dict[str, Any], after: dict[str, Any], may_change: Sequence[str] = ("num_rounds", "prompts_per_round")) -> list[str]:
     """`name: old -> new` for every setting that differs (except `may_change`); digests only say they changed."""
     changes = []
     for name in sorted(set(before) | set(after)):

@@ -16,7 +16,6 @@ Every concern lives in its own module with its own settings (built once by `SOFT
 from __future__ import annotations
 
 import contextlib
-import json
 import shutil
 import time
 from collections.abc import Sequence
@@ -38,7 +37,15 @@ from .engines import SYNC_METRIC
 from .engines.session import EngineSession
 from .evaluation.suite import RoundEvaluator
 from .interrupts import SOFTInterrupted, StopRequests
-from .models import check_model_path, ensure_pad_token, resolve_model_path, restore_trainable, trainable_snapshot
+from .models import (
+    check_model_path,
+    ensure_pad_token,
+    peft_fingerprint,
+    resolve_model_path,
+    restore_trainable,
+    tied_parameter_names,
+    trainable_snapshot,
+)
 from .prompting import Exemplar, ExemplarSampler, Principles, PromptFormatter, load_exemplars, load_principles
 from .quantization import check_kbit_supported, wants_kbit
 from .reporting import SOFT_CITATION, model_card_section, printed_summary, write_summary
@@ -50,6 +57,7 @@ from .run_folder import (
     SOFTResumeError,
     check_output_dir,
     check_writable,
+    checkpoint_loss_sum,
     clean_leftovers,
     last_complete_checkpoint,
     open_state,
@@ -148,7 +156,7 @@ class SOFTTrainer(SFTTrainer):
         check_kbit_supported(kbit_config, peft_config, model)
         self.soft_fingerprint = run_fingerprint(
             settings.fingerprint(), train_dataset[settings.rounds.prompt_column], self.principles.render(),
-            self.exemplars, self.validation_set, model, _peft_fingerprint(peft_config, model),
+            self.exemplars, self.validation_set, model, peft_fingerprint(peft_config, model),
             kbit_config.to_dict() if hasattr(kbit_config, "to_dict") else kbit_config,
         )
         self.soft_config_hash = config_hash(self.soft_fingerprint)
@@ -338,7 +346,7 @@ class SOFTTrainer(SFTTrainer):
         if self._start_weights is not None:
             restore_trainable(self.model, self._start_weights)
         self.optimizer, self.lr_scheduler = None, None  # fresh optimizer and schedule every round
-        self._resumed_loss_sum = _checkpoint_loss_sum(checkpoint)
+        self._resumed_loss_sum = checkpoint_loss_sum(checkpoint)
         set_seed(round_.seed)  # dropout and the sampler see the same random state however the round was reached
         with self._writing_to(round_.paths.checkpoints), self._saving(f"Round {round_.index}: training"):
             return super().train(resume_from_checkpoint=checkpoint)
@@ -397,7 +405,9 @@ class SOFTTrainer(SFTTrainer):
             self._load_round_weights(state.rounds_completed)
         if state.rounds_completed == 0:
             if any(getattr(c, "requires_start_weights", False) for c in self._soft_callback_list()):
-                save_atomically(self.save_model, round_paths(self.soft_output_dir, 0).model)  # a stop may restore round 0
+                start_dir = round_paths(self.soft_output_dir, 0).model  # a stop may restore the starting model
+                with self._saving(f"Saving the starting model to {start_dir}"):
+                    save_atomically(self.save_model, start_dir)
             if self.evaluator.scores_start:
                 set_seed(self.args.seed)
                 state.base_metrics = {"round": 0, **self.evaluator.evaluate(
@@ -473,9 +483,11 @@ class SOFTTrainer(SFTTrainer):
                 self.lock.stale_holder = None
         rounds = args.settings.rounds
 
-        def same_prompts(old_num_rounds: int, completed: int) -> bool:
-            old = replace(rounds, num_rounds=old_num_rounds).prompt_indices(len(self.prompt_dataset), args.seed)
-            return old[:completed] == self.round_prompt_indices[:completed]
+        def same_prompts(old: dict, completed: int) -> bool:
+            before = replace(rounds, num_rounds=old["num_rounds"], prompts_per_round=old["prompts_per_round"])
+            return before.prompt_indices(len(self.prompt_dataset), args.seed)[:completed] == (
+                self.round_prompt_indices[:completed]
+            )
 
         try:
             check_output_dir(
@@ -511,7 +523,7 @@ class SOFTTrainer(SFTTrainer):
 
     def _issue_warnings_after_load(self, load_result) -> None:
         """A round's weights must load whole: a missing or unexpected key means the folder is not this model's."""
-        tied = _tied_names(self.model)
+        tied = tied_parameter_names(self.model)
         missing = [k for k in load_result.missing_keys if k not in tied]
         if missing or load_result.unexpected_keys:
             raise SOFTResumeError(
@@ -551,29 +563,3 @@ class _RoundProgress(TrainerCallback):
         self.trainer.stops.check(f"in round {round_.index if round_ else '?'}'s training, at step {state.global_step} "
                                  "(checkpoint saved)")
 
-
-def _checkpoint_loss_sum(checkpoint: str | None) -> float:
-    if checkpoint is None:
-        return 0.0
-    return float(json.loads((Path(checkpoint) / CHECKPOINT_DONE).read_text(encoding="utf-8"))["loss_sum"])
-
-
-def _tied_names(model) -> set[str]:
-    """Names of parameters that share their tensor with another (tied embeddings): saved once, loaded through it."""
-    first: dict[int, str] = {}
-    tied: set[str] = set()
-    for name, tensor in model.state_dict(keep_vars=True).items():
-        pointer = tensor.data_ptr()
-        if pointer in first and tensor.numel() > 0:
-            tied |= {name, first[pointer]}
-        first.setdefault(pointer, name)
-    return tied
-
-
-def _peft_fingerprint(peft_config, model) -> dict | None:
-    """The PEFT configuration a run trains with (given, or already on a `PeftModel`), without bookkeeping fields."""
-    config = peft_config if peft_config is not None else getattr(model, "peft_config", {}).get("default")
-    if config is None:
-        return None
-    values = config.to_dict() if hasattr(config, "to_dict") else dict(config)
-    return {k: v for k, v in values.items() if k not in {"base_model_name_or_path", "revision", "inference_mode"}}

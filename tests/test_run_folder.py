@@ -1,0 +1,194 @@
+"""The run's folder (`trl_soft.run_folder`): one run at a time (a real second process holds the lock; a `kill -9`
+leaves a stale lock the next run takes over), leftovers of interrupted writes, what `--overwrite_output_dir` clears,
+file modes, and the resume check naming every changed setting."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from trl_soft.run_folder import (
+    CHECKPOINT_DONE,
+    RunLock,
+    SOFTLockError,
+    SOFTResumeError,
+    check_output_dir,
+    clean_leftovers,
+    last_complete_checkpoint,
+    leftovers,
+    open_state,
+)
+from trl_soft.state import SOFTSaveError, SOFTState, atomic_write_text, fingerprint_changes, saving
+
+from .conftest import unloaded_trainer
+
+HOLDER = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    from trl_soft.run_folder import RunLock
+    RunLock(Path(sys.argv[1])).acquire()
+    print("held", flush=True)
+    time.sleep(600)
+    """
+)
+
+
+@pytest.fixture
+def holder(tmp_path):
+    """Another process holding the lock on `tmp_path/out`."""
+    out = tmp_path / "out"
+    out.mkdir()
+    process = subprocess.Popen([sys.executable, "-c", HOLDER, str(out)], stdout=subprocess.PIPE, text=True)
+    assert process.stdout.readline().strip() == "held"
+    yield out, process
+    process.kill()
+    process.wait()
+
+
+def test_a_second_run_is_refused_naming_the_holder_and_a_killed_holder_leaves_a_stale_lock(holder):
+    out, process = holder
+    with pytest.raises(SOFTLockError, match=rf"`output_dir`.*in use by another trl-soft run \(PID {process.pid} on "):
+        RunLock(out).acquire()
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    lock = RunLock(out).acquire()
+    assert lock.held and f"PID {process.pid}" in lock.stale_holder
+    lock.release()
+    assert not lock.held
+
+
+def test_a_trainer_on_a_folder_another_process_runs_in_is_refused_before_loading(holder, tmp_path):
+    out, process = holder
+    with pytest.raises(SOFTLockError, match=f"PID {process.pid}"):
+        unloaded_trainer(tmp_path)  # its output_dir is tmp_path / "out"; UNLOADABLE would fail if it were loaded
+
+
+def test_a_newer_trainer_in_the_same_process_takes_the_lock_over(tmp_path):
+    (tmp_path / "out").mkdir()
+    older, newer = RunLock(tmp_path / "out").acquire(), RunLock(tmp_path / "out").acquire()
+    assert newer.held and not older.held
+    older.release()  # no effect: it no longer holds it
+    assert newer.held
+    newer.release()
+
+
+def _write_leftovers(out):
+    (out / "round_1" / "model.partial").mkdir(parents=True)
+    (out / "round_1" / "model.partial" / "model.safetensors").write_bytes(b"half")
+    (out / ".soft_state.json.k2j3.tmp").write_text("{")
+    (out / "round_1" / ".generations.jsonl.a1b2.tmp").write_text("{")
+    (out / "final_model.partial").mkdir()
+    checkpoints = out / "round_1" / "checkpoints"
+    for step, done in ((2, True), (3, False)):
+        (checkpoints / f"checkpoint-{step}").mkdir(parents=True)
+        if done:
+            (checkpoints / f"checkpoint-{step}" / CHECKPOINT_DONE).write_text('{"loss_sum": 1.5}')
+    (out / "round_1" / "generations.jsonl").write_text("kept\n")
+    (out / "notes.txt").write_text("the user's own file")
+
+
+def test_leftovers_of_interrupted_writes_are_removed_and_complete_checkpoints_kept(tmp_path):
+    out = tmp_path / "out"
+    _write_leftovers(out)
+    removed = {str(p.relative_to(out)) for p in clean_leftovers(out)}
+    assert removed == {
+        "round_1/model.partial", ".soft_state.json.k2j3.tmp", "round_1/.generations.jsonl.a1b2.tmp",
+        "final_model.partial", "round_1/checkpoints/checkpoint-3",
+    }
+    assert leftovers(out) == []
+    assert last_complete_checkpoint(out / "round_1" / "checkpoints").endswith("checkpoint-2")
+    assert (out / "round_1" / "generations.jsonl").is_file() and (out / "notes.txt").is_file()
+
+
+def test_overwrite_clears_everything_the_run_owns_and_nothing_else(tmp_path):
+    out = tmp_path / "out"
+    _write_leftovers(out)
+    for name in ("final_model", "engine_weights"):
+        (out / name).mkdir()
+    for name in ("summary.md", "vllm_server.log", "judge_cache.jsonl"):
+        (out / name).write_text("old")
+    SOFTState(config_hash="old", num_rounds=3, rounds_completed=1).save(out)
+    state = open_state(out, {"num_rounds": 2}, "new", 2, resume=False, overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "soft_state.json"]
+    assert SOFTState.load(out).config_hash == "new" and state.fingerprint == {"num_rounds": 2}
+
+
+def test_files_are_written_with_the_usual_mode(tmp_path):
+    atomic_write_text(tmp_path / "a.json", "{}")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o666 & ~umask
+
+
+def test_a_failed_save_names_what_the_rounds_done_and_resume(tmp_path):
+    with pytest.raises(SOFTSaveError, match=r"Round 2: saving.*No space left.*rounds 1-1 are complete.*--resume"):
+        with saving("Round 2: saving its model", tmp_path, 1):
+            raise OSError(28, "No space left on device")
+
+
+def test_changed_settings_are_named_and_num_rounds_may_change():
+    before = {"learning_rate": 5e-3, "peft_config": None, "num_rounds": 3, "prompts (data)": "ab12", "max_length": 64,
+              "prompts_per_round": None}
+    after = {**before, "learning_rate": 1e-4, "peft_config": {"r": 8}, "num_rounds": 5, "prompts (data)": "cd34",
+             "prompts_per_round": 4}
+    assert fingerprint_changes(before, after) == [
+        "`learning_rate` 0.005 -> 0.0001", '`peft_config` null -> {"r": 8}', "prompts (data) changed",
+    ]
+
+
+def _manifest(out, fingerprint, rounds_completed=1):
+    out.mkdir(exist_ok=True)
+    SOFTState(config_hash="h", num_rounds=fingerprint["num_rounds"], rounds_completed=rounds_completed,
+              fingerprint=fingerprint).save(out)
+
+
+def test_resume_checks_before_anything_loads(tmp_path):
+    out = tmp_path / "out"
+    same = lambda old, done: True  # noqa: E731
+    with pytest.raises(SOFTResumeError, match="`--resume`.*holds no SOFT run.*Drop `--resume`"):
+        check_output_dir(out, {"num_rounds": 3}, "h", overwrite=False, resume=True, same_prompts=same)
+    _manifest(out, {"num_rounds": 3, "max_length": 64})
+    with pytest.raises(SOFTResumeError, match="`max_length` 64 -> 128"):
+        check_output_dir(out, {"num_rounds": 3, "max_length": 128}, "h", False, True, same)
+    assert check_output_dir(out, {"num_rounds": 5, "max_length": 64}, "h", False, True, same).rounds_completed == 1
+    with pytest.raises(SOFTResumeError, match="`num_rounds`: 3 -> 5 .* would give the completed rounds other prompts"):
+        check_output_dir(out, {"num_rounds": 5, "max_length": 64}, "h", False, True, lambda old, done: False)
+    _manifest(out, {"num_rounds": 3, "max_length": 64}, rounds_completed=3)
+    with pytest.raises(SOFTResumeError, match="`num_rounds`: 2 is fewer than the 3 rounds"):
+        check_output_dir(out, {"num_rounds": 2, "max_length": 64}, "h", False, True, same)
+
+
+def test_damaged_manifest_and_generations_are_named(tmp_path):
+    out = tmp_path / "out"
+    fingerprint = {"num_rounds": 3}
+    _manifest(out, fingerprint)
+    (out / "round_2").mkdir()
+    good = {k: None for k in ("prompt_index", "prompt", "exemplar_ids", "raw_output", "response", "num_tokens",
+                              "finished", "kept", "filter_reason", "difficulty", "train_position")}
+    (out / "round_2" / "generations.jsonl").write_text(json.dumps(good) + "\n" + json.dumps(good)[:40] + "\n")
+    with pytest.raises(SOFTResumeError, match=r"round_2/generations.jsonl:2 is damaged.*Delete"):
+        check_output_dir(out, fingerprint, "h", False, True, lambda old, done: True)
+    text = (out / "soft_state.json").read_text()
+    (out / "soft_state.json").write_text(text[: len(text) // 2])
+    with pytest.raises(SOFTResumeError, match=r"manifest .*soft_state.json' is damaged"):
+        check_output_dir(out, fingerprint, "h", False, True, lambda old, done: True)
+
+
+def test_the_lock_is_released_when_the_holder_exits(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    subprocess.run([sys.executable, "-c", HOLDER.replace("time.sleep(600)", "pass"), str(out)], check=True,
+                   capture_output=True, timeout=120)
+    started = time.time()
+    lock = RunLock(out).acquire()
+    assert time.time() - started < 5 and lock.held
+    lock.release()
