@@ -19,9 +19,16 @@ Continue an interrupted run with `--resume`; `--config file.yaml` takes any of t
 (`python examples/soft_llama.py --help` lists them all).
 """
 
+import sys
+
+from trl_soft import SOFTInterrupted
 from trl_soft.scripts.train import main, make_parser
 
 if __name__ == "__main__":
     parser = make_parser()
     script_args, training_args, model_args = parser.parse_args_and_config()
-    main(script_args, training_args, model_args)
+    try:
+        main(script_args, training_args, model_args)
+    except SOFTInterrupted as stop:  # SIGTERM / Ctrl-C: stopped at a safe point; `--resume` continues
+        print(stop, file=sys.stderr)
+        sys.exit(stop.exit_code)

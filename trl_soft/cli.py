@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from .prompting import asset_path
 
@@ -30,13 +31,17 @@ def _report(argv: Sequence[str]) -> int:
     import argparse
 
     from .reporting import behaviour_verdict, format_round_table, format_stop_line, plot_rounds
-    from .state import SOFTState
+    from .run_folder import SOFTResumeError, load_manifest
 
     parser = argparse.ArgumentParser(prog="trl-soft report", description="Print the round table of a SOFT run.")
     parser.add_argument("output_dir", help="the run's output_dir (holds soft_state.json)")
     parser.add_argument("--plot", metavar="PNG", help="also draw the per-round metrics into this image")
     args = parser.parse_args(list(argv))
-    state = SOFTState.load(args.output_dir)
+    try:
+        state = load_manifest(Path(args.output_dir))
+    except SOFTResumeError as err:
+        print(f"trl-soft report: {err}", file=sys.stderr)
+        return 2
     if state is None:
         print(f"trl-soft report: no soft_state.json in {args.output_dir!r}; is it a SOFT output_dir?", file=sys.stderr)
         return 2
@@ -60,11 +65,11 @@ def _stoppable(job) -> int:
 
     try:
         with stop_at_once():
-            job()
+            code = job()
     except SOFTInterrupted as stop:
         print(stop, file=sys.stderr, flush=True)
         return stop.exit_code
-    return 0
+    return code or 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -82,16 +87,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command == "eval" and any(a == "--behaviour" or a.startswith("--behaviour=") for a in rest):
         from .scripts.behaviour import run as run_behaviour
 
-        return run_behaviour(rest, prog="trl-soft eval")
+        return _stoppable(lambda: run_behaviour(rest, prog="trl-soft eval"))
     if command == "check":
         from .scripts.behaviour import run as run_behaviour
 
-        return run_behaviour(rest, prog="trl-soft check", check=True)
+        return _stoppable(lambda: run_behaviour(rest, prog="trl-soft check", check=True))
     if command == "eval":
         from .scripts.evaluate import run as run_eval
 
-        run_eval(rest, prog="trl-soft eval")
-        return 0
+        return _stoppable(lambda: run_eval(rest, prog="trl-soft eval"))
     if command == "report":
         return _report(rest)
     print(f"trl-soft: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
