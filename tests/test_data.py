@@ -1,13 +1,11 @@
-"""`trl_soft.data`: the round schedules, the prompt sets (refused before a model loads when unusable), the prompt and
-validation loaders."""
+"""`trl_soft.data`: the round schedules, the prompt and validation loaders. (Unusable prompt sets and files, refused
+before a model loads: tests/test_bad_inputs.py.)"""
 
 import json
 
 import pytest
 
-from trl_soft.data import load_prompt_dataset, load_validation_set, split_rounds
-
-from .conftest import prompt_dataset, unloaded_trainer
+from trl_soft.data import ValidationPair, load_prompt_dataset, load_validation_set, split_rounds
 
 
 def test_disjoint_rounds_are_fresh_chunks():
@@ -29,32 +27,19 @@ def test_too_few_prompts_for_the_chunks():
         split_rounds(10, 3, 4, "disjoint", seed=1)
 
 
-@pytest.mark.parametrize(
-    ("num_prompts", "column", "num_rounds", "message"),
-    [
-        (12, "question", 2, r"`prompt_column`.*'question'.*--prompt_column"),  # names the column and the flag
-        (0, "prompt", 2, "empty"),
-        (2, "prompt", 3, "fewer than `num_rounds`"),
-    ],
-)
-def test_bad_prompt_sets_are_refused_before_a_model_loads(tmp_path, num_prompts, column, num_rounds, message):
-    with pytest.raises(ValueError, match=message):
-        unloaded_trainer(tmp_path, dataset=prompt_dataset(num_prompts, column=column), num_rounds=num_rounds)
-
-
 def test_local_and_demo_prompt_datasets(tmp_path):
     path = tmp_path / "p.jsonl"
     path.write_text("".join(json.dumps({"prompt": f"p{i}"}) + "\n" for i in range(4)))
     assert load_prompt_dataset(str(path))["prompt"] == ["p0", "p1", "p2", "p3"]
     assert len(load_prompt_dataset("demo")) >= 300
-    with pytest.raises(FileNotFoundError, match="prompts_dataset"):
-        load_prompt_dataset(str(tmp_path / "missing.jsonl"))
+    array = tmp_path / "p.json"  # a .json file may also be one list of objects; a UTF-8 byte-order mark is fine
+    array.write_text("\ufeff" + json.dumps([{"prompt": "a"}, {"prompt": "b"}]), encoding="utf-8")
+    assert load_prompt_dataset(str(array))["prompt"] == ["a", "b"]
 
 
 def test_validation_set_loader(tmp_path):
     assert len(load_validation_set(None)) >= 40
     assert load_validation_set("none") == []
-    bad = tmp_path / "v.jsonl"
-    bad.write_text(json.dumps({"prompt": "Q?"}) + "\n")
-    with pytest.raises(ValueError, match="reference"):
-        load_validation_set(str(bad))
+    path = tmp_path / "v.jsonl"
+    path.write_text(json.dumps({"prompt": " Q? ", "reference": "A."}) + "\n\n")
+    assert load_validation_set(path) == [ValidationPair("Q?", "A.")]  # a path object works too

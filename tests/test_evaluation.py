@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from trl_soft.evaluation import hhh, truthfulqa
-from trl_soft.evaluation.benchmarks import BenchmarkSuite, parse_benchmark_names
+from trl_soft.evaluation.benchmarks import parse_benchmark_names
 from trl_soft.evaluation.likelihood import score_completions, tokenize_pair
 from trl_soft.evaluation.multiple_choice import ChoiceRequest, encode_pair, score_choices
 
@@ -100,6 +100,20 @@ def test_truthfulqa_requests_use_lm_eval_prompt_and_share_choices():
     assert result.mc2 == pytest.approx((math.exp(-1) + math.exp(-2)) / (math.exp(-1) + math.exp(-2) + math.exp(-3)))
 
 
+def test_benchmark_names_are_a_list_or_comma_separated():
+    assert parse_benchmark_names("hhh, truthfulqa_mc1,hhh") == parse_benchmark_names(["hhh", "truthfulqa_mc1"])
+    assert parse_benchmark_names(None) == [] and parse_benchmark_names("hhh") == ["hhh"]
+
+
+def test_a_custom_template_renders_in_the_sandbox(tmp_path):
+    # (templates that reach for anything but `question`, refused and never run: tests/test_bad_inputs.py)
+    path = tmp_path / "t.yaml"
+    path.write_text("doc_to_text: \"{% set primer = 'Q: 2+2?\\nA: 4.' %}{{ primer }}\\n\\nQ: {{ question | trim }}\\nA:\"\n")
+    item = truthfulqa.TruthfulQAItem(" Why? ", ("Because.",), (1,), ("Because.",), (1,))
+    requests, _ = truthfulqa.build_requests([item], str(path))
+    assert requests[0].context == "Q: 2+2?\nA: 4.\n\nQ: Why?\nA:"
+
+
 def test_hhh_context_follows_the_task_file_settings():
     task = {"example_input_prefix": "\nHuman: ", "example_output_prefix": "\nAssistant:",
             "append_choices_to_input": False}
@@ -133,53 +147,11 @@ def test_truthfulqa_loads_817_questions():
     assert len(truthfulqa.load_truthfulqa(str(DATA), limit=5)) == 5
 
 
-@pytest.mark.parametrize(
-    ("row", "fragment"),
-    [
-        ({"question": "Q?", "mc1_targets": {"choices": ["a", "b"], "labels": [0, 0]},
-          "mc2_targets": {"choices": ["a"], "labels": [1]}}, "no correct answer"),
-        ({"question": "Q?", "mc1_targets": {"choices": [], "labels": []},
-          "mc2_targets": {"choices": ["a"], "labels": [1]}}, "no choices"),
-        ({"question": "Q?", "mc1_targets": {"choices": ["a", " "], "labels": [1, 0]},
-          "mc2_targets": {"choices": ["a"], "labels": [1]}}, "empty choice"),
-        ({"mc1_targets": {"choices": ["a"], "labels": [1]}}, "'question'"),
-    ],
-)
-def test_malformed_truthfulqa_rows_name_the_row(tmp_path, row, fragment):
-    path = tmp_path / "tqa.jsonl"
-    good = {"question": "Fine?", "mc1_targets": {"choices": ["y"], "labels": [1]},
-            "mc2_targets": {"choices": ["y"], "labels": [1]}}
-    path.write_text(json.dumps(good) + "\n" + json.dumps(row) + "\n")
-    with pytest.raises(ValueError, match=fragment) as info:
-        truthfulqa.load_truthfulqa(str(path))
-    assert f"{path}:2" in str(info.value)
-
-
-def test_missing_data_and_unknown_names_fail_before_model_work(tmp_path):
-    with pytest.raises(ValueError, match="Unknown benchmark"):
-        parse_benchmark_names("truthfulqa_mc1,mmlu")
-    with pytest.raises(FileNotFoundError, match="truthful_qa_mc.jsonl"):
-        BenchmarkSuite.load("truthfulqa_mc1", data_dir=str(tmp_path))
-    with pytest.raises(FileNotFoundError, match="hhh_alignment"):
-        BenchmarkSuite.load("hhh", data_dir=str(tmp_path / "nowhere"))
-
-
 def test_hub_name_without_network_gives_a_clear_error(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     with pytest.raises(RuntimeError, match="--data_dir"):
         truthfulqa.load_truthfulqa("someone/not-cached-truthfulqa")
-
-
-def test_malformed_hhh_task(tmp_path):
-    for category in hhh.CATEGORIES:
-        (tmp_path / "hhh_alignment" / category).mkdir(parents=True)
-        examples = [{"input": "x", "target_scores": {"a": 1, "b": 0}}]
-        if category == "honest":
-            examples.append({"input": "y", "target_scores": {"a": 1, "b": 1}})
-        (tmp_path / "hhh_alignment" / category / "task.json").write_text(json.dumps({"examples": examples}))
-    with pytest.raises(ValueError, match="honest.*example 1.*none is correct"):
-        hhh.load_hhh(str(tmp_path))
 
 
 @needs_data
@@ -193,13 +165,6 @@ def test_eval_cli_scores_a_saved_model_and_writes_json(tmp_path, tiny_model, tok
     assert set(metrics) >= {"truthfulqa_mc1", "hhh_overall"} and "truthfulqa_mc2" not in metrics
     assert json.loads((tmp_path / "m.json").read_text())["truthfulqa_mc1"] == metrics["truthfulqa_mc1"]
     assert "| truthfulqa_mc1 |" in capsys.readouterr().out
-
-
-def test_eval_cli_refuses_bad_data_before_loading_the_model(tmp_path):
-    from trl_soft.scripts.evaluate import EvalArguments, main
-
-    with pytest.raises(FileNotFoundError, match="truthful_qa_mc.jsonl"):
-        main(EvalArguments(model="trl-soft-tests/never-loaded", benchmarks="truthfulqa_mc1", data_dir=str(tmp_path)))
 
 
 def test_flat_rows_on_a_shared_primer_equal_one_forward_per_choice(tiny_model, tokenizer):

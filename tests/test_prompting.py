@@ -1,7 +1,6 @@
-"""`trl_soft.prompting`: generation and engraving prompts, answer extraction, exemplar sampling, and the principles
-and exemplar files (refused before a model loads when unusable)."""
-
-import json
+"""`trl_soft.prompting`: generation and engraving prompts, answer extraction, exemplar sampling, and the prompt
+lengths a model can take. (Unusable principles and exemplar files, refused before a model loads:
+tests/test_bad_inputs.py.)"""
 
 import pytest
 
@@ -11,11 +10,13 @@ from trl_soft.prompting import (
     Exemplar,
     ExemplarSampler,
     PromptFormatter,
-    load_exemplars,
+    check_lengths,
+    count_tokens,
     load_principles,
+    model_context_length,
 )
 
-from .conftest import unloaded_trainer
+from .conftest import UNLOADABLE
 
 POOL = [Exemplar(id=f"ex-{i}", prompt=f"Question {i}?", response=f"Answer number {i}.") for i in range(10)]
 
@@ -109,39 +110,29 @@ def test_fixed_sampling_is_the_same_everywhere():
     assert all(sampler.sample(r, i) == first for r in (1, 2) for i in range(20))
 
 
-def test_exemplar_pool_smaller_than_k(tmp_path):
-    pool = tmp_path / "pool.jsonl"
-    pool.write_text(json.dumps({"id": "a", "prompt": "Q?", "response": "A."}) + "\n")
-    with pytest.raises(ValueError, match="num_exemplars"):
-        unloaded_trainer(tmp_path, exemplars_path=str(pool), num_exemplars=2)
+def test_zero_shot_generation_draws_no_exemplars():
+    assert ExemplarSampler(POOL, k=0).sample(1, 3) == [] and ExemplarSampler(POOL, k=0, mode="fixed").sample(1, 3) == []
 
 
-def test_missing_principles_file(tmp_path):
-    with pytest.raises(FileNotFoundError, match="principles_path"):
-        unloaded_trainer(tmp_path, principles_path=str(tmp_path / "nope.json"))
+def test_the_context_length_comes_from_the_config_alone(tmp_path, tiny_model):
+    tiny_model.config.save_pretrained(tmp_path)  # config.json, no weights
+    assert model_context_length(str(tmp_path)) == 2048 == model_context_length(tiny_model)
+    assert model_context_length(UNLOADABLE) is None  # offline: left to the engine
 
 
-@pytest.mark.parametrize(
-    ("line", "fragment"),
-    [
-        ('{"id": "a", "prompt": "Q?"}', "'response'"),
-        ('{"id": "a", "prompt": "", "response": "A."}', "'prompt'"),
-        ('["not", "an", "object"]', "JSON object"),
-        ("{not json", "not valid JSON"),
-    ],
-)
-def test_malformed_exemplar_names_line_and_field(tmp_path, line, fragment):
-    path = tmp_path / "pool.jsonl"
-    good = json.dumps({"id": "ok", "prompt": "Q?", "response": "A."})
-    path.write_text(good + "\n" + line + "\n")
-    with pytest.raises(ValueError, match=fragment) as info:
-        load_exemplars(path)
-    assert f"{path}:2" in str(info.value)
-
-
-def test_duplicate_exemplar_ids_are_refused(tmp_path):
-    path = tmp_path / "pool.jsonl"
-    row = json.dumps({"id": "same", "prompt": "Q?", "response": "A."})
-    path.write_text(row + "\n" + row + "\n")
-    with pytest.raises(ValueError, match="'same'"):
-        load_exemplars(path)
+@pytest.mark.parametrize("prompt_format", ["chat", "plain"])
+def test_length_limits_are_exact(tokenizer, principles, prompt_format):
+    # (prompts that do not fit, refused with their row and the fix: tests/test_bad_inputs.py)
+    formatter = PromptFormatter(tokenizer, principles, prompt_format=prompt_format)
+    sampler, rounds = ExemplarSampler(POOL, k=2, seed=3), [[0, 1], [2, 3]]
+    prompts = ["How do tides work?", "Why is the sky blue?", "Name a prime.", "What is a lemma, in one line?"]
+    generation = max(count_tokens(tokenizer, [formatter.generation_prompt(prompts[i], sampler.sample(t, i))])[0]
+                     for t, chunk in enumerate(rounds, start=1) for i in chunk)
+    engraving = max(count_tokens(tokenizer, [formatter.engraving_prompt(p)], special=prompt_format == "plain")[0]
+                    for p in prompts)
+    check_lengths(formatter, prompts, rounds, sampler, engraving + 1, 64, generation + 64)
+    check_lengths(formatter, prompts, rounds, sampler, None, 64, None)  # nothing known: nothing checked
+    with pytest.raises(ValueError, match=f"needs {generation + 64}, more than the {generation + 63} tokens"):
+        check_lengths(formatter, prompts, rounds, sampler, engraving + 1, 64, generation + 63)
+    with pytest.raises(ValueError, match=f"with room for an answer is {engraving + 1};"):
+        check_lengths(formatter, prompts, rounds, sampler, engraving, 64, generation + 64)

@@ -21,6 +21,26 @@ def case(field, value, message, **others):
 
 
 BAD_VALUES = [
+    # types, checked against each concern's annotations before its own checks (a YAML config passes values as they are)
+    case("num_rounds", 2.5, r"whole number \(int\); got 2.5 \(float\)"),
+    case("num_rounds", [1, 2], r"whole number \(int\); got \[1, 2\] \(list\)"),
+    case("num_exemplars", True, r"whole number \(int\); got True \(bool\)"),  # a bool is not a number
+    case("prompts_per_round", "5", r"whole number \(int\) or None; got '5'"),
+    case("generation_temperature", "0.7", r"number \(float\); got '0.7'"),
+    case("use_internal_thoughts", "yes", r"true or false \(bool\); got 'yes'"),
+    case("collapse_greater_is_better", 1, r"true or false \(bool\) or None; got 1 \(int\)"),
+    case("principles_path", 3, r"string \(str\) or None; got 3"),
+    case("filters", 3, r"list of strings or None; got 3 \(int\)"),
+    case("generation_stop_strings", ["###", 7], r"list of strings or None; got \['###', 7\]"),
+    # the SFTConfig values every round trains with
+    case("learning_rate", -1e-4, "must be > 0"),
+    case("learning_rate", "2e-4", r"number \(float\); got '2e-4'"),
+    case("per_device_train_batch_size", 0, ">= 1"),
+    case("gradient_accumulation_steps", 0, ">= 1"),
+    case("num_train_epochs", 0, "train no step.*`max_steps` > 0"),
+    case("num_train_epochs", -1.0, "train no step", max_steps=0),
+    case("max_length", 0, "at least 16 tokens, or None"),
+    case("max_length", 8, "at least 16 tokens, or None"),
     # rounds
     case("num_rounds", 0, "at least 1"),
     case("prompts_per_round", 0, "at least 1"),
@@ -81,14 +101,14 @@ BAD_VALUES = [
     case("judge_base_url", "localhost:8000/v1", "http:// or https:// URL", pairwise_judge="openai"),
     case("judge_base_url", "ftp://example.org/v1", "http:// or https:// URL", behaviour_judge="openai"),
     case("judge_base_url", "http://", "http:// or https:// URL", behaviour_judge="openai"),
-    case("judge_api_key_env", None, "name of an environment variable"),
+    case("judge_api_key_env", None, r"must be a string \(str\); got None"),
     case("judge_timeout", 0, "positive number of seconds"),
     case("judge_timeout", -5.0, "positive number of seconds"),
-    case("judge_timeout", "60", "positive number of seconds"),
+    case("judge_timeout", "60", r"must be a number \(float\); got '60' \(str\)"),
     case("judge_max_retries", -1, "whole number >= 0"),
-    case("judge_max_retries", 1.5, "whole number >= 0"),
+    case("judge_max_retries", 1.5, r"must be a whole number \(int\); got 1.5"),
     case("judge_batch_size", 0, "whole number >= 1"),
-    case("judge_batch_size", True, "whole number >= 1"),
+    case("judge_batch_size", True, r"must be a whole number \(int\); got True \(bool\)"),
     # behaviour
     case("behaviour_eval", ["harmfull"], "unknown set name.*'harmfull'"),
     case("behaviour_eval", ["helpful"], "needs a pairwise judge"),

@@ -30,7 +30,7 @@ from .generation import GenerationSettings
 from .judges.settings import JudgeSettings
 from .prompting import PromptSettings
 from .rounds import RoundSettings
-from .settings import ConcernSettings
+from .settings import ConcernSettings, matches, type_error
 
 # Every concern's settings class, in the order they are built and checked: the one list of concerns.
 CONCERNS: dict[str, type[ConcernSettings]] = {
@@ -56,6 +56,15 @@ TRAINING_FIELDS = (
     "assistant_only_loss", "loss_type", "neftune_noise_alpha", "bf16", "fp16", "model_init_kwargs",
     "chat_template_path", "use_liger_kernel",
 )
+
+# The types of the `SFTConfig` fields `SOFTSettings.check` checks (a YAML config passes values unconverted).
+TRAINING_TYPES = {
+    "learning_rate": float, "num_train_epochs": float, "max_steps": int, "per_device_train_batch_size": int,
+    "gradient_accumulation_steps": int, "max_length": int | None,
+}
+MIN_MAX_LENGTH = 16  # tokens: below this no chat-formatted prompt and answer fit (the vLLM `max_model_len` floor too)
+# SOFTConfig's lists of names (no name holds a comma): a string "a,b" is split, as `trl-soft eval --benchmarks` does.
+NAME_LISTS = ("filters", "benchmarks", "behaviour_eval")
 
 
 @dataclass(frozen=True)
@@ -149,11 +158,38 @@ class SOFTSettings:
                     "or drop `--deepspeed` and launch with `accelerate launch --config_file "
                     "examples/accelerate_configs/deepspeed_zero3.yaml ...`."
                 )
+        check_training(config)
         if self.curriculum.on and config.shuffle_dataset:
             warnings.warn(
                 "`shuffle_dataset=True` is ignored while a curriculum is on: the curriculum sets the order.",
                 stacklevel=4,
             )
+
+
+def check_training(config: SOFTConfig) -> None:
+    """The `SFTConfig` values every round's fine-tuning runs with: each round must train at least one step, on
+    examples long enough to hold a prompt and its answer."""
+    for name, expected in TRAINING_TYPES.items():
+        if not matches(getattr(config, name), expected):
+            raise type_error(name, getattr(config, name), expected)
+    if config.learning_rate <= 0:
+        raise ValueError(
+            f"`learning_rate` must be > 0: it is the step size of every round's fine-tuning; got {config.learning_rate}. "
+            "Use e.g. 2e-5 for full fine-tuning or 2e-4 with LoRA."
+        )
+    for name in ("per_device_train_batch_size", "gradient_accumulation_steps"):
+        if getattr(config, name) < 1:
+            raise ValueError(f"`{name}` must be >= 1; got {getattr(config, name)}.")
+    if config.max_steps <= 0 and config.num_train_epochs <= 0:
+        raise ValueError(
+            f"`num_train_epochs`={config.num_train_epochs} with `max_steps`={config.max_steps}: every round would "
+            "generate its data and then train no step. Set `num_train_epochs` > 0 (e.g. 1), or `max_steps` > 0."
+        )
+    if config.max_length is not None and config.max_length < MIN_MAX_LENGTH:
+        raise ValueError(
+            f"`max_length` must be at least {MIN_MAX_LENGTH} tokens, or None for no truncation; got {config.max_length}. "
+            "It caps every training example: the prompt (in its chat template) and the answer together."
+        )
 
 
 @dataclass
@@ -623,6 +659,25 @@ class SOFTConfig(SFTConfig):
         # process group when `use_cpu` is set; otherwise every process would train alone on the full data.
         if not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
             self.use_cpu = True
+        self._as_lists()
         self.settings = SOFTSettings.from_config(self)
         self.settings.check(self)
         super().__post_init__()
+
+    def _as_lists(self) -> None:
+        """A YAML config gives `filters: too_short` as a string, not a list: a list field of SOFTConfig's own takes a
+        plain string as its one item (a list of names: comma-separated items, `filters: too_short,repetition`); any
+        other value that is not a list is refused naming the field."""
+        # The class's own annotations (strings): `HfArgumentParser` rewrites the fields' `type`, dropping `| None`.
+        for name, annotation in SOFTConfig.__annotations__.items():
+            if not str(annotation).startswith("list["):
+                continue
+            value, optional = getattr(self, name), "None" in str(annotation)
+            value = [value] if isinstance(value, str) else list(value) if isinstance(value, tuple) else value
+            if value is None and optional:
+                continue
+            if not matches(value, list[str]):
+                raise type_error(name, value, list[str] | None if optional else list[str])
+            if name in NAME_LISTS:
+                value = [part.strip() for item in value for part in item.split(",") if part.strip()]
+            setattr(self, name, value)

@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from datasets import Dataset, load_dataset
+from datasets.exceptions import DatasetGenerationError
 
+from .files import json_kind, json_lines, read_text
 from .prompting import asset_path
 
 DATA_DIR_ENV = "TRL_SOFT_DATA_DIR"
@@ -26,7 +28,8 @@ def resolve_data_dir(data_dir: str | None) -> str | None:
 
 
 def load_prompt_dataset(source: str, split: str = "train", config_name: str | None = None) -> Dataset:
-    """Load a prompt dataset from `demo`, a local file or folder, or the hub."""
+    """Load a prompt dataset from `demo`, a local file or folder, or the hub. Local files are checked first (UTF-8,
+    not empty, one JSON object per line), so a bad file is named with its line instead of failing inside `datasets`."""
     if source == "demo":
         source = str(asset_path("demo_prompts.jsonl"))
     path = Path(source).expanduser()
@@ -36,9 +39,18 @@ def load_prompt_dataset(source: str, split: str = "train", config_name: str | No
             raise ValueError(
                 f"`prompts_dataset`: cannot read {path.suffix!r} files; use one of {sorted(LOCAL_FORMATS)}."
             )
-        return load_dataset(builder, data_files=str(path), split="train")
+        check_prompt_file(path)
+        return _load_local(path, lambda: load_dataset(builder, data_files=str(path), split="train"))
     if path.is_dir():
-        return load_dataset(str(path), split=split)
+        files = sorted(f for f in path.rglob("*") if f.is_file() and f.suffix.lower() in LOCAL_FORMATS)
+        if not files:
+            raise ValueError(
+                f"`prompts_dataset`: the folder {path} holds no data file ({', '.join(sorted(LOCAL_FORMATS))}). "
+                "Put the prompts there, or give the file itself."
+            )
+        for file in files:
+            check_prompt_file(file)
+        return _load_local(path, lambda: load_dataset(str(path), split=split))
     if source.startswith((".", "/", "~")) or source.count("/") > 1:
         raise FileNotFoundError(
             f"`prompts_dataset`: no such file or folder {source!r}. Give a local path that exists or a hub dataset "
@@ -47,10 +59,68 @@ def load_prompt_dataset(source: str, split: str = "train", config_name: str | No
     return load_dataset(source, name=config_name, split=split)
 
 
+# What a prompt file of each format must hold, for the messages.
+PROMPT_FIELD = "each with the prompt in a 'prompt' field (or the one `prompt_column` names)"
+PROMPT_FILE_SHAPES = {
+    "json": f"one JSON object per line, {PROMPT_FIELD}",
+    "csv": "a header row naming a 'prompt' column (or the column `prompt_column` names), then one prompt per row",
+    "text": "one prompt per line",
+    "parquet": "a table with a 'prompt' column (or the column `prompt_column` names)",
+}
+
+
+def check_prompt_file(path: Path) -> None:
+    """A local prompt file must be UTF-8 (parquet aside), not empty, and JSON files must parse: else the error names
+    the file, the line, and what the file needs."""
+    builder = LOCAL_FORMATS[path.suffix.lower()]
+    shape = PROMPT_FILE_SHAPES[builder]
+    empty = ValueError(f"`prompts_dataset`: {path} is empty. It needs {shape}.")
+    if builder == "parquet":
+        if path.stat().st_size == 0:
+            raise empty
+        return
+    text = read_text(path, "`prompts_dataset`")
+    lines = [line for line in text.split("\n") if line.strip()]
+    if not lines or (builder == "csv" and len(lines) == 1):
+        raise empty
+    if builder == "json":
+        try:  # a .json file may be one document (a list of objects); a .jsonl file, and any other, is JSON Lines
+            document = json.loads(text) if path.suffix.lower() == ".json" else None
+        except json.JSONDecodeError:
+            document = None
+        if document is None:
+            for _ in json_lines(path, "`prompts_dataset`", PROMPT_FIELD):
+                pass
+            return
+        rows = document if isinstance(document, list) else [document]
+        for i, row in enumerate(rows):
+            if not isinstance(row, dict):
+                raise ValueError(
+                    f"`prompts_dataset`: item {i} of {path} is a JSON {json_kind(row)}, not an object. It needs a list "
+                    f"of JSON objects (or one per line), {PROMPT_FIELD}."
+                )
+        if not rows:
+            raise empty
+
+
+def _load_local(path: Path, load) -> Dataset:
+    """`load()` (a `datasets` loader of `path`), with its parse errors and an empty result named by file."""
+    try:
+        dataset = load()
+    except DatasetGenerationError as err:
+        raise ValueError(f"`prompts_dataset`: cannot read {path}: {str(err.__cause__ or err).strip()}") from err
+    if len(dataset) == 0:
+        raise ValueError(f"`prompts_dataset`: {path} holds no rows. It needs prompts to answer.")
+    return dataset
+
+
 def check_prompt_column(dataset: Dataset, column: str, num_rounds: int) -> None:
     """The prompt column must exist, hold non-empty strings, and be large enough for the rounds."""
     if len(dataset) == 0:
-        raise ValueError("The prompt dataset is empty: SOFT needs prompts for the model to answer.")
+        raise ValueError(
+            "The prompt dataset (`train_dataset`, `--prompts_dataset`) is empty: SOFT needs prompts for the model to "
+            "answer."
+        )
     if column not in dataset.column_names:
         raise ValueError(
             f"`prompt_column`: the prompt dataset has no column {column!r} (columns: {dataset.column_names}). "
@@ -63,7 +133,10 @@ def check_prompt_column(dataset: Dataset, column: str, num_rounds: int) -> None:
         )
     for i, value in enumerate(dataset[column]):
         if not isinstance(value, str) or not value.strip():
-            raise ValueError(f"`prompt_column`: row {i} of column {column!r} is not a non-empty string ({value!r}).")
+            raise ValueError(
+                f"`prompt_column`: row {i} of column {column!r} is not a non-empty string ({value!r}). Every prompt "
+                "must be text: fix or remove that row."
+            )
 
 
 def split_rounds(
@@ -98,21 +171,17 @@ class ValidationPair:
 
 def load_validation_set(path: str | None) -> list[ValidationPair]:
     """Prompt/reference pairs scored after every round; `none` disables validation."""
-    if path is not None and path.lower() == "none":
+    if path is not None and str(path).lower() == "none":
         return []
     file = Path(path) if path is not None else asset_path("validation.jsonl")
     if not file.is_file():
         raise FileNotFoundError(f"`validation_path`: no such file {str(file)!r}. Give a JSONL file or 'none'.")
     pairs = []
-    for line_no, line in enumerate(file.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        row = json.loads(line)
+    shape = "{'prompt': ..., 'reference': ...}"
+    for where, row in json_lines(file, "`validation_path`", shape):
         prompt, reference = row.get("prompt"), row.get("reference")
         if not (isinstance(prompt, str) and prompt.strip() and isinstance(reference, str) and reference.strip()):
-            raise ValueError(
-                f"`validation_path`: {file}:{line_no} needs non-empty string fields 'prompt' and 'reference'."
-            )
+            raise ValueError(f"`validation_path`: {where} needs non-empty string fields 'prompt' and 'reference'.")
         pairs.append(ValidationPair(prompt.strip(), reference.strip()))
     if not pairs:
         raise ValueError(f"`validation_path`: {file} holds no pairs. Add some or pass 'none' to skip validation.")

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from transformers import PreTrainedTokenizerBase
 
+from .files import json_lines, read_text
 from .settings import ConcernSettings
 
 PROMPT_FORMATS = ("auto", "chat", "plain")
@@ -74,9 +75,12 @@ def load_principles(path: str | Path | None = None) -> Principles:
     if not path.is_file():
         raise FileNotFoundError(f"`principles_path`: no such file {str(path)!r}. Point it at a principles JSON file.")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_text(path, "`principles_path`"))
     except json.JSONDecodeError as err:
-        raise ValueError(f"`principles_path`: {path} is not valid JSON ({err}).") from err
+        raise ValueError(
+            f"`principles_path`: {path}:{err.lineno} is not valid JSON ({err.msg}). It must be one JSON object "
+            "{'preamble': ..., 'principles': [{'name': ..., 'text': ...}, ...]}."
+        ) from err
     items = data.get("principles") if isinstance(data, dict) else None
     if not isinstance(items, list) or not items:
         raise ValueError(
@@ -93,13 +97,15 @@ def load_principles(path: str | Path | None = None) -> Principles:
 def parse_exemplar(obj: object, where: str) -> Exemplar:
     """Build an `Exemplar` from a JSON object, or say which field of which line is wrong."""
     if not isinstance(obj, dict):
-        raise ValueError(f"Malformed exemplar at {where}: expected a JSON object, got {type(obj).__name__}.")
+        raise ValueError(f"`exemplars_path`: malformed exemplar at {where}: expected a JSON object, got "
+                         f"{type(obj).__name__}.")
     for key in EXEMPLAR_REQUIRED_KEYS:
         value = obj.get(key)
         if not isinstance(value, str) or not value.strip():
             raise ValueError(
-                f"Malformed exemplar at {where}: field {key!r} is missing or empty. Each exemplar needs non-empty "
-                f"string fields {list(EXEMPLAR_REQUIRED_KEYS)} (optional: 'internal_thoughts', 'category')."
+                f"`exemplars_path`: malformed exemplar at {where}: field {key!r} is missing or empty. Each exemplar "
+                f"needs non-empty string fields {list(EXEMPLAR_REQUIRED_KEYS)} (optional: 'internal_thoughts', "
+                "'category')."
             )
     return Exemplar(
         id=obj["id"],
@@ -115,16 +121,10 @@ def load_exemplars(path: str | Path | None = None) -> list[Exemplar]:
     path = Path(path) if path is not None else asset_path("exemplars.jsonl")
     if not path.is_file():
         raise FileNotFoundError(f"`exemplars_path`: no such file {str(path)!r}. Point it at a JSONL exemplar pool.")
-    exemplars: list[Exemplar] = []
-    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{line_no}"
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"Malformed exemplar at {where}: not valid JSON ({err}).") from err
-        exemplars.append(parse_exemplar(obj, where))
+    shape = "{'id', 'prompt', 'response'[, 'internal_thoughts', 'category']}"
+    exemplars = [parse_exemplar(obj, where) for where, obj in json_lines(path, "`exemplars_path`", shape)]
+    if not exemplars:
+        raise ValueError(f"`exemplars_path`: {path} holds no exemplars. It needs one JSON object per line, {shape}.")
     check_exemplar_ids_unique(exemplars, str(path))
     return exemplars
 
@@ -133,7 +133,10 @@ def check_exemplar_ids_unique(exemplars: Sequence[Exemplar], source: str) -> Non
     seen: set[str] = set()
     for exemplar in exemplars:
         if exemplar.id in seen:
-            raise ValueError(f"Malformed exemplar pool {source}: id {exemplar.id!r} appears twice; ids must be unique.")
+            raise ValueError(
+                f"`exemplars_path`: malformed exemplar pool {source}: id {exemplar.id!r} appears twice; ids must be "
+                "unique."
+            )
         seen.add(exemplar.id)
 
 
@@ -178,6 +181,13 @@ class ExemplarSampler:
     """
 
     def __init__(self, pool: Sequence[Exemplar], k: int, mode: str = "random", seed: int = 42):
+        if not pool:
+            raise ValueError(
+                "The exemplar pool (`exemplars_path`, or `exemplars=`) is empty. SOFT needs at least one exemplar, "
+                "also with `num_exemplars=0`: the training examples take their format from the pool before round 1, "
+                "and `engraving_shots=1` shows its first exemplar. Keep the shipped pool (leave `exemplars_path` "
+                "unset) or give one JSON object per line."
+            )
         if k > len(pool):
             raise ValueError(
                 f"`num_exemplars` is {k} but the exemplar pool has only {len(pool)} exemplars. Lower `num_exemplars` "
@@ -309,3 +319,80 @@ class PromptFormatter:
                 "be scored separately. Use `prompt_format='plain'` or a template with a stable prefix."
             )
         return prompt_text, full_text[len(prompt_text) :]
+
+
+# ---- lengths ------------------------------------------------------------------------------------------------------
+def model_context_length(model) -> int | None:
+    """The most tokens `model` handles (its config's `max_position_embeddings`), from a loaded model or from the
+    config alone of a folder or hub id (no weights); None when it cannot be read (offline, no config)."""
+    config = getattr(model, "config", None)
+    if isinstance(model, str):
+        from transformers import AutoConfig
+
+        try:
+            config = AutoConfig.from_pretrained(model)
+        except Exception:  # no config to be had: the lengths are then left to the engine
+            return None
+    for name in ("max_position_embeddings", "n_positions"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def count_tokens(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], special: bool = False) -> list[int]:
+    """Token counts of `texts` (with the tokenizer's own special tokens when `special`)."""
+    return [len(ids) for ids in tokenizer(list(texts), add_special_tokens=special)["input_ids"]] if texts else []
+
+
+def check_lengths(
+    formatter: PromptFormatter,
+    prompts: Sequence[str],
+    rounds: Sequence[Sequence[int]],
+    sampler: ExemplarSampler,
+    max_length: int | None,
+    max_new_tokens: int,
+    context_length: int | None,
+    engraving_shot: Exemplar | None = None,
+) -> None:
+    """Refuse, with the tokenizer alone (before any model loads), prompts a run could not answer or train on:
+
+    - a generation prompt (principles, the exemplars the sampler draws for it, the prompt) that with
+      `max_new_tokens` is longer than the model's context (`context_length`: `model_context_length`, or the engine's
+      `vllm_max_model_len` when lower; None skips this), naming the prompt row;
+    - then a `max_length` (None skips this) too small to hold every prompt's engraving prompt and one answer token:
+      every answer to that prompt would be cut off. The error names the smallest `max_length` that holds them all.
+
+    `prompts` is the prompt column, `rounds` the rows each round answers (round 1 first), as `RoundSettings` splits
+    them; the exemplars are the ones `sampler` gives those rounds."""
+    rows = sorted({i for chunk in rounds for i in chunk})
+    if context_length is not None and rows:
+        pairs = [(t, i) for t, chunk in enumerate(rounds, start=1) for i in chunk]
+        texts = [formatter.generation_prompt(prompts[i], sampler.sample(t, i)) for t, i in pairs]
+        lengths = count_tokens(formatter.tokenizer, texts)
+        worst = max(range(len(pairs)), key=lengths.__getitem__)
+        if lengths[worst] + max_new_tokens > context_length:
+            (round_index, row), too_long = pairs[worst], sum(n + max_new_tokens > context_length for n in lengths)
+            raise ValueError(
+                f"Prompt row {row} does not fit the model's context in round {round_index}: its generation prompt "
+                f"(principles, {sampler.k} exemplars, the prompt) is {lengths[worst]} tokens, and with "
+                f"`generation_max_new_tokens`={max_new_tokens} it needs {lengths[worst] + max_new_tokens}, more than "
+                f"the {context_length} tokens the model takes (its `max_position_embeddings`, or `vllm_max_model_len` "
+                f"when set lower); {too_long} of "
+                f"{len(pairs)} generation prompts are too long. Shorten or drop that prompt, or lower `num_exemplars` "
+                "or `generation_max_new_tokens` (or use shorter principles, `principles_path`)."
+            )
+    if max_length is not None and rows:
+        texts = [formatter.engraving_prompt(prompts[i], engraving_shot) for i in rows]
+        lengths = count_tokens(formatter.tokenizer, texts, special=not formatter.uses_chat)
+        longest = max(range(len(rows)), key=lengths.__getitem__)
+        if lengths[longest] >= max_length:
+            too_long = sum(n >= max_length for n in lengths)
+            raise ValueError(
+                f"`max_length`={max_length} cannot hold the prompt of row {rows[longest]} as it is trained on "
+                f"({lengths[longest]} tokens without principles), so every answer to it would be cut off "
+                f"({too_long} of {len(rows)} prompts are that long). The smallest `max_length` that holds every prompt "
+                f"with room for an answer is {lengths[longest] + 1}; {lengths[longest] + max_new_tokens} keeps whole "
+                f"answers (`generation_max_new_tokens`={max_new_tokens}). Raise `max_length` (or set it to None), or "
+                "shorten that prompt."
+            )

@@ -7,12 +7,23 @@ the one place that mapping is written), checks its values when it is built (erro
 the fix), says which metrics it adds to every round (`metric_names`) and which of its values define what a run
 produces (`fingerprint`, hashed into the run manifest so that a resumed run matches the run it continues).
 
+Before a concern checks its values, every attribute is checked against its annotation (`check_types`): a YAML config
+reaches `SOFTConfig` without type conversion, so `num_rounds: 2.5` or `num_rounds: [1, 2]` would otherwise arrive as
+they are. A wrong type is a `ValueError`, like every other impossible value, naming the field, the value and the type
+expected. A bool is not a whole number; a whole number is a number; a path object is taken as its text; a list is
+taken for a tuple.
+
 This module imports nothing of the package: every concern imports it, and it knows none of them.
 """
 
 from __future__ import annotations
 
+import numbers
+import os
+import types
+import typing
 from dataclasses import fields
+from functools import cache
 from typing import Any, ClassVar
 
 
@@ -33,12 +44,33 @@ class ConcernSettings:
     LOWER_IS_BETTER: ClassVar[frozenset[str]] = frozenset()
 
     def __post_init__(self):
+        self.check_types()
         self.check()
 
     @classmethod
     def from_config(cls, config: Any, **extra: Any):
-        """Build the settings from a `SOFTConfig` (or anything with its field names), plus `extra` attributes."""
-        return cls(**{attr: getattr(config, name) for attr, name in cls.CONFIG_FIELDS.items()}, **extra)
+        """Build the settings from a `SOFTConfig` (or anything with its field names), plus `extra` attributes. A list
+        field left unset (None) becomes an empty tuple where the concern's attribute does not take None."""
+        values = {attr: getattr(config, name) for attr, name in cls.CONFIG_FIELDS.items()}
+        hints = field_types(cls)
+        for attr, value in values.items():
+            if value is None and allows(hints.get(attr), tuple) and not allows(hints.get(attr), None):
+                values[attr] = ()
+        return cls(**values, **extra)
+
+    def check_types(self) -> None:
+        """Refuse a value whose type its annotation does not allow (see the module docstring); a path object in a
+        text field becomes its text, and a list in a tuple field a tuple."""
+        hints = field_types(type(self))
+        for f in fields(self):
+            expected, value = hints.get(f.name, Any), getattr(self, f.name)
+            if isinstance(value, os.PathLike) and allows(expected, str):
+                value = os.fspath(value)
+            elif isinstance(value, list) and allows(expected, tuple):
+                value = tuple(value)
+            if not matches(value, expected):
+                raise type_error(self.CONFIG_FIELDS.get(f.name, f.name), value, expected)
+            object.__setattr__(self, f.name, value)  # the dataclasses are frozen
 
     def check(self) -> None:
         """Raise `ValueError` naming the `SOFTConfig` field and the fix for any impossible value."""
@@ -70,3 +102,66 @@ class ConcernSettings:
             for f in fields(self)
             if f.name not in self.NOT_FINGERPRINTED and f.compare
         }
+
+
+# ---- types -------------------------------------------------------------------------------------------------------
+@cache
+def field_types(cls: type) -> dict[str, Any]:
+    """The resolved annotations of a settings dataclass (they are strings under `from __future__ import annotations`)."""
+    return typing.get_type_hints(cls)
+
+
+def _options(expected: Any) -> tuple[Any, ...]:
+    """The alternatives of a union (`int | None` -> int, NoneType); any other annotation alone."""
+    if isinstance(expected, types.UnionType) or typing.get_origin(expected) is typing.Union:
+        return typing.get_args(expected)
+    return (expected,)
+
+
+def allows(expected: Any, kind: Any) -> bool:
+    """Whether annotation `expected` has an alternative of kind `kind` (None, str, tuple, ...)."""
+    kind = type(None) if kind is None else kind
+    return any((typing.get_origin(option) or option) is kind for option in _options(expected))
+
+
+def matches(value: Any, expected: Any) -> bool:
+    """Whether `value` is of the annotated type: bool is not an int, an int is a float, a list is a tuple."""
+    if expected is Any:
+        return True
+    if len(_options(expected)) > 1:
+        return any(matches(value, option) for option in _options(expected))
+    origin, args = typing.get_origin(expected), typing.get_args(expected)
+    if expected is type(None):
+        return value is None
+    if expected is bool:
+        return isinstance(value, bool)
+    if expected is int:
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if expected is float:
+        return isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if origin in (tuple, list):
+        item = args[0] if args else Any
+        return isinstance(value, (tuple, list)) and all(matches(v, item) for v in value)
+    if origin is dict:
+        return isinstance(value, dict)
+    return not isinstance(expected, type) or isinstance(value, expected)
+
+
+def describe(expected: Any) -> str:
+    """An annotation in words, for messages: `int | None` -> "a whole number (int) or None"."""
+    if len(_options(expected)) > 1:
+        return " or ".join(describe(option) for option in _options(expected))
+    origin, args = typing.get_origin(expected), typing.get_args(expected)
+    if origin in (tuple, list):
+        plural = {str: "strings", int: "whole numbers", float: "numbers", bool: "booleans"}
+        return f"a list of {plural.get(args[0], 'values') if args else 'values'}"
+    words = {bool: "true or false (bool)", int: "a whole number (int)", float: "a number (float)",
+             str: "a string (str)", type(None): "None", dict: "a mapping (dict)"}
+    return words.get(origin or expected, getattr(expected, "__name__", str(expected)))
+
+
+def type_error(field_name: str, value: Any, expected: Any) -> ValueError:
+    """`field` must be <type>; got <value> (<its type>)."""
+    return ValueError(
+        f"`{field_name}` must be {describe(expected)}; got {value!r} ({type(value).__name__})."
+    )

@@ -144,6 +144,8 @@ class SOFTState:
         if not path.is_file():
             return None
         data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict):
+            raise ValueError(f"a manifest is a JSON object, this is a JSON {type(data).__name__}")
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         return cls(**known)
 

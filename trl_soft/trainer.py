@@ -46,7 +46,16 @@ from .models import (
     tied_parameter_names,
     trainable_snapshot,
 )
-from .prompting import Exemplar, ExemplarSampler, Principles, PromptFormatter, load_exemplars, load_principles
+from .prompting import (
+    Exemplar,
+    ExemplarSampler,
+    Principles,
+    PromptFormatter,
+    check_lengths,
+    load_exemplars,
+    load_principles,
+    model_context_length,
+)
 from .quantization import check_kbit_supported, wants_kbit
 from .reporting import SOFT_CITATION, model_card_section, printed_summary, write_summary
 from .rounds import Round, SOFTRoundError
@@ -175,6 +184,7 @@ class SOFTTrainer(SFTTrainer):
         )
         self.sampling = replace(settings.generation, stop_strings=self.formatter.stop_strings)
         self.engraving_shot = self.exemplars[0] if settings.prompts.engraving_shots == 1 else None
+        self._check_lengths(args, model, engine_choice)
         self.behaviour.attach(
             self.formatter,
             lambda position: self.exemplar_sampler.sample(0, position),  # round 0: no round's prompts use it
@@ -495,6 +505,25 @@ class SOFTTrainer(SFTTrainer):
                 resume, same_prompts,
             )
         except BaseException:
+            self.lock.release()
+            raise
+
+    def _check_lengths(self, args: SOFTConfig, model, engine_choice) -> None:
+        """Every round's prompts fit the model's context (the engine's, when vLLM's `max_model_len` is lower) with
+        their answers, and `max_length` holds every prompt with room for an answer: counted with the tokenizer and the
+        model's config alone, so a prompt no round could use stops the run before any weights load."""
+        settings = args.settings  # called from `__init__`, before the HF Trainer sets `self.args`
+        context = model_context_length(model)
+        engine_limit = settings.engine.max_model_len if engine_choice.backend == "vllm" else None
+        if engine_limit is not None:
+            context = min(context, engine_limit) if context is not None else engine_limit
+        try:
+            check_lengths(
+                self.formatter, self.prompt_dataset[settings.rounds.prompt_column], self.round_prompt_indices,
+                self.exemplar_sampler, args.max_length, settings.generation.max_new_tokens, context,
+                self.engraving_shot,
+            )
+        except ValueError:
             self.lock.release()
             raise
 

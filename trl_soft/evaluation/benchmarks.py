@@ -6,12 +6,13 @@ work. Results are a flat `{metric name: value}` dict, ready for round metrics, t
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from ..data import resolve_data_dir
+from ..data import DATA_DIR_ENV, resolve_data_dir
 from ..settings import ConcernSettings
 from . import hhh, truthfulqa
 from .multiple_choice import score_choices
@@ -49,12 +50,26 @@ class BenchmarkSettings(ConcernSettings):
             raise self.field_error("names", f"has unknown name(s) {unknown}; choose from {list(BENCHMARKS)}.")
         if self.limit is not None and self.limit < 1:
             raise self.field_error("limit", f"must be >= 1 (or unset for all items); got {self.limit}.")
+        if self.names:
+            check_data_dir(self.data_dir, "`benchmark_data_dir`")
 
     def metric_names(self) -> set[str]:
         return {metric for name in self.names for metric in benchmark_metrics(name)}
 
     def load(self) -> BenchmarkSuite:
         return BenchmarkSuite.load(self.names, self.data_dir, self.limit)
+
+
+def check_data_dir(data_dir: str | None, who: str) -> None:
+    """The local data folder, when one is given (or `$TRL_SOFT_DATA_DIR` is set), must exist: else a typo would be
+    taken for a hub name and reported as a failed download."""
+    if data_dir is None and os.environ.get(DATA_DIR_ENV):
+        data_dir, who = os.environ[DATA_DIR_ENV], f"`${DATA_DIR_ENV}`"
+    if data_dir is not None and not os.path.exists(os.path.expanduser(data_dir)):
+        raise FileNotFoundError(
+            f"{who}: no such folder {data_dir!r}. Point it at a local copy holding {truthfulqa.LOCAL_FILE} and "
+            f"{hhh.LOCAL_DIR}/<category>/task.json (see docs/evaluation.md), or leave it unset to read the hub."
+        )
 
 
 def parse_benchmark_names(names: str | Sequence[str] | None) -> list[str]:
@@ -66,7 +81,7 @@ def parse_benchmark_names(names: str | Sequence[str] | None) -> list[str]:
     names = [n for n in names if n]
     unknown = [n for n in names if n not in BENCHMARKS]
     if unknown:
-        raise ValueError(f"Unknown benchmark name(s) {unknown}; choose from {list(BENCHMARKS)}.")
+        raise ValueError(f"`benchmarks` has unknown name(s) {unknown}; choose from {list(BENCHMARKS)}.")
     return list(dict.fromkeys(names))
 
 
@@ -90,11 +105,13 @@ class BenchmarkSuite:
         hhh_answer_separator: str = " ",
     ) -> BenchmarkSuite:
         chosen = parse_benchmark_names(names)
+        if chosen:
+            check_data_dir(data_dir, "`data_dir`")
         source = resolve_data_dir(data_dir)
         suite = cls(chosen, truthfulqa_template=truthfulqa_template, hhh_answer_separator=hhh_answer_separator)
         if any(n.startswith("truthfulqa") for n in chosen):
             suite.truthfulqa_items = truthfulqa.load_truthfulqa(source, limit)
-            truthfulqa.prompt_template(truthfulqa_template)  # fail now if lm-eval's prompt is unavailable
+            truthfulqa.check_template(truthfulqa_template)  # fail now if the prompt is unavailable or does not render
         if "hhh" in chosen:
             suite.hhh_items = hhh.load_hhh(source, limit)
         return suite

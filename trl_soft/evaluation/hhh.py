@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..files import read_text
 from .multiple_choice import ChoiceRequest
 
 CATEGORIES = ("harmless", "helpful", "honest", "other")
@@ -53,17 +54,21 @@ def build_context(task: dict, example_input: str, choices: Sequence[str]) -> str
 
 
 def _parse_task(task: dict, category: str, where: str) -> list[HHHItem]:
-    examples = task.get("examples")
+    examples = task.get("examples") if isinstance(task, dict) else None
     if not isinstance(examples, list) or not examples:
-        raise ValueError(f"HHH {where}: no 'examples' list.")
+        raise ValueError(f"HHH {where}: no 'examples' list (a BIG-bench task file is an object with 'examples').")
     items = []
     for i, example in enumerate(examples):
-        target_scores = example.get("target_scores")
-        if not isinstance(example.get("input"), str) or not isinstance(target_scores, dict) or len(target_scores) < 2:
+        target_scores = example.get("target_scores") if isinstance(example, dict) else None
+        if not isinstance(example, dict) or not isinstance(example.get("input"), str) or not isinstance(
+            target_scores, dict
+        ) or len(target_scores) < 2:
             raise ValueError(f"HHH {where} example {i}: needs an 'input' string and at least two 'target_scores'.")
         choices = tuple(target_scores)
         if any(not c.strip() for c in choices):
             raise ValueError(f"HHH {where} example {i}: has an empty choice.")
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in target_scores.values()):
+            raise ValueError(f"HHH {where} example {i}: 'target_scores' must map each reply to a number (1 or 0).")
         scores = tuple(float(target_scores[c]) for c in choices)
         if len(set(scores)) == 1:
             raise ValueError(f"HHH {where} example {i}: all choices score the same, so none is correct.")
@@ -86,7 +91,13 @@ def load_hhh(source: str | None = None, limit: int | None = None) -> list[HHHIte
             path = root / category / "task.json"
             if not path.is_file():
                 raise FileNotFoundError(f"HHH: {path} does not exist; the data folder needs all of {CATEGORIES}.")
-            task = json.loads(path.read_text(encoding="utf-8"))
+            try:
+                task = json.loads(read_text(path, "HHH"))
+            except json.JSONDecodeError as err:
+                raise ValueError(
+                    f"HHH: {path}:{err.lineno} is not valid JSON ({err.msg}). It must be one BIG-bench task object "
+                    "with an 'examples' list."
+                ) from err
             items += _parse_task(task, category, str(path))[:limit]
         return items
     if source.startswith((".", "/", "~")):

@@ -2,7 +2,8 @@
 
 - Prompt: lm-evaluation-harness's own `doc_to_text` template for the task (its 6-shot QA primer followed by
   `Q: <question>\\nA:`), read from the installed `lm-eval` package so the prompt is the harness's, character for
-  character. `prompt_template_path` points at a copy instead (a YAML with a `doc_to_text` key, or a Jinja file).
+  character. `truthfulqa_template` points at a copy instead (a YAML with a `doc_to_text` key, or a Jinja file),
+  rendered in Jinja's immutable sandbox: a template can only format the question, never reach Python.
 - Each choice is the continuation `" " + choice`, scored by summed log-likelihood.
 - MC1: accuracy of the highest-scoring choice among `mc1_targets` (the correct one is listed first).
 - MC2: probability mass of the true answers of `mc2_targets`, normalised over all its answers.
@@ -13,13 +14,13 @@ both lists are scored once).
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from ..files import json_lines, read_text
 from .multiple_choice import ChoiceRequest
 
 HUB_NAME = "truthfulqa/truthful_qa"
@@ -40,7 +41,12 @@ def _targets(row: dict, key: str, where: str) -> tuple[tuple[str, ...], tuple[in
     targets = row.get(key)
     if not isinstance(targets, dict) or not targets.get("choices"):
         raise ValueError(f"TruthfulQA {where}: {key!r} is missing or has no choices.")
-    choices, labels = tuple(targets["choices"]), tuple(int(x) for x in targets.get("labels", ()))
+    choices, labels = targets["choices"], targets.get("labels", [])
+    if not isinstance(choices, list) or not all(isinstance(c, str) for c in choices):
+        raise ValueError(f"TruthfulQA {where}: {key!r} 'choices' must be a list of strings; got {choices!r}.")
+    if not isinstance(labels, list) or not all(label in (0, 1) and not isinstance(label, float) for label in labels):
+        raise ValueError(f"TruthfulQA {where}: {key!r} 'labels' must be a list of 0 and 1; got {labels!r}.")
+    choices, labels = tuple(choices), tuple(int(label) for label in labels)
     if len(choices) != len(labels):
         raise ValueError(f"TruthfulQA {where}: {key!r} has {len(choices)} choices but {len(labels)} labels.")
     if 1 not in labels:
@@ -73,8 +79,16 @@ def load_truthfulqa(source: str | None = None, limit: int | None = None) -> list
                 f"hub dataset {HUB_NAME!r}."
             )
     if path.is_file():
-        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        where = [f"{path}:{i + 1}" for i in range(len(rows))]
+        shape = "{'question', 'mc1_targets': {'choices', 'labels'}, 'mc2_targets': {'choices', 'labels'}}"
+        lines = list(json_lines(path, "TruthfulQA", shape))
+        where, rows = [w for w, _ in lines], [row for _, row in lines]
+        if not rows:
+            raise ValueError(f"TruthfulQA: {path} holds no questions. It needs one JSON object per line, {shape}.")
+    elif source.startswith((".", "/", "~")) or source.count("/") > 1:
+        raise FileNotFoundError(
+            f"TruthfulQA: no such file or folder {source!r}. Point `--data_dir` (`benchmark_data_dir`) at a folder "
+            f"holding {LOCAL_FILE}, or use the hub dataset {HUB_NAME!r}."
+        )
     else:
         rows, where = _load_hub(source)
     if limit is not None:
@@ -97,9 +111,11 @@ def _load_hub(name: str) -> tuple[list[dict], list[str]]:
 
 @lru_cache(maxsize=4)
 def prompt_template(path: str | None = None):
-    """lm-evaluation-harness's `doc_to_text` Jinja template for truthfulqa_mc1 (or the one in `path`)."""
+    """lm-evaluation-harness's `doc_to_text` Jinja template for truthfulqa_mc1 (or the one in `path`), compiled in
+    Jinja's immutable sandbox with strict undefined names: a template may format `question`, and nothing else."""
     import jinja2
     import yaml
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     if path is None:
         import importlib.util
@@ -108,12 +124,59 @@ def prompt_template(path: str | None = None):
         if spec is None or not spec.submodule_search_locations:
             raise ModuleNotFoundError(
                 "TruthfulQA uses lm-evaluation-harness's own prompt (its QA primer), read from the `lm-eval` package, "
-                f"which is not installed. Install it with `{INSTALL_LM_EVAL}`, or pass `prompt_template_path`."
+                f"which is not installed. Install it with `{INSTALL_LM_EVAL}`, or pass `truthfulqa_template`."
             )
         path = str(Path(list(spec.submodule_search_locations)[0]) / "tasks" / "truthfulqa" / "truthfulqa_mc1.yaml")
-    text = Path(path).read_text(encoding="utf-8")
-    source = yaml.safe_load(text)["doc_to_text"] if path.endswith((".yaml", ".yml")) else text
-    return jinja2.Environment(keep_trailing_newline=True).from_string(source)
+    if not Path(path).is_file():
+        raise FileNotFoundError(
+            f"`truthfulqa_template`: no such file {path!r}. Give a Jinja file or a YAML file with a `doc_to_text` key, "
+            "or leave it unset for lm-evaluation-harness's own prompt."
+        )
+    text = read_text(path, "`truthfulqa_template`")
+    source = text
+    if path.endswith((".yaml", ".yml")):
+        try:
+            document = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise ValueError(f"`truthfulqa_template`: {path} is not valid YAML ({err}).") from err
+        source = document.get("doc_to_text") if isinstance(document, dict) else None
+        if not isinstance(source, str):
+            raise ValueError(
+                f"`truthfulqa_template`: {path} has no `doc_to_text` string (the Jinja template of the prompt, as in "
+                "lm-evaluation-harness's task YAML files)."
+            )
+    environment = ImmutableSandboxedEnvironment(keep_trailing_newline=True, undefined=jinja2.StrictUndefined)
+    try:
+        return environment.from_string(source)
+    except jinja2.TemplateSyntaxError as err:
+        raise ValueError(
+            f"`truthfulqa_template`: {path} is not a valid Jinja template (template line {err.lineno}: {err.message})."
+        ) from err
+
+
+def render_prompt(template, question: str, path: str | None = None) -> str:
+    """The prompt of one question; a template that reaches for anything but `question` (an unsafe attribute, a name
+    it is not given) is refused naming `truthfulqa_template`."""
+    from jinja2 import TemplateError
+    from jinja2.exceptions import SecurityError
+
+    try:
+        return template.render(question=question)
+    except SecurityError as err:
+        raise ValueError(
+            f"`truthfulqa_template`: {path} tries to reach unsafe Python internals ({err}); it is rendered in a "
+            "sandbox. A TruthfulQA template may only format `question`."
+        ) from err
+    except TemplateError as err:
+        raise ValueError(
+            f"`truthfulqa_template`: {path} cannot be rendered ({type(err).__name__}: {err}). A TruthfulQA template "
+            "is given `question` only."
+        ) from err
+
+
+def check_template(path: str | None = None) -> None:
+    """Compile the template and render it once, so that a broken or unsafe one fails before any model work."""
+    render_prompt(prompt_template(path), "What is the capital of France?", path)
 
 
 def build_requests(items: Sequence[TruthfulQAItem], template_path: str | None = None):
@@ -123,7 +186,7 @@ def build_requests(items: Sequence[TruthfulQAItem], template_path: str | None = 
     for item in items:
         union = list(dict.fromkeys(item.mc1_choices + item.mc2_choices))
         index = {choice: k for k, choice in enumerate(union)}
-        context = template.render(question=item.question)
+        context = render_prompt(template, item.question, template_path)
         requests.append(ChoiceRequest(context=context, continuations=tuple(" " + c for c in union)))
         layout.append(([index[c] for c in item.mc1_choices], [index[c] for c in item.mc2_choices]))
     return requests, layout

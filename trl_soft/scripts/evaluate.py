@@ -16,6 +16,8 @@ from pathlib import Path
 
 from trl import TrlParser
 
+DTYPES = ("float32", "bfloat16", "float16", "auto")
+
 
 @dataclass
 class EvalArguments:
@@ -42,8 +44,16 @@ class EvalArguments:
         default=None,
         metadata={"help": "TruthfulQA prompt template (YAML with doc_to_text, or Jinja); default: lm-eval's own."},
     )
-    dtype: str = field(default="float32", metadata={"help": "Weights dtype (float32, bfloat16, float16)."})
+    dtype: str = field(default="float32", metadata={"help": "Weights dtype (float32, bfloat16, float16, auto)."})
     output_json: str | None = field(default=None, metadata={"help": "Also write the metrics here as JSON."})
+
+    def __post_init__(self):
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"`limit` must be >= 1 (or unset for every item); got {self.limit}.")
+        if self.max_batch < 1:
+            raise ValueError(f"`max_batch` must be >= 1; got {self.max_batch}.")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"`dtype` must be one of {', '.join(DTYPES)}; got {self.dtype!r}.")
 
 
 def format_metrics_table(metrics: dict[str, float]) -> str:
