@@ -1,4 +1,4 @@
-"""Reading the user's text files: UTF-8 text, and JSON Lines of objects, refused with the file and line at fault.
+"""Reading the user's text files: UTF-8 text, one JSON document, and JSON Lines of objects, refused with the file and line at fault.
 
 Every loader of a user file (prompts, validation set, exemplars, principles, benchmark copies) reads it through here,
 so a file saved in another encoding, a line that is not JSON, or a line that is not an object is reported the same
@@ -47,6 +47,15 @@ def json_lines(path: str | Path, who: str, shape: str) -> Iterator[tuple[str, di
                 f"object per line, {shape}."
             )
         yield where, obj
+
+
+def json_document(path: str | Path, who: str, shape: str) -> object:
+    """The one JSON document in a file (UTF-8); invalid JSON is refused naming `who` and `file:line`, and `shape`
+    says what the file should hold (for the message)."""
+    try:
+        return json.loads(read_text(path, who))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{who}: {path}:{err.lineno} is not valid JSON ({err.msg}). It must be {shape}.") from None
 
 
 def json_kind(value: object) -> str:

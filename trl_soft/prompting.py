@@ -13,7 +13,6 @@ Both are rendered with the tokenizer's chat template when it has one (instruct m
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ from pathlib import Path
 
 from transformers import PreTrainedTokenizerBase
 
-from .files import json_lines, read_text
+from .files import json_document, json_lines
 from .settings import ConcernSettings
 
 PROMPT_FORMATS = ("auto", "chat", "plain")
@@ -74,13 +73,8 @@ def load_principles(path: str | Path | None = None) -> Principles:
     path = Path(path) if path is not None else asset_path("principles.json")
     if not path.is_file():
         raise FileNotFoundError(f"`principles_path`: no such file {str(path)!r}. Point it at a principles JSON file.")
-    try:
-        data = json.loads(read_text(path, "`principles_path`"))
-    except json.JSONDecodeError as err:
-        raise ValueError(
-            f"`principles_path`: {path}:{err.lineno} is not valid JSON ({err.msg}). It must be one JSON object "
-            "{'preamble': ..., 'principles': [{'name': ..., 'text': ...}, ...]}."
-        ) from err
+    shape = "one JSON object {'preamble': ..., 'principles': [{'name': ..., 'text': ...}, ...]}"
+    data = json_document(path, "`principles_path`", shape)
     items = data.get("principles") if isinstance(data, dict) else None
     if not isinstance(items, list) or not items:
         raise ValueError(

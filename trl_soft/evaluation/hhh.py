@@ -16,12 +16,11 @@ characters). `accuracy` is the official metric.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..files import read_text
+from ..files import json_document
 from .multiple_choice import ChoiceRequest
 
 CATEGORIES = ("harmless", "helpful", "honest", "other")
@@ -91,13 +90,7 @@ def load_hhh(source: str | None = None, limit: int | None = None) -> list[HHHIte
             path = root / category / "task.json"
             if not path.is_file():
                 raise FileNotFoundError(f"HHH: {path} does not exist; the data folder needs all of {CATEGORIES}.")
-            try:
-                task = json.loads(read_text(path, "HHH"))
-            except json.JSONDecodeError as err:
-                raise ValueError(
-                    f"HHH: {path}:{err.lineno} is not valid JSON ({err.msg}). It must be one BIG-bench task object "
-                    "with an 'examples' list."
-                ) from err
+            task = json_document(path, "HHH", "one BIG-bench task object with an 'examples' list")
             items += _parse_task(task, category, str(path))[:limit]
         return items
     if source.startswith((".", "/", "~")):
