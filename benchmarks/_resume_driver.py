@@ -35,6 +35,7 @@ HOOKS = {
     "evaluate": "trl_soft.evaluation.suite:RoundEvaluator.evaluate",  # also tracks which round is evaluated
     "validation": "trl_soft.evaluation.validation:validation_nll_items",
     "summary": "trl_soft.reporting:write_summary",  # the last step of SOFTTrainer._finish
+    "open_state": "trl_soft.run_folder:open_state",  # the run's manifest is created (or read back to resume)
     "checkpoint_rng": "transformers.trainer:Trainer._save_rng_state",  # in _save_checkpoint: weights written,
     # optimizer too, RNG state and trainer_state.json not yet
     "on_step_end": None,  # HF TrainerCallback events
@@ -44,6 +45,7 @@ HOOKS = {
 # point -> (hook, moment, condition on c: round, eval_round, step, args (the call's arguments),
 # desc and batch (of a progress bar: its description, and how many batches it has seen))
 POINTS = {
+    "before_manifest": ("open_state", "before", lambda c: True),
     "start_eval": ("validation", "after", lambda c: c.eval_round == 0),
     "mid_generation": ("progress", "batch", lambda c: c.desc == "Round 2: generate" and c.batch == 1),
     "after_generations": ("save_generations", "after", lambda c: c.args["self"].index == 2),

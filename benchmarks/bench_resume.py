@@ -16,8 +16,8 @@ Per configuration, one uninterrupted reference run; then, per kill point, a fres
 `train_loss` to 1e-6 relative), every model folder's safetensors tensor by tensor, bitwise, the same file list,
 and no leftover (`*.tmp`, `*.partial/`, `round_t/checkpoints/`, a held `*.lock`). Besides the named points: `repeat`
 (a second uninterrupted run: shows the comparison is not flaky), `random_1`/`random_2` (killed by the harness at a
-seeded time within the reference's duration) and `second_kill` (killed after round 2's generations, the resume
-killed mid-epoch, resumed again). A point the run finishes without reaching is a failure ("not reached"): it tested
+seeded time in 5-90% of the reference's duration after it took the run's lock) and `second_kill` (killed after
+round 2's generations, the resume killed mid-epoch, resumed again). A point the run finishes without reaching is a failure ("not reached"): it tested
 nothing. Prints a Markdown table, writes it to benchmarks/results/resume.md (and .json); exits 1 if a row failed.
 
 What it does not show: resumes on several processes or on a GPU, vLLM engines (their weight folders), sampling
@@ -92,18 +92,28 @@ def setup(work: Path) -> None:
 
 
 def run_driver(work: Path, config: str, out: Path, log: Path, kill: str | None = None, resume: bool = False,
-               kill_after: float | None = None) -> int:
-    """One driver process; returns its returncode (-9: killed). `kill_after`: SIGKILL it after that many seconds."""
+               kill_after: float | None = None) -> tuple[int, float | None]:
+    """One driver process: its returncode (-9: killed) and how long it ran after it took the run's lock (None if it
+    never did). `kill_after`: SIGKILL it that many seconds after it took the lock (`out/.soft.lock` appears): a kill
+    during its start (imports, before the trainer exists) leaves nothing to resume and tests nothing."""
     command = [sys.executable, str(DRIVER), "--work", str(work), "--config", config, "--out", str(out)]
     command += (["--kill", kill] if kill else []) + (["--resume"] if resume else [])
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "WANDB_DISABLED": "true"}
+    from trl_soft.run_folder import LOCK_NAME  # the run has begun once its lock file appears
+
+    lock, locked = out / LOCK_NAME, None
+    already = lock.exists()  # a resume: the lock file is there from the start
     with open(log, "w") as handle:
         process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env)
-        try:
-            return process.wait(timeout=kill_after)
-        except subprocess.TimeoutExpired:
-            process.send_signal(signal.SIGKILL)
-            return process.wait()
+        while process.poll() is None:
+            if locked is None and (already or lock.exists()):
+                locked = time.perf_counter()
+            if locked is not None and kill_after is not None and time.perf_counter() - locked >= kill_after:
+                process.send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.02)
+        rc = process.wait()
+    return rc, (time.perf_counter() - locked if locked is not None else None)
 
 
 def run_point(point: str, config: str, work: Path, folder: Path, reference: Path, reference_seconds: float,
@@ -115,12 +125,12 @@ def run_point(point: str, config: str, work: Path, folder: Path, reference: Path
     if point.startswith("random"):
         kill_after = round(random.Random(f"{seed}-{config}-{point}").uniform(0.05, 0.9) * reference_seconds, 1)
     first = SECOND_KILL[0] if point == "second_kill" else None if point == "repeat" or kill_after else point
-    rcs = [run_driver(work, config, out, folder / "run.log", first, kill_after=kill_after)]
+    rcs = [run_driver(work, config, out, folder / "run.log", first, kill_after=kill_after)[0]]
     left_by_kill = compare_runs.leftovers(out) if out.is_dir() else []
     if point == "second_kill" and rcs[0] == -9:
-        rcs.append(run_driver(work, config, out, folder / "resume_killed.log", SECOND_KILL[1], resume=True))
+        rcs.append(run_driver(work, config, out, folder / "resume_killed.log", SECOND_KILL[1], resume=True)[0])
     if point != "repeat":
-        rcs.append(run_driver(work, config, out, folder / "resume.log", resume=True))
+        rcs.append(run_driver(work, config, out, folder / "resume.log", resume=True)[0])
     killed = {-9: "yes", 0: "not reached"}.get(rcs[0], f"crashed (rc {rcs[0]})")
     if point == "second_kill" and len(rcs) == 3:
         killed = "yes, yes" if rcs[1] == -9 else f"yes, {'not reached' if rcs[1] == 0 else f'rc {rcs[1]}'}"
@@ -188,10 +198,12 @@ def main() -> int:
         reference = runs / "reference" / "out"
         reference.parent.mkdir()
         begun = time.perf_counter()
-        rc = run_driver(work, config, reference, runs / "reference" / "run.log")
+        rc, locked_seconds = run_driver(work, config, reference, runs / "reference" / "run.log")
         seconds = round(time.perf_counter() - begun, 1)
-        references[config] = {"rc": rc, "seconds": seconds, "leftovers": compare_runs.leftovers(reference)}
-        print(f"{config}: reference run rc {rc} in {seconds} s; its leftovers: "
+        locked_seconds = round(locked_seconds or 0.0, 1)
+        references[config] = {"rc": rc, "seconds": seconds, "seconds_after_lock": locked_seconds,
+                              "leftovers": compare_runs.leftovers(reference)}
+        print(f"{config}: reference run rc {rc} in {seconds} s ({locked_seconds} s after taking the lock); its leftovers: "
               f"{', '.join(references[config]['leftovers']) or 'none'}", flush=True)
         if rc != 0:
             print((runs / "reference" / "run.log").read_text()[-3000:], file=sys.stderr)
@@ -205,7 +217,7 @@ def main() -> int:
             if args.max_minutes and time.perf_counter() - started > 60 * args.max_minutes:
                 skipped.append(f"{config}/{point}")
                 continue
-            row = run_point(point, config, work, runs / point, reference, seconds, args.seed, compare_runs)
+            row = run_point(point, config, work, runs / point, reference, locked_seconds, args.seed, compare_runs)
             rows.append(row)
             print(table([row]).splitlines()[-1], flush=True)
             if not args.keep:
@@ -219,7 +231,7 @@ def main() -> int:
                for r in rows if r["differences"]]
     details += [f"- {r['config']}/{r['point']}: resume log tail: " + " / ".join(r["error_tail"])
                 for r in rows if r.get("error_tail")]
-    refs = "; ".join(f"{c} reference run: {r['seconds']} s, leftovers: {', '.join(r['leftovers']) or 'none'}"
+    refs = "; ".join(f"{c} reference run: {r['seconds']} s ({r['seconds_after_lock']} s after taking the lock), leftovers: {', '.join(r['leftovers']) or 'none'}"
                      for c, r in references.items())
     report = "\n\n".join([table(rows), summary, refs] + (["Differences:\n" + "\n".join(details)] if details else []))
     print("\n" + report)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -111,3 +113,23 @@ DATA = Path(os.environ.get("TRL_SOFT_DATA_DIR") or Path(__file__).resolve().pare
 needs_data = pytest.mark.skipif(
     not DATA.is_dir() and not os.environ.get("CI"), reason=f"{DATA} (the offline benchmark copies) is absent"
 )
+
+
+# A process that takes the run lock on a folder and waits (`start_lock_holder`): kill it with SIGKILL to leave the
+# stale lock record a `kill -9` leaves.
+LOCK_HOLDER = """
+import sys, time
+from pathlib import Path
+from trl_soft.run_folder import RunLock
+RunLock(Path(sys.argv[1])).acquire()
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
+def start_lock_holder(folder: Path) -> subprocess.Popen:
+    """Another process holding the run lock on `folder` (created), once this returns."""
+    folder.mkdir(parents=True, exist_ok=True)
+    process = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, str(folder)], stdout=subprocess.PIPE, text=True)
+    assert process.stdout.readline().strip() == "held"
+    return process

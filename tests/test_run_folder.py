@@ -10,7 +10,6 @@ import signal
 import stat
 import subprocess
 import sys
-import textwrap
 import time
 
 import pytest
@@ -28,27 +27,14 @@ from trl_soft.run_folder import (
 )
 from trl_soft.state import SOFTSaveError, SOFTState, atomic_write_text, fingerprint_changes, saving
 
-from .conftest import unloaded_trainer
-
-HOLDER = textwrap.dedent(
-    """
-    import sys, time
-    from pathlib import Path
-    from trl_soft.run_folder import RunLock
-    RunLock(Path(sys.argv[1])).acquire()
-    print("held", flush=True)
-    time.sleep(600)
-    """
-)
+from .conftest import LOCK_HOLDER, start_lock_holder, unloaded_trainer
 
 
 @pytest.fixture
 def holder(tmp_path):
     """Another process holding the lock on `tmp_path/out`."""
     out = tmp_path / "out"
-    out.mkdir()
-    process = subprocess.Popen([sys.executable, "-c", HOLDER, str(out)], stdout=subprocess.PIPE, text=True)
-    assert process.stdout.readline().strip() == "held"
+    process = start_lock_holder(out)
     yield out, process
     process.kill()
     process.wait()
@@ -167,6 +153,23 @@ def test_resume_checks_before_anything_loads(tmp_path):
         check_output_dir(out, {"num_rounds": 2, "max_length": 64}, "h", False, True, same)
 
 
+def test_a_resume_where_a_run_was_killed_before_its_manifest_starts_over(holder):
+    """A run killed after taking the lock, before writing soft_state.json, completed nothing: `--resume` there starts
+    from the beginning. Without that stale lock record (no run began there) the same resume is refused."""
+    out, process = holder
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    lock = RunLock(out).acquire()
+    assert f"PID {process.pid}" in lock.stale_holder
+    same = lambda old, done: True  # noqa: E731
+    assert check_output_dir(out, {"num_rounds": 2}, "h", False, True, same, killed_run=lock.stale_holder) is None
+    assert check_output_dir(out, {"num_rounds": 2}, "h", False, True, same, killed_run=True) is None  # not main
+    with pytest.raises(SOFTResumeError, match="holds no SOFT run to continue"):
+        check_output_dir(out, {"num_rounds": 2}, "h", False, True, same, killed_run=None)
+    lock.release()
+    assert RunLock(out).acquire().stale_holder is None  # a released lock leaves no record behind
+
+
 def test_damaged_manifest_and_generations_are_named(tmp_path):
     out = tmp_path / "out"
     fingerprint = {"num_rounds": 3}
@@ -186,7 +189,7 @@ def test_damaged_manifest_and_generations_are_named(tmp_path):
 def test_the_lock_is_released_when_the_holder_exits(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
-    subprocess.run([sys.executable, "-c", HOLDER.replace("time.sleep(600)", "pass"), str(out)], check=True,
+    subprocess.run([sys.executable, "-c", LOCK_HOLDER.replace("time.sleep(600)", "pass"), str(out)], check=True,
                    capture_output=True, timeout=120)
     started = time.time()
     lock = RunLock(out).acquire()

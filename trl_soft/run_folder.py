@@ -9,7 +9,9 @@
 - **What a run owns** (`RUN_FILES` and the `round_*` folders): `--overwrite_output_dir` clears all of it, not only
   the rounds, so an old final model or summary never sits beside a new manifest.
 - **Resume.** `check_output_dir` refuses, before any model loads, a folder holding a run made with settings that
-  change the weights (naming each difference), and a `--resume` with nothing to resume.
+  change the weights (naming each difference), and a `--resume` with nothing to resume. A run killed after it took
+  the lock but before its manifest was written completed nothing: its `--resume` starts from the beginning (the
+  stale lock record says a run began there; a folder no run began in is refused, a mistyped path most likely).
 """
 
 from __future__ import annotations
@@ -59,7 +61,9 @@ class RunLock:
     def __init__(self, output_dir: Path):
         self.path = Path(output_dir) / LOCK_NAME
         self.key = str(Path(output_dir).resolve())
-        self.stale_holder: str | None = None  # the holder a stale lock named, when one was taken over
+        # The holder a stale lock named, when one was taken over: a run killed in this folder (a clean exit, or an
+        # exception, releases the lock and clears the record).
+        self.stale_holder: str | None = None
 
     @property
     def held(self) -> bool:
@@ -234,16 +238,22 @@ def check_output_dir(
     overwrite: bool,
     resume: bool,
     same_prompts: Callable[[int, int], bool],
+    killed_run: str | None | bool = None,
 ) -> SOFTState | None:
     """Before any model loads: `output_dir` is writable, and a run already in it can be resumed (same settings, except
     those that may change) or may be replaced. Returns its manifest, or None.
+
+    `killed_run`: the holder of a stale lock this process took over (`RunLock.stale_holder`), None when there was none,
+    or True where this process cannot know (not the main process: the main process decides). A `resume` without a
+    manifest is refused only when no run was killed there: a killed run without a manifest completed nothing, and its
+    resume starts from the beginning.
 
     `same_prompts(old_fingerprint, completed)` says whether the completed rounds keep their prompts under the new
     `num_rounds` and `prompts_per_round` (which may change: more rounds extend a run when the prompts of the finished
     rounds stay the same)."""
     check_writable(output_dir)
     existing = None if overwrite else load_manifest(output_dir)
-    if resume and not overwrite and existing is None:
+    if resume and not overwrite and existing is None and not killed_run:
         raise SOFTResumeError(
             f"`--resume`: {str(output_dir)!r} holds no SOFT run to continue (no {MANIFEST_NAME}). Drop `--resume` "
             "(`resume_from_checkpoint`) to start a new run there, or give the `output_dir` of the run to continue."

@@ -170,6 +170,7 @@ class SOFTTrainer(SFTTrainer):
         )
         self.soft_config_hash = config_hash(self.soft_fingerprint)
         self.lock = RunLock(self.soft_output_dir)  # one run per folder, from here to the end of `train()`
+        self._announced_restart = False
         self._check_run_folder(args, resume=bool(args.resume_from_checkpoint))
         if isinstance(model, str):
             model = resolve_model_path(model)  # converts the embedded model on first use: after every check
@@ -486,11 +487,11 @@ class SOFTTrainer(SFTTrainer):
         """Lock `output_dir` and check what it holds against this run (before any model loads when called from
         `__init__`; again when `train()` starts, which knows whether it resumes)."""
         check_writable(self.soft_output_dir)
-        if is_main_process():
+        main = is_main_process()
+        if main and not self.lock.held:
             self.lock.acquire()
             if self.lock.stale_holder:
                 print(f"SOFT: took over the lock of an interrupted run ({self.lock.stale_holder}).", flush=True)
-                self.lock.stale_holder = None
         rounds = args.settings.rounds
 
         def same_prompts(old: dict, completed: int) -> bool:
@@ -500,10 +501,14 @@ class SOFTTrainer(SFTTrainer):
             )
 
         try:
-            check_output_dir(
+            existing = check_output_dir(
                 self.soft_output_dir, self.soft_fingerprint, self.soft_config_hash, rounds.overwrite_output_dir,
-                resume, same_prompts,
+                resume, same_prompts, killed_run=self.lock.stale_holder if main else True,
             )
+            if resume and existing is None and main and self.lock.stale_holder and not self._announced_restart:
+                print(f"SOFT: the run killed in {str(self.soft_output_dir)!r} ({self.lock.stale_holder}) had not "
+                      "completed its start (no soft_state.json): --resume starts it from the beginning.", flush=True)
+                self._announced_restart = True
         except BaseException:
             self.lock.release()
             raise
