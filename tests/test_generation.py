@@ -35,6 +35,30 @@ def test_stop_strings_end_an_answer(tiny_model, tokenizer):
     assert stopped[0].finished and stopped[0].num_tokens <= free[0].num_tokens
 
 
+def test_the_stop_string_criterion_is_built_once_per_tokenizer_not_per_batch(tiny_model, tokenizer, monkeypatch):
+    """transformers' own cache for it never hits with a fast tokenizer (the vocabulary comes back in a new order on
+    every call), so handing `stop_strings` to `generate` walked the whole vocabulary again for every batch."""
+    import trl_soft.generation as generation
+
+    built = []
+
+    class Counted(generation.StopStringCriteria):
+        def __init__(self, *args, **kwargs):
+            built.append(args[1])
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(generation, "StopStringCriteria", Counted)
+    monkeypatch.setattr(generation, "_STOP_CRITERIA", type(generation._STOP_CRITERIA)())  # what earlier tests built
+    stops = ("zzz unlikely", "\n\n")
+    settings = GenerationSettings(max_new_tokens=4, temperature=0, batch_size=1, stop_strings=stops)
+    first = generate_completions(tiny_model, tokenizer, PROMPTS, settings)
+    again = generate_completions(tiny_model, tokenizer, PROMPTS, settings)
+    assert built == [list(stops)]  # 8 batches, 2 calls: one build
+    assert [r.text for r in first] == [r.text for r in again]
+    generate_completions(tiny_model, tokenizer, PROMPTS[:1], GenerationSettings(max_new_tokens=2, stop_strings=("x",)))
+    assert built == [list(stops), ["x"]]
+
+
 def test_shared_prefix_length():
     from trl_soft.generation import shared_prefix_length
 
