@@ -1,5 +1,7 @@
 """`trl_soft.generation`: transformers generation (greedy, seeded sampling, stop strings) and its shared-prefix cache."""
 
+import copy
+
 from trl_soft.generation import GenerationSettings, generate_completions
 
 PROMPTS = ["Hello there, how are", "The capital of France is", "One two three", "Write a short poem about the sea"]
@@ -57,6 +59,11 @@ def test_the_stop_string_criterion_is_built_once_per_tokenizer_not_per_batch(tin
     assert [r.text for r in first] == [r.text for r in again]
     generate_completions(tiny_model, tokenizer, PROMPTS[:1], GenerationSettings(max_new_tokens=2, stop_strings=("x",)))
     assert built == [list(stops), ["x"]]
+    grown = copy.deepcopy(tokenizer)  # a tokenizer that gains a token can stop on it: built again
+    generation.stop_string_criteria(grown, stops)
+    grown.add_tokens(["<zzz-new>"])
+    generation.stop_string_criteria(grown, stops)
+    assert built == [list(stops), ["x"], list(stops), list(stops)]
 
 
 def test_shared_prefix_length():

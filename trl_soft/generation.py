@@ -131,13 +131,14 @@ def stop_string_criteria(tokenizer: PreTrainedTokenizerBase, stop_strings: Seque
     """The stopping criterion for `stop_strings`, built once per tokenizer and set of strings. Passing
     `stop_strings=` to `generate` rebuilds it on every call: transformers caches it under the vocabulary in
     `get_vocab()` order, which a fast tokenizer returns differently each time, so the cache never hits and every
-    call re-walks the whole vocabulary (about 0.5 s for SmolLM2's 49k tokens, on every batch)."""
+    call re-walks the whole vocabulary (about 0.5 s for SmolLM2's 49k tokens, on every batch). A tokenizer that gains
+    tokens later gets a new one."""
     if not stop_strings:
         return StoppingCriteriaList()
     built = _STOP_CRITERIA.setdefault(tokenizer, {})
-    key = tuple(stop_strings)
+    key = (tuple(stop_strings), len(tokenizer))
     if key not in built:
-        built[key] = StopStringCriteria(tokenizer, list(key))
+        built[key] = StopStringCriteria(tokenizer, list(stop_strings))
     return StoppingCriteriaList([built[key]])
 
 
