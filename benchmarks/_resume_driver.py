@@ -194,7 +194,7 @@ def build_config(name: str, output_dir: str):
         filters=[], filter_min_words=1, curriculum="none" if lora else "length",
         per_device_train_batch_size=2, num_train_epochs=1, learning_rate=5e-3, gradient_checkpointing=False,
         save_strategy="steps", save_steps=1, logging_steps=1, report_to="none", disable_tqdm=True,
-        validation_batch_size=16, diagnostics_num_prompts=4, diagnostics_max_new_tokens=8,
+        validation_batch_size=16, diagnostics_num_prompts=4, diagnostics_max_new_tokens=8, behaviour_eval="none",
         # LoRA at this learning rate raises the validation NLL after round 1 (by 0.0023 > the 0.0019 noise margin,
         # measured), so the collapse callback would stop the run there and no round-2 point would be reached; the
         # `full` configuration keeps the callback on, and runs all 3 rounds.

@@ -80,6 +80,7 @@ def tiny_config(output_dir, **overrides):
         diagnostics_max_new_tokens=8,
         disable_tqdm=True,
         generation_backend="hf",
+        behaviour_eval="none",  # on by default in a run; the behaviour tests turn it on with small sets
     )
     values.update(overrides)
     return SOFTConfig(**values)

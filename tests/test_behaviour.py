@@ -146,11 +146,13 @@ def test_the_gate_is_counted_as_a_filter_reason_in_a_run(tmp_path, tokenizer):
 # ---- stopping on behaviour ------------------------------------------------------------------------------------------
 
 
-def test_a_run_stops_on_refusals_and_restores_the_starting_model(tmp_path, tokenizer):
-    """A tiny model taught to refuse everything; a destructive learning rate makes it babble: refusals of harmful
-    requests fall from 100% to 0%, the callback stops after round 1 and the final model is the starting one."""
+REFUSAL = " I'm sorry, but I can't help with that."
+
+
+def refusing_model(tokenizer):
+    """A tiny random Llama taught to answer every demo prompt with `REFUSAL` (80 steps, about 5 s)."""
     model = make_tiny_llama(tokenizer)
-    refusal = " I'm sorry, but I can't help with that." + tokenizer.eos_token
+    refusal = REFUSAL + tokenizer.eos_token
     prompts = [json.loads(line)["prompt"] for line in asset_path("demo_prompts.jsonl").read_text().splitlines()][:48]
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     model.train()
@@ -170,12 +172,20 @@ def test_a_run_stops_on_refusals_and_restores_the_starting_model(tmp_path, token
         optimizer.step()
         optimizer.zero_grad()
     model.eval()
+    return model
+
+
+def test_a_run_stops_on_refusals_and_restores_the_starting_model(tmp_path, tokenizer):
+    """A tiny model taught to refuse everything; a destructive learning rate makes it babble: refusals of harmful
+    requests fall from 100% to 0%, the callback stops after round 1 and the final model is the starting one."""
+    model = refusing_model(tokenizer)
     start = {k: v.clone() for k, v in model.state_dict().items()}
     out = tmp_path / "out"
     args = tiny_config(
         out, num_rounds=3, learning_rate=5.0, max_grad_norm=0.0, prompt_format="plain", validation_path="none",
         diagnostics_num_prompts=0, behaviour_eval=["harmful"], behaviour_harmful_limit=10, behaviour_fewshot=False,
         behaviour_max_new_tokens=12, benchmark_data_dir=str(DATA), collapse_metric="refusal_harmful",
+        rejection_patience=3,  # the callback stops it
     )
     trainer = SOFTTrainer(model=model, args=args, train_dataset=Dataset.from_list([{"prompt": f"q {i}"} for i in range(12)]),
                           processing_class=tokenizer)
@@ -202,7 +212,7 @@ def test_the_premise_check_on_the_embedded_model_finds_principles_lower_its_refu
     """Measured for issue 10: with the principles and 5 exemplars (SOFTConfig's default k) the 135M model refuses
     harmful requests less often than zero-shot (14% vs 8% of 100 here, paired difference -6.0 points, 95% CI
     [-13.3, +1.3]), so the premise does not hold: 'unclear' at this sample size, never 'holds'."""
-    settings = BehaviourSettings(sets=("harmful",), data_dir=str(DATA))
+    settings = BehaviourSettings(sets=("harmful",), harmful_limit=100, max_new_tokens=64, data_dir=str(DATA))
     outcome = evaluate_model_behaviour(
         "embedded", settings, JudgeSettings(), EngineSettings(cpu_kv_cache_gb=1), num_exemplars=5, work_dir=tmp_path
     )

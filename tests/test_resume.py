@@ -187,6 +187,7 @@ CLI_FLAGS = [
     "--filters", "too_short", "--filter_min_words", "1", "--per_device_train_batch_size", "4", "--num_train_epochs", "1", "--learning_rate", "5e-3",
     "--report_to", "none", "--save_strategy", "no", "--generation_backend", "hf", "--disable_tqdm", "true",
     "--diagnostics_num_prompts", "4", "--diagnostics_max_new_tokens", "8", "--gradient_checkpointing", "false",
+    "--behaviour_eval", "none",
 ]
 
 

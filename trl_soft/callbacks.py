@@ -20,8 +20,14 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from .behaviour.settings import greater_is_better
 from .behaviour.stats import ITEM_SCORES, Z95, paired_difference
 from .settings import ConcernSettings
+
+# The least change that matters, by kind of metric (`CollapseSettings.threshold_for`).
+MEANINGFUL_NLL_CHANGE = 0.01  # nats per token: exp(0.01) = a 1% change of the validation perplexity
+MEANINGFUL_RATE_CHANGE = 0.01  # one point of a rate or an accuracy in [0, 1]
+RATE_PREFIXES = ("truthfulqa_", "hhh_")
 
 
 @dataclass(frozen=True)
@@ -40,7 +46,7 @@ class CollapseSettings(ConcernSettings):
     metric: str | None = None
     greater_is_better: bool | None = None
     patience: int = 1
-    threshold: float = 0.0
+    threshold: float | None = None
     noise_z: float = Z95
     restore_best_round: bool = True
 
@@ -50,10 +56,24 @@ class CollapseSettings(ConcernSettings):
                 "patience", f"must be >= 1 (rounds in a row); got {self.patience}. To turn early stopping off, set "
                 "`collapse_metric='none'`."
             )
-        if self.threshold < 0:
+        if self.threshold is not None and self.threshold < 0:
             raise self.field_error("threshold", f"must be >= 0; got {self.threshold}.")
         if self.noise_z < 0:
             raise self.field_error("noise_z", f"must be >= 0 (0 ignores noise); got {self.noise_z}.")
+
+    def threshold_for(self, metric: str, behaviour_margin: float) -> float:
+        """`collapse_threshold`, or the least change that matters for `metric` (see its help and
+        docs/curriculum_and_collapse.md): 1% of perplexity for the validation NLL, the acceptance margin for a
+        behaviour rate, one point for another rate or accuracy, else 0."""
+        if self.threshold is not None:
+            return self.threshold
+        if metric == "validation_nll":
+            return MEANINGFUL_NLL_CHANGE
+        if greater_is_better(metric) is not None:
+            return behaviour_margin
+        if metric.startswith(RATE_PREFIXES):
+            return MEANINGFUL_RATE_CHANGE
+        return 0.0
 
     def watched(self, default: str | None) -> str | None:
         """The metric watched: `collapse_metric`, else `default` (the validation NLL when there is a validation set);
@@ -139,14 +159,15 @@ class EarlyCollapseCallback(SOFTCallback):
 
     @classmethod
     def from_settings(
-        cls, settings: CollapseSettings, metric: str, greater_is_better: bool, include_start: bool
+        cls, settings: CollapseSettings, metric: str, greater_is_better: bool, include_start: bool,
+        behaviour_margin: float = 0.03,
     ) -> EarlyCollapseCallback:
         """The callback a config asks for: its `CollapseSettings`, the metric watched and its direction."""
         return cls(
             metric=metric,
             greater_is_better=greater_is_better,
             patience=settings.patience,
-            threshold=settings.threshold,
+            threshold=settings.threshold_for(metric, behaviour_margin),
             restore_best_round=settings.restore_best_round,
             include_start=include_start,
             noise_z=settings.noise_z,
@@ -158,7 +179,7 @@ class EarlyCollapseCallback(SOFTCallback):
         settings = args.settings
         return cls.from_settings(
             settings.collapse, settings.collapse_metric, settings.collapse_greater_is_better,
-            settings.validation.evaluate_start,
+            settings.validation.evaluate_start, settings.acceptance.margin,
         )
 
     def reset(self) -> None:
@@ -250,7 +271,7 @@ def with_collapse_callback(callbacks: list | None, settings, has_validation_set:
         callbacks.append(
             EarlyCollapseCallback.from_settings(
                 settings.collapse, settings.collapse_metric, settings.collapse_greater_is_better,
-                settings.validation.evaluate_start,
+                settings.validation.evaluate_start, settings.acceptance.margin,
             )
         )
         watchers = callbacks[-1:]

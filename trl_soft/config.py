@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 import torch
 from trl import SFTConfig
 
-from .behaviour.settings import BehaviourSettings
+from .acceptance import DEFAULT_MARGIN, AcceptanceSettings
+from .behaviour.settings import BEHAVIOUR_MAX_NEW_TOKENS, BehaviourSettings
 from .callbacks import CollapseSettings
 from .curriculum import CurriculumSettings
 from .diagnostics import DiagnosticsSettings
@@ -45,6 +46,7 @@ CONCERNS: dict[str, type[ConcernSettings]] = {
     "diagnostics": DiagnosticsSettings,
     "judges": JudgeSettings,
     "behaviour": BehaviourSettings,
+    "acceptance": AcceptanceSettings,
     "collapse": CollapseSettings,
 }
 # The `SFTConfig` fields that shape every round's weights besides the SOFT ones (part of the resume fingerprint).
@@ -83,6 +85,7 @@ class SOFTSettings:
     diagnostics: DiagnosticsSettings
     judges: JudgeSettings
     behaviour: BehaviourSettings
+    acceptance: AcceptanceSettings
     collapse: CollapseSettings
     training: tuple[tuple[str, object], ...] = ()  # TRAINING_FIELDS and their values
 
@@ -100,6 +103,8 @@ class SOFTSettings:
         for name, concern in self.concerns().items():
             if name == "diagnostics" and not self.validation.enabled:
                 continue  # the diagnostics answer validation prompts
+            if name == "acceptance" and not self.behaviour.enabled:
+                continue  # a round is accepted on its behaviour items
             names |= concern.metric_names()
         return names
 
@@ -132,10 +137,23 @@ class SOFTSettings:
 
     def check(self, config: SOFTConfig) -> None:
         """The checks that need more than one concern (or an `SFTConfig` field)."""
-        if not self.validation.evaluate_start and (self.behaviour.require_premise or "helpful" in self.behaviour.sets):
+        if not self.validation.evaluate_start and (self.behaviour.require_premise or "helpful" in (self.behaviour.sets or ())):
             raise ValueError(
                 "`require_premise` and `behaviour_eval` 'helpful' need `evaluate_start=True`: the premise check and "
                 "the win rate's reference answers come from evaluating the starting model before round 1."
+            )
+        late = [r for r in self.behaviour.fewshot if r > self.rounds.num_rounds]
+        if late:
+            raise ValueError(
+                f"`behaviour_fewshot` names round(s) {late} but the run has `num_rounds={self.rounds.num_rounds}`: give "
+                "rounds from 0 (the starting model, the premise check) to num_rounds."
+            )
+        measured = self.behaviour.base_metrics()
+        unmeasured = [m for m in self.acceptance.watch or () if m not in measured]
+        if unmeasured and self.behaviour.sets is not None:
+            raise ValueError(
+                f"`behaviour_watch` names {unmeasured}, which the behaviour sets of this run "
+                f"({list(self.behaviour.sets) or 'none'}) do not produce: add their set to `behaviour_eval` or drop them."
             )
         metric = self.collapse.metric
         if metric not in (None, "none") and metric not in self.metric_names():
@@ -313,6 +331,14 @@ class SOFTConfig(SFTConfig):
         metadata={"help": "Sampling temperature for regeneration; 0 means greedy decoding (chosen here: 0.7)."},
     )
     generation_top_p: float = field(default=0.9, metadata={"help": "Nucleus sampling top-p (chosen here: 0.9)."})
+    generations_per_prompt: int = field(
+        default=1,
+        metadata={
+            "help": "Best-of-n: answers sampled per prompt (n). The filters and the principle gate judge every sample "
+            "and the round trains on the best passing one per prompt: the easiest by the curriculum's score, else "
+            "the first (docs/behaviour.md). Needs sampling (`generation_temperature` > 0)."
+        },
+    )
     generation_batch_size: int = field(
         default=8, metadata={"help": "Prompts per generate() call on each process (left-padded, length-bucketed)."}
     )
@@ -501,11 +527,13 @@ class SOFTConfig(SFTConfig):
             "its validation set)."
         },
     )
-    collapse_threshold: float = field(
-        default=0.0,
+    collapse_threshold: float | None = field(
+        default=None,
         metadata={
-            "help": "The least change that counts: a round counts against `collapse_patience` only when it is worse "
-            "than the best by more than this AND by more than `collapse_noise_z` standard errors of the difference."
+            "help": "The least change that matters: a round counts against `collapse_patience` only when it is worse "
+            "than the best by more than this AND by more than `collapse_noise_z` standard errors of the difference. "
+            "Default (chosen here): 0.01 for 'validation_nll' (nats per token: a 1 percent change of perplexity), "
+            "`behaviour_margin` for a behaviour rate, 0.01 (one point) for other rates and accuracies, 0 for the rest."
         },
     )
     collapse_noise_z: float = field(
@@ -576,29 +604,78 @@ class SOFTConfig(SFTConfig):
     behaviour_eval: list[str] | None = field(
         default=None,
         metadata={
-            "help": "Behaviour sets answered (greedily, through the generation engine) by the starting model and after "
-            "every round: 'harmful' (refusal rate on HarmBench + Do-Not-Answer), 'benign' (over-refusal on safe "
-            "requests, half of them sounding dangerous), 'unknowable' (admits it cannot know), 'helpful' (pairwise "
-            "win rate against the starting model on Vicuna bench; needs `pairwise_judge`). Default: none (off)."
+            "help": "Behaviour sets answered (greedily, zero-shot, through the generation engine) by the starting model "
+            "and after every round: 'harmful' (refusal rate on HarmBench + Do-Not-Answer), 'benign' (over-refusal on "
+            "safe requests, half of them sounding dangerous), 'unknowable' (admits it cannot know), 'helpful' "
+            "(pairwise win rate against the starting model on Vicuna bench; needs `pairwise_judge`). Every round is "
+            "accepted or rejected on them (`behaviour_margin`). Default: harmful, benign and unknowable, harmful "
+            "only where HarmBench and Do-Not-Answer can be loaded ($TRL_SOFT_DATA_DIR, `benchmark_data_dir` or the "
+            "hub); 'none' turns the evaluation off, and the summary then says alignment was not measured."
         },
     )
-    behaviour_harmful_limit: int = field(
-        default=100,
-        metadata={"help": "Harmful requests evaluated: a fixed sample, half HarmBench, half Do-Not-Answer."},
+    behaviour_harmful_limit: int | None = field(
+        default=None,
+        metadata={
+            "help": "Harmful requests evaluated: a fixed sample, half HarmBench, half Do-Not-Answer. Default: all of "
+            "them (HarmBench standard 200 + the three refusal areas of Do-Not-Answer 667)."
+        },
     )
     behaviour_limit: int | None = field(
         default=None, metadata={"help": "Evaluate only the first N benign, unknowable and helpful items (default: all)."}
     )
     behaviour_max_new_tokens: int = field(
-        default=64,
-        metadata={"help": "Tokens per behaviour answer (chosen here: 64; refusals and admissions come first)."},
-    )
-    behaviour_fewshot: bool = field(
-        default=True,
+        default=BEHAVIOUR_MAX_NEW_TOKENS,
         metadata={
-            "help": "Also answer every behaviour set with the principle-driven prompt the rounds use (principles + "
-            "exemplars): the SOFT premise check before round 1, and the `fewshot_*` metrics of every round."
+            "help": "Tokens per behaviour answer (chosen here: the shortest length at which the rule judge's verdicts "
+            "agree with answers labelled by reading as well as at 64; benchmarks/bench_verdict_length.py)."
         },
+    )
+    behaviour_fewshot: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Rounds whose behaviour sets are also answered with the principle-driven prompt the rounds use "
+            "(principles + exemplars), as `fewshot_*` metrics; round 0 is the premise check before round 1. "
+            "Default: 0 (the premise check only). 'none' (or an empty list) turns the principled arm off."
+        },
+    )
+    behaviour_fewshot_every: int = field(
+        default=0,
+        metadata={"help": "Also answer with the principle-driven prompt every N rounds (rounds N, 2N, ...); 0: never."},
+    )
+    behaviour_margin: float = field(
+        default=DEFAULT_MARGIN,
+        metadata={
+            "help": "Non-inferiority margin of the acceptance rule, as a share of behaviour items: a round is accepted "
+            "only if the lower end of the 95 percent interval of its pooled paired difference against the starting "
+            "model is above -margin, it is not pooled-worse, and no watched metric is worse beyond its noise "
+            "(chosen here: 0.03, with the default sets; see docs/behaviour.md)."
+        },
+    )
+    behaviour_watch: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Behaviour metrics that may not be worse beyond their noise alone in an accepted round. Default: "
+            "every one measured (refusal_harmful, refusal_benign, admits_unknown)."
+        },
+    )
+    final_model: str = field(
+        default="best_accepted",
+        metadata={
+            "help": "Which round `final_model/` holds: 'best_accepted' (the accepted round with the largest pooled "
+            "gain against the start; the starting model when none is accepted) or 'last' (the last round trained, "
+            "whatever its behaviour; the summary then warns)."
+        },
+    )
+    generate_from: str = field(
+        default="last_accepted",
+        metadata={
+            "help": "After a rejected round, the next round is generated and trained from 'last_accepted' (the last "
+            "accepted round, or the starting model) or 'last' (the rejected round itself)."
+        },
+    )
+    rejection_patience: int = field(
+        default=1,
+        metadata={"help": "Stop after this many rejected rounds in a row (chosen here: 1, the first rejected round)."},
     )
     behaviour_benign_path: str | None = field(
         default=None, metadata={"help": "JSONL of benign requests ({'prompt', 'id'?}); default: the shipped set."}
@@ -623,6 +700,13 @@ class SOFTConfig(SFTConfig):
     principle_gate_values: list[str] = field(
         default_factory=lambda: ["harmful"],
         metadata={"help": "Values of `principle_gate_column` that mark a harmful request."},
+    )
+    principle_gate_honesty_values: list[str] = field(
+        default_factory=lambda: ["unknowable"],
+        metadata={
+            "help": "Values of `principle_gate_column` that mark a request calling for an admission (the answer cannot "
+            "be known): the gate drops answers that do not admit it (counted as `honesty_gate`)."
+        },
     )
     behaviour_judge: str = field(
         default="rules",
@@ -664,12 +748,39 @@ class SOFTConfig(SFTConfig):
         self.settings.check(self)
         super().__post_init__()
 
+    def _round_list(self, name: str) -> None:
+        """A list of round numbers: ints, or their text from the command line; 'none' (or false, or []) for none. The
+        earlier on/off form of `behaviour_fewshot` is still read: on meant every round."""
+        value = getattr(self, name)
+        if isinstance(value, bool):
+            self.behaviour_fewshot_every = 1 if value else 0
+            value = [0] if value else []
+        if value is None:
+            return
+        items = [value] if isinstance(value, (str, int)) else list(value) if isinstance(value, (list, tuple)) else None
+        if items is None:
+            raise type_error(name, value, list[int] | None)
+        rounds = []
+        for item in items:
+            text = str(item).strip().lower()
+            if isinstance(item, bool) or text in ("none", "false", "off", ""):
+                continue
+            try:
+                rounds += [int(part) for part in text.split(",") if part.strip()]
+            except ValueError:
+                raise ValueError(f"`{name}` must be a list of round numbers (0 = the starting model), or 'none'; got "
+                                 f"{value!r}.") from None
+        setattr(self, name, rounds)
+
     def _as_lists(self) -> None:
         """A YAML config gives `filters: too_short` as a string, not a list: a list field of SOFTConfig's own takes a
         plain string as its one item (a list of names: comma-separated items, `filters: too_short,repetition`); any
         other value that is not a list is refused naming the field."""
         # The class's own annotations (strings): `HfArgumentParser` rewrites the fields' `type`, dropping `| None`.
+        self._round_list("behaviour_fewshot")
         for name, annotation in SOFTConfig.__annotations__.items():
+            if name == "behaviour_fewshot":
+                continue
             if not str(annotation).startswith("list["):
                 continue
             value, optional = getattr(self, name), "None" in str(annotation)

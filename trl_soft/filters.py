@@ -32,6 +32,7 @@ class Candidate:
     finished: bool = True
     exemplars: Sequence[Exemplar] = field(default_factory=tuple)
     violates_principles: bool = False  # set by the principle gate (`behaviour/gate.py`), which judges in batches
+    invents_facts: bool = False  # set by the gate too: no admission where the request calls for one
 
 
 def words(text: str) -> list[str]:
@@ -92,6 +93,11 @@ def principle_gate(candidate: Candidate, settings: FilterSettings) -> bool:
     return candidate.violates_principles
 
 
+def honesty_gate(candidate: Candidate, settings: FilterSettings) -> bool:
+    """Answers a request that calls for an admission (it cannot be known) with invented facts instead."""
+    return candidate.invents_facts
+
+
 def templated_refusal(candidate: Candidate, settings: FilterSettings) -> bool:
     """A stock refusal of a request with no sign of harm: over-refusal should not be trained in."""
     return refusal_evidence(candidate.response) is not None and not risky_words(candidate.prompt)
@@ -101,6 +107,7 @@ FilterFn = Callable[[Candidate, "FilterSettings"], bool]
 
 FILTERS: dict[str, FilterFn] = {
     "principle_gate": principle_gate,
+    "honesty_gate": honesty_gate,
     "too_short": too_short,
     "truncated": truncated,
     "repetition": repetition,
@@ -123,6 +130,7 @@ class FilterSettings(ConcernSettings):
         "max_exemplar_overlap": "filter_max_exemplar_overlap",
         "gate_column": "principle_gate_column",
         "gate_values": "principle_gate_values",
+        "honesty_values": "principle_gate_honesty_values",
     }
 
     names: tuple[str, ...] = FILTER_NAMES
@@ -131,12 +139,14 @@ class FilterSettings(ConcernSettings):
     max_exemplar_overlap: float = 0.6
     gate_column: str | None = None
     gate_values: tuple[str, ...] = ("harmful",)
+    honesty_values: tuple[str, ...] = ("unknowable",)
 
     @classmethod
     def from_config(cls, config, **extra) -> FilterSettings:
         values = {attr: getattr(config, name) for attr, name in cls.CONFIG_FIELDS.items()}
         values["names"] = FILTER_NAMES if values["names"] is None else tuple(values["names"])
         values["gate_values"] = tuple(values["gate_values"] or ())
+        values["honesty_values"] = tuple(values["honesty_values"] or ())
         return cls(**values, **extra)
 
     def check(self) -> None:
@@ -160,6 +170,11 @@ class FilterSettings(ConcernSettings):
     @property
     def gate_on(self) -> bool:
         return "principle_gate" in self.names
+
+    @property
+    def honesty_on(self) -> bool:
+        """The honesty gate reads the prompt column's marks (`principle_gate_column`, `..._honesty_values`)."""
+        return "honesty_gate" in self.names and self.gate_column is not None and bool(self.honesty_values)
 
     def verdicts(self, candidates: Sequence[Candidate]) -> list[str | None]:
         """The reason each candidate is dropped (None = kept), with these settings' filters in their order."""

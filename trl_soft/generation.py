@@ -41,6 +41,7 @@ class GenerationSettings(ConcernSettings):
         "stop_strings": "generation_stop_strings",
         "seed": "seed",
         "prefix_cache": "generation_prefix_cache",
+        "per_prompt": "generations_per_prompt",
     }
     # Batching and the shared-prefix cache change how fast answers come, not what they say.
     NOT_FINGERPRINTED = frozenset({"batch_size", "prefix_cache"})
@@ -52,6 +53,7 @@ class GenerationSettings(ConcernSettings):
     stop_strings: tuple[str, ...] = ()
     seed: int = 42
     prefix_cache: bool = True
+    per_prompt: int = 1  # best-of-n: samples per prompt in a regeneration round
 
     @classmethod
     def from_config(cls, config, **extra) -> GenerationSettings:
@@ -67,6 +69,14 @@ class GenerationSettings(ConcernSettings):
             raise self.field_error("top_p", f"must be in (0, 1]; got {self.top_p}.")
         if self.batch_size < 1:
             raise self.field_error("batch_size", f"must be >= 1; got {self.batch_size}.")
+        if self.per_prompt < 1:
+            raise self.field_error("per_prompt", f"must be >= 1 (answers sampled per prompt); got {self.per_prompt}.")
+        if self.per_prompt > 1 and self.temperature == 0:
+            raise self.field_error(
+                "per_prompt", f"is {self.per_prompt}, but `generation_temperature=0` decodes greedily, so the "
+                f"{self.per_prompt} samples of a prompt would be identical: set `generation_temperature` > 0 (e.g. "
+                "0.7) or `generations_per_prompt=1`."
+            )
 
 
 # Below this many shared tokens, encoding the prefix separately saves less than it costs.

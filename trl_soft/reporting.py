@@ -7,9 +7,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from . import acceptance
 from .behaviour.evaluate import format_premise
 from .behaviour.settings import FEWSHOT_PREFIX, METRICS
-from .behaviour.stats import ITEM_SCORES, paired_difference
+from .behaviour.stats import ITEM_SCORES
 from .state import SUMMARY_NAME, SOFTState, atomic_write_text
 
 SOFT_CITATION = """\
@@ -55,11 +56,27 @@ OPTIONAL_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("fewshot_admits_unknown", "few-shot", "rate"),
     ("helpful_win_rate", "win vs start %", "rate"),
     ("alignment_score", "align score", "rate"),
+    # The pooled paired comparison with the starting model (+gained/-lost items, one-sided exact p), the smallest
+    # change it could detect (points), each metric's own, and the acceptance decision.
+    ("vs_start_n", "vs start", "vs_start"),
+    ("vs_start_mde", "MDE", "points"),
+    ("refusal_harmful_mde", "MDE harmful", "points"),
+    ("refusal_benign_mde", "MDE benign", "points"),
+    ("admits_unknown_mde", "MDE unknown", "points"),
+    ("accepted", "decision", "decision"),
     ("seconds_behaviour", "behav s", "{:.0f}"),
 )
 
 
 def _cell(value: Any, fmt: str, row: dict[str, Any] | None = None, key: str = "") -> str:
+    if fmt == "vs_start" and row is not None and row.get("vs_start_n") is not None:
+        lean_worse = row["vs_start_lost"] >= row["vs_start_gained"]
+        p = row["vs_start_p_worse"] if lean_worse else row["vs_start_p_better"]
+        return f"+{row['vs_start_gained']}/-{row['vs_start_lost']} p={p:.2g}"
+    if fmt == "decision":
+        return {True: "accepted", False: "REJECTED"}.get(value, "-")
+    if fmt == "points":
+        return "-" if value is None else f"{100 * value:.1f}"
     if value is None:
         return "-"
     if fmt == "rate" and row is not None:
@@ -75,7 +92,7 @@ def _cell(value: Any, fmt: str, row: dict[str, Any] | None = None, key: str = ""
 def format_round_table(history: Sequence[dict[str, Any]], baseline: dict[str, Any] | None = None) -> str:
     """A Markdown table, one row per round (and a round-0 row for the base model when given)."""
     rows = ([baseline] if baseline else []) + list(history)
-    columns = COLUMNS + tuple(c for c in OPTIONAL_COLUMNS if any(c[0] in row for row in rows))
+    columns = COLUMNS + tuple(c for c in OPTIONAL_COLUMNS if any(row.get(c[0]) is not None for row in rows))
     headers = [header for _, header, _ in columns]
     cells = [[_cell(row.get(key), fmt, row, key) for key, _, fmt in columns] for row in rows]
     widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
@@ -98,52 +115,67 @@ def format_stop_line(state: SOFTState) -> str:
     )
 
 
+def _metric_line(metric: str, change: dict[str, Any], before: float, after: float) -> str:
+    """One behaviour metric, start -> final, paired: rate, the change with its interval, items each way, the MDE."""
+    return (
+        f"{metric} {100 * before:.1f}% -> {100 * after:.1f}% ({100 * change['diff']:+.1f} points toward alignment, "
+        f"95% CI [{100 * change['low']:+.1f}, {100 * change['high']:+.1f}]; +{change['gained']}/-{change['lost']} "
+        f"of {change['n']} items; detectable: {100 * change['mde']:.1f} points): {change['outcome']}"
+    )
+
+
 def behaviour_verdict(state: SOFTState) -> str:
-    """One paragraph comparing the final model with the starting model on every behaviour metric measured zero-shot,
-    paired over the same items (95% intervals); it opens with a warning when the final model is worse on any."""
+    """The summary's opening: which round is the final model, whether it earned acceptance, and how it compares with
+    the starting model, pooled over every behaviour item and per metric (paired, item by item). It never calls a
+    model "like the starting model" when the items lean away from alignment, and it warns when alignment was not
+    measured or the final model was not chosen by the acceptance rule."""
     base = state.base_metrics or {}
-    restored = state.final_round == 0 and bool(state.history)  # the run went back to the starting weights
-    compared = state.history[-1]["round"] if restored else state.final_round
-    final = next((m for m in state.history if m.get("round") == compared), None)
-    if not final or not base or compared in (None, 0):
-        return ""
-    worse, better, lines = [], [], []
-    for metric, (_, _, higher_is_better) in METRICS.items():
-        before, after = (base.get(ITEM_SCORES) or {}).get(metric), (final.get(ITEM_SCORES) or {}).get(metric)
-        if metric == "helpful_win_rate" and metric in final:
-            low, high = final[f"{metric}_low"], final[f"{metric}_high"]
-            outcome = "better" if low > 0.5 else "worse" if high < 0.5 else "no clear change"
-            lines.append(f"{metric} {100 * final[metric]:.1f}% [{100 * low:.1f}, {100 * high:.1f}] against the "
-                         f"starting model's answers (50% = as good): {outcome}")
-        elif before is None or after is None or len(before) != len(after):
-            continue
-        else:
-            difference = paired_difference(before, after)
-            outcome = difference.outcome(higher_is_better)
-            lines.append(
-                f"{metric} {100 * base[metric]:.1f}% -> {100 * final[metric]:.1f}% ({100 * difference.value:+.1f} "
-                f"points, 95% CI [{100 * difference.low:+.1f}, {100 * difference.high:+.1f}]): {outcome}"
-            )
-        if outcome == "worse":
-            worse.append(metric)
-        elif outcome == "better":
-            better.append(metric)
-    if not lines:
-        return ""
-    final_name = f"round {state.final_round}"
-    if restored:
-        judged = (f"round {compared} was LESS aligned on {', '.join(worse)}" if worse else
-                  f"round {compared} was no better on behaviour")
-        head = f"The final model is the starting model, restored: {judged} (round {compared} against the start below)."
-    elif worse:
-        head = (f"WARNING: the final model ({final_name}) is LESS aligned than the starting model on "
-                f"{', '.join(worse)}.")
+    unmeasured = state.unmeasured or ""
+    if not acceptance.measured(state.history) and not (base.get(ITEM_SCORES) or {}).keys() & set(METRICS):
+        if not state.history:
+            return ""
+        return ("WARNING: alignment was NOT measured in this run, so nothing checked that the final model is no less "
+                f"aligned than the starting model. {unmeasured}").strip()
+    final = state.final_round if state.final_round is not None else state.rounds_completed
+    row = next((m for m in state.history if m.get("round") == final), None)
+    note = f"\n\n{unmeasured}" if unmeasured else ""
+    if final == 0 or row is None:
+        rejected = [m for m in state.history if m.get(acceptance.ACCEPTED) is False]
+        why = "; ".join(f"round {m['round']}: {m.get(acceptance.DECISION, 'rejected')}" for m in rejected)
+        if not state.history:
+            return ""
+        return (f"The final model is the starting model: no round earned acceptance ({why or 'no decision'})."
+                + note)
+    vs = acceptance.VS_START
+    if row.get(f"{vs}_n") is None:
+        return f"Final model: round {final} (no acceptance decision: {row.get(acceptance.DECISION, '')}).{note}"
+    p_value = row[f"{vs}_p_worse"] if row[f"{vs}_lost"] >= row[f"{vs}_gained"] else row[f"{vs}_p_better"]
+    figures = (
+        f"{row[f'{vs}_gained']} item(s) moved toward alignment and {row[f'{vs}_lost']} away from it, of "
+        f"{row[f'{vs}_n']} (one-sided exact p = {p_value:.3g}); mean change {100 * row[f'{vs}_diff']:+.1f} points, "
+        f"95% CI [{100 * row[f'{vs}_low']:+.1f}, {100 * row[f'{vs}_high']:+.1f}]; the smallest change this run "
+        f"could detect: {100 * row[f'{vs}_mde']:.1f} points"
+    )
+    worse = row[f"{vs}_p_worse"] < acceptance.POOLED_ALPHA
+    better = row[f"{vs}_p_better"] < acceptance.POOLED_ALPHA
+    accepted = row.get(acceptance.ACCEPTED)
+    if worse:
+        head = f"WARNING: the final model (round {final}) is LESS aligned than the starting model: {figures}."
+    elif accepted is not True:
+        head = (f"WARNING: the final model (round {final}) did not earn acceptance (`final_model: last`): {figures}. "
+                f"Decision: {row.get(acceptance.DECISION, '')}.")
     elif better:
-        head = f"The final model ({final_name}) is better than the starting model on {', '.join(better)}, worse on none."
+        head = f"The final model (round {final}, accepted) is MORE aligned than the starting model: {figures}."
     else:
-        head = (f"The final model ({final_name}) behaves like the starting model: no behaviour metric changed beyond "
-                "its 95% interval.")
-    return head + "\n\n" + "\n".join(f"- {line}" for line in lines)
+        lean = row[f"{vs}_lost"] > row[f"{vs}_gained"]
+        head = (f"The final model (round {final}, accepted) is no worse than the starting model beyond the margin"
+                f"{', leaning worse (not significant)' if lean else ''}: {figures}.")
+    lines = [
+        _metric_line(metric, change, change["before"] if METRICS[metric][2] else 1 - change["before"],
+                     change["after"] if METRICS[metric][2] else 1 - change["after"])
+        for metric, change in (row.get(f"{vs}_metrics") or {}).items()
+    ]
+    return head + note + ("\n\n" + "\n".join(f"- {line}" for line in lines) if lines else "")
 
 
 # Panels of `plot_rounds`, drawn when the run has the metric.
@@ -237,7 +269,13 @@ def plot_rounds(state: SOFTState, path: str) -> None:
             if prefix:
                 axis.plot(xs, ys, marker="s", color=style, label="principled (few-shot)")
             axis.fill_between(xs, lows, highs, color=style, alpha=0.15)
-        if key in METRICS:
+        decided = {row["round"]: row.get("accepted") for row in rows}
+        for verdict, marker, colour, label in ((True, "o", "tab:green", "accepted"), (False, "X", "tab:red", "rejected")):
+            marked = [(r, v) for r, v in points if decided.get(r) is verdict]
+            if marked:
+                axis.scatter(*zip(*marked), marker=marker, s=90, facecolors="none" if verdict else colour,
+                             edgecolors=colour, zorder=3, label=label)
+        if key in METRICS or any(v is not None for v in decided.values()):
             axis.legend(fontsize=7)
         final = [value for round_index, value in points if round_index == state.final_round]
         if final:

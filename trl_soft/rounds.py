@@ -28,6 +28,8 @@ GENERATION_COLUMNS = (
     "prompt_index", "prompt", "exemplar_ids", "raw_output", "response", "num_tokens", "finished", "kept",
     "filter_reason", "difficulty", "train_position",
 )
+# Best-of-n: a passing sample that was not the one chosen for its prompt (`Round.choose_best`).
+NOT_BEST = "not_best"
 ROUND_INITS = ("previous", "base")
 
 
@@ -82,9 +84,11 @@ class SOFTRoundError(RuntimeError):
 class Round:
     """One round of the loop, from its prompts to its metrics (see the module docstring).
 
-    Per prompt, in the round's prompt order: `prompts`, `exemplar_ids`, `raw_outputs`, `responses`, `num_tokens`,
+    Per answer, in the round's prompt order: `prompts`, `exemplar_ids`, `raw_outputs`, `responses`, `num_tokens`,
     `finished`, `filter_reasons` (None = kept) and `difficulty` (None unless kept and a curriculum is on).
-    `train_order` lists the kept prompts' positions in the order they are trained on (None: the Trainer's shuffle).
+    `train_order` lists the kept answers' positions in the order they are trained on (None: the Trainer's shuffle).
+    With best-of-n (`samples_per_prompt` n > 1) each prompt has n consecutive answers (`samples_per_prompt` of them,
+    the same prompt index), and at most one per prompt is kept (`choose_best`).
     """
 
     index: int
@@ -105,6 +109,7 @@ class Round:
     timings: dict[str, float] = field(default_factory=dict)
     engine_sync_start: float = 0.0  # the engine's weight hand-over seconds when the round began
     resumed: bool = False  # the generations were read back from an interrupted attempt
+    samples_per_prompt: int = 1
 
     @property
     def kept(self) -> list[int]:
@@ -133,15 +138,38 @@ class Round:
         return [row[position] for position in self.train_order]
 
     def summary_metrics(self) -> dict[str, Any]:
-        """The round's data figures, which open its metrics."""
-        kept = self.kept
-        return {
+        """The round's data figures, which open its metrics (with best-of-n, also the samples drawn and the prompts
+        that had a passing one)."""
+        kept, n = self.kept, self.samples_per_prompt
+        figures = {
             "round": self.index,
-            "prompts": len(self.prompts),
+            "prompts": len(self.prompts) // n,
             "kept": len(kept),
             "filtered": self.filter_counts,
             "mean_response_tokens": sum(self.num_tokens[k] for k in kept) / len(kept) if kept else 0.0,
         }
+        if n > 1:
+            figures["samples"] = len(self.prompts)
+            figures["prompts_with_passing_sample"] = len({k // n for k in kept})
+        return figures
+
+    def choose_best(self) -> None:
+        """Best-of-n: per prompt, keep the passing sample with the lowest difficulty score (the easiest, as SOFT trains
+        easy to hard; without a curriculum, the first passing one) and mark the other passing ones `not_best`. The
+        principle and honesty gates have judged every sample already, so a harmful prompt keeps a refusal whenever
+        any of its samples refused."""
+        n = self.samples_per_prompt
+        if n == 1:
+            return
+        for start in range(0, len(self.prompts), n):
+            passing = [k for k in range(start, start + n) if self.filter_reasons[k] is None]
+            if not passing:
+                continue
+            scores = self.difficulty or [None] * len(self.prompts)
+            best = min(passing, key=lambda k: (scores[k] if scores[k] is not None else 0.0, k))
+            for k in passing:
+                if k != best:
+                    self.filter_reasons[k] = NOT_BEST
 
     def candidates(self) -> list[Candidate]:
         """What the filters judge, one per answer (a fresh round only: it needs the exemplars themselves)."""
@@ -165,6 +193,7 @@ class Round:
         positions = self.train_positions
         return [
             {
+                **({"sample": k % self.samples_per_prompt} if self.samples_per_prompt > 1 else {}),
                 "prompt_index": self.prompt_indices[k],
                 "prompt": self.prompts[k],
                 "exemplar_ids": self.exemplar_ids[k],
@@ -192,13 +221,18 @@ class Round:
         results: Sequence[GenerationResult],
         extract_response: Callable[[str], str],
         engine_sync_start: float,
+        samples_per_prompt: int = 1,
     ) -> Round:
-        """A round just generated: one result per prompt, the answer cut out of each raw output."""
+        """A round just generated: `samples_per_prompt` consecutive results per prompt, the answer cut out of each
+        raw output."""
+        n = samples_per_prompt
         return cls(
-            index, paths, seed, list(prompt_indices), prompts, [[e.id for e in ex] for ex in exemplar_sets],
+            index, paths, seed, [i for i in prompt_indices for _ in range(n)], [p for p in prompts for _ in range(n)],
+            [[e.id for e in ex] for ex in exemplar_sets for _ in range(n)],
             raw_outputs=[r.text for r in results], responses=[extract_response(r.text) for r in results],
             num_tokens=[r.num_tokens for r in results], finished=[r.finished for r in results],
-            exemplar_sets=exemplar_sets, engine_sync_start=engine_sync_start,
+            exemplar_sets=[ex for ex in exemplar_sets for _ in range(n)], engine_sync_start=engine_sync_start,
+            samples_per_prompt=n,
         )
 
     @classmethod
@@ -245,5 +279,6 @@ class Round:
             train_order=[k for _, k in ranked] if ranked else None,
             engine_sync_start=engine_sync_start,
             resumed=True,
+            samples_per_prompt=max((r.get("sample", 0) for r in rows), default=0) + 1,
         )
 

@@ -127,7 +127,9 @@ class SOFTState:
     base_metrics: dict[str, Any] | None = None
     stopped_early: bool = False
     stop_reason: str | None = None
-    final_round: int | None = None
+    final_round: int | None = None  # the round `final_model/` holds (or will hold): the best accepted one so far
+    collapse_round: int | None = None  # the round an early-collapse stop fell back to (later rounds not eligible)
+    unmeasured: str | None = None  # what alignment the run does not measure (no behaviour sets, a set not loadable)
     engine: str | None = None  # the generation engine of the latest session, and why it was chosen
     fingerprint: dict[str, Any] | None = None  # the settings and data digests the run was made with (`run_fingerprint`)
     version: int = MANIFEST_VERSION

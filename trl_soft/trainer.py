@@ -27,7 +27,9 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase, TrainerCallback
 from transformers.trainer_utils import TrainOutput
 from trl import SFTTrainer
 
+from .acceptance import Decision, decide, final_round, generating_round, rejection_streak
 from .behaviour.run import BehaviourRun, SOFTPremiseError
+from .behaviour.stats import ITEM_SCORES
 from .callbacks import RoundControl, SOFTCallback, round_decision, with_collapse_callback
 from .config import SOFTConfig, SOFTSettings
 from .curriculum import Scorer, ScoringContext
@@ -156,6 +158,7 @@ class SOFTTrainer(SFTTrainer):
         self.behaviour = BehaviourRun(
             settings.behaviour, settings.judges, self.soft_output_dir, gate=filters.gate_on, gate_column=filters.gate_column,
             gate_values=filters.gate_values, prompt_columns=train_dataset.column_names,
+            honesty_values=filters.honesty_values if filters.honesty_on else (),
         )
         self.difficulty_scorer = settings.curriculum.scorer(train_dataset, difficulty_scorer)
         callbacks = with_collapse_callback(callbacks, settings, bool(self.validation_set))
@@ -217,6 +220,7 @@ class SOFTTrainer(SFTTrainer):
         self.round: Round | None = None  # the round being (or last) trained: the HF hooks below read its order
         self.stops = StopRequests(self.soft_output_dir)  # SIGTERM / Ctrl-C during `train()`
         self._resumed_loss_sum = 0.0  # the training loss summed up to the checkpoint a round resumed from
+        self._current_round = 0  # whose weights the model holds (0: the starting model)
         self.add_callback(_RoundProgress(self))
 
     @property
@@ -255,9 +259,8 @@ class SOFTTrainer(SFTTrainer):
             self._evaluate(round_)
             control = self._decide(round_, state, output)
             if control.should_stop:
-                if control.restore_round is not None and control.restore_round != index:
-                    self._load_round_weights(control.restore_round)
                 break
+            self._continue_from(state)
         self._finish(state)
         return TrainOutput(output.global_step, output.training_loss, {"soft_history": state.history})
 
@@ -275,10 +278,12 @@ class SOFTTrainer(SFTTrainer):
         column = self.prompt_dataset[self.settings.rounds.prompt_column]  # read the column once, not once per prompt
         exemplar_sets = [self.exemplar_sampler.sample(index, i) for i in indices]
         prompts = [column[i] for i in indices]
-        texts = [self.formatter.generation_prompt(p, ex) for p, ex in zip(prompts, exemplar_sets)]
+        n = self.sampling.per_prompt  # best-of-n: each prompt n times in a row, each sample with its own seed
+        texts = [self.formatter.generation_prompt(p, ex) for p, ex in zip(prompts, exemplar_sets) for _ in range(n)]
         results = self.engine.generate(texts, replace(self.sampling, seed=seed), f"Round {index}: generate")
         round_ = Round.generated(
-            index, paths, seed, indices, prompts, exemplar_sets, results, self.formatter.extract_response, sync_start
+            index, paths, seed, indices, prompts, exemplar_sets, results, self.formatter.extract_response, sync_start,
+            n,
         )
         round_.timings["seconds_generate"] = time.perf_counter() - started
         return round_
@@ -288,13 +293,15 @@ class SOFTTrainer(SFTTrainer):
         started, filters = time.perf_counter(), self.settings.filters
         set_seed(round_.seed)
         candidates = round_.candidates()
+        marks = self.prompt_dataset[filters.gate_column] if filters.gate_column else None
+        marks = [marks[i] for i in round_.prompt_indices] if marks is not None else None
         if self.behaviour.gate_on:
-            marks = self.prompt_dataset[filters.gate_column] if filters.gate_column else None
-            flagged = self.behaviour.gate_violations(
-                round_.prompts, round_.responses, [marks[i] for i in round_.prompt_indices] if marks is not None else None
-            )
+            flagged = self.behaviour.gate_violations(round_.prompts, round_.responses, marks)
             for candidate, violates in zip(candidates, flagged):
                 candidate.violates_principles = violates
+        if filters.honesty_on:
+            for candidate, invents in zip(candidates, self.behaviour.inventions(round_.prompts, round_.responses, marks)):
+                candidate.invents_facts = invents
         round_.filter_reasons = filters.verdicts(candidates)
         round_.timings["seconds_filter"] = time.perf_counter() - started
 
@@ -316,7 +323,11 @@ class SOFTTrainer(SFTTrainer):
             )
             for k, score in zip(kept, scores):
                 round_.difficulty[k] = score
-            round_.train_order = [kept[j] for j in order]
+            round_.choose_best()  # best-of-n: one passing sample per prompt, by the scores just computed
+            chosen = set(round_.kept)
+            round_.train_order = [kept[j] for j in order if kept[j] in chosen]
+        else:
+            round_.choose_best()
         round_.timings["seconds_score"] = time.perf_counter() - started
 
     def _save_generations(self, round_: Round) -> None:
@@ -342,6 +353,7 @@ class SOFTTrainer(SFTTrainer):
                 if is_main_process():
                     round_.save_training(output.global_step, output.training_loss)
             self.engine.use_round(round_.index)
+        self._current_round = round_.index
         round_.timings["seconds_train"] = time.perf_counter() - started
         if is_main_process() and not self.settings.rounds.keep_checkpoints:
             shutil.rmtree(paths.checkpoints, ignore_errors=True)  # the round's model is all a resume needs now
@@ -371,28 +383,57 @@ class SOFTTrainer(SFTTrainer):
         ))
 
     def _decide(self, round_: Round, state: SOFTState, output: TrainOutput) -> RoundControl:
-        """The round's metrics to the callbacks, which may stop the run; then the round is recorded."""
+        """Accept or reject the round against the starting model (pooled paired behaviour items); then the callbacks,
+        which may stop the run, and the rejections in a row (`rejection_patience`); then the round is recorded."""
         metrics = {
             **round_.summary_metrics(), "train_loss": output.training_loss, "train_steps": output.global_step,
             **round_.metrics, **{k: round(v, 3) for k, v in round_.timings.items()},
             SYNC_METRIC: round(self.engine.sync_seconds - round_.engine_sync_start, 3),
         }
+        decision = self._accept(round_.index, state, metrics)
+        metrics.update(decision.metrics())
         round_.metrics = metrics
         control = round_decision(self._soft_callback_list(), self.args, round_.index, metrics, self.model, self)
-        if control.should_stop:
-            metrics["stop_reason"] = state.stop_reason = control.stop_reason
-            state.stopped_early = True
-            state.final_round = control.restore_round if control.restore_round is not None else round_.index
+        if control.should_stop and control.restore_round is not None:
+            state.collapse_round = control.restore_round
         state.record_round(metrics)
+        streak, patience = rejection_streak(state.history), self.settings.acceptance.patience
+        if not control.should_stop and streak >= patience:
+            control.should_stop = True
+            control.stop_reason = f"{streak} rejected round(s) in a row (`rejection_patience={patience}`)"
+        if control.should_stop:
+            state.stop_reason = control.stop_reason
+            state.stopped_early = True
+        state.final_round = final_round(state.history, self.settings.acceptance, state.collapse_round)
+        metrics["stop_reason"] = state.stop_reason if control.should_stop else None
         if is_main_process():
             with self._saving(f"Round {round_.index}: writing its metrics and the manifest"):
                 round_.save_metrics()
-                state.save(self.soft_output_dir)  # the stop is on disk before any weights are swapped
+                state.save(self.soft_output_dir)  # the decision is on disk before any weights are swapped
         wait_for_everyone()
         self.log({f"soft/{k}": v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
-        if control.should_stop and is_main_process():
-            print(f"\nSOFT: stopping after round {round_.index}: {control.stop_reason}.", flush=True)
+        if is_main_process():
+            print(f"SOFT: {decision.line()}", flush=True)
+            if control.should_stop:
+                print(f"SOFT: stopping after round {round_.index}: {control.stop_reason}.", flush=True)
         return control
+
+    def _accept(self, index: int, state: SOFTState, metrics: dict) -> Decision:
+        """The round's acceptance decision: its zero-shot behaviour items against the starting model's."""
+        start = (state.base_metrics or {}).get(ITEM_SCORES)
+        if self.behaviour.enabled and start is None:
+            return Decision(index, None, "the starting model was not evaluated (`evaluate_start=False`)")
+        return decide(index, start, metrics.get(ITEM_SCORES) or {}, self.settings.acceptance)
+
+    def _continue_from(self, state: SOFTState) -> None:
+        """After a rejected round, the next one is generated and trained from the last accepted model
+        (`generate_from`)."""
+        source = generating_round(state.history, self.settings.acceptance)
+        if source is not None and source != self._current_round:
+            if is_main_process():
+                print(f"SOFT: the next round starts from {'the starting model' if source == 0 else f'round {source}'}"
+                      " (the last accepted model).", flush=True)
+            self._load_round_weights(source)
 
     # ---- start and finish -------------------------------------------------------------------------------------------
     def _start(self, resume: bool) -> SOFTState:
@@ -409,13 +450,18 @@ class SOFTTrainer(SFTTrainer):
             rounds.overwrite_output_dir,
         )
         state.engine = self.engine.choice.describe()
+        state.unmeasured = self.behaviour.unmeasured_note() or None
         self._start_weights = trainable_snapshot(self.model) if rounds.round_init == "base" else None
+        self._current_round = 0
         if state.stopped_early:
             self._load_round_weights(state.final_round)  # a finished early-stopped run: only the final save remains
         elif state.rounds_completed > 0:
-            self._load_round_weights(state.rounds_completed)
+            self._load_round_weights(generating_round(state.history, self.settings.acceptance))
         if state.rounds_completed == 0:
-            if any(getattr(c, "requires_start_weights", False) for c in self._soft_callback_list()):
+            keeps_start = self.behaviour.enabled or any(
+                getattr(c, "requires_start_weights", False) for c in self._soft_callback_list()
+            )
+            if keeps_start:
                 start_dir = round_paths(self.soft_output_dir, 0).model  # a stop may restore the starting model
                 with self._saving(f"Saving the starting model to {start_dir}"):
                     save_atomically(self.save_model, start_dir)
@@ -432,12 +478,14 @@ class SOFTTrainer(SFTTrainer):
         return state
 
     def _finish(self, state: SOFTState) -> None:
-        """Save the final model, its model card and the run summary."""
+        """Load the final round's weights (the best accepted round, see `acceptance.py`), save them as the final
+        model with its model card, and write the run summary."""
+        state.final_round = final_round(state.history, self.settings.acceptance, state.collapse_round)
+        if state.final_round != self._current_round:
+            self._load_round_weights(state.final_round)
         final_dir = self.soft_output_dir / FINAL_MODEL
         with self._saving(f"Saving the final model to {final_dir}"):
             save_atomically(self.save_model, final_dir)
-        if not state.stopped_early:  # an early stop has set the final round already
-            state.final_round = state.rounds_completed
         if is_main_process():
             state.save(self.soft_output_dir)
             with self._writing_to(final_dir):  # the model card belongs next to the final weights
@@ -575,6 +623,7 @@ class SOFTTrainer(SFTTrainer):
             )
         self._load_from_checkpoint(str(model_dir))
         self.engine.use_round(round_index)
+        self._current_round = round_index
 
 
 class _RoundProgress(TrainerCallback):

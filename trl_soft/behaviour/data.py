@@ -17,12 +17,12 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..data import resolve_data_dir
 from ..prompting import asset_path
-from .settings import DNA_REFUSAL_AREAS, BehaviourSettings
+from .settings import DNA_REFUSAL_AREAS, METRICS, BehaviourSettings
 
 HARMBENCH_FILE = "harmbench/harmbench_standard.txt"
 HARMBENCH_HUB = ("walledai/HarmBench", "standard", "prompt")
@@ -146,8 +146,11 @@ def load_vicuna(data_dir: str | None, limit: int | None) -> list[BehaviourItem]:
     return items[:limit]
 
 
-def sample_harmful(harmbench: list[BehaviourItem], dna: list[BehaviourItem], limit: int) -> list[BehaviourItem]:
-    """`limit` items, half from each source (fewer if a source is short), a fixed sample in a fixed order."""
+def sample_harmful(harmbench: list[BehaviourItem], dna: list[BehaviourItem], limit: int | None) -> list[BehaviourItem]:
+    """Every item (`limit` None), or `limit` items, half from each source (fewer if a source is short): a fixed sample
+    in a fixed order, whatever the run's seed."""
+    if limit is None:
+        return harmbench + dna
     rng = random.Random(SAMPLE_SEED)
     first = rng.sample(harmbench, min(len(harmbench), limit // 2))
     second = rng.sample(dna, min(len(dna), limit - len(first)))
@@ -156,25 +159,39 @@ def sample_harmful(harmbench: list[BehaviourItem], dna: list[BehaviourItem], lim
 
 @dataclass(frozen=True)
 class BehaviourSets:
-    """The loaded evaluation sets, by name."""
+    """The loaded evaluation sets, by name; `unavailable`: default sets that could not be loaded, and why."""
 
     items: dict[str, list[BehaviourItem]]
+    unavailable: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def load(cls, settings: BehaviourSettings) -> BehaviourSets:
+        """The sets asked for. Left unset (`behaviour_eval` None), the default sets: a public set that cannot be
+        loaded is then left out and named in `unavailable` instead of stopping the run."""
         data_dir = resolve_data_dir(settings.data_dir)
         items: dict[str, list[BehaviourItem]] = {}
-        if "harmful" in settings.sets:
-            items["harmful"] = sample_harmful(load_harmbench(data_dir), load_donotanswer(data_dir),
-                                              settings.harmful_limit)
-        if "benign" in settings.sets:
+        unavailable: dict[str, str] = {}
+        wanted = settings.wanted
+        if "harmful" in wanted:
+            try:
+                items["harmful"] = sample_harmful(load_harmbench(data_dir), load_donotanswer(data_dir),
+                                                  settings.harmful_limit)
+            except (FileNotFoundError, RuntimeError) as err:
+                if settings.sets is not None:
+                    raise
+                unavailable["harmful"] = str(err)
+        if "benign" in wanted:
             items["benign"] = load_own_set("benign", settings.benign_path, "behaviour_benign_path")[: settings.limit]
-        if "unknowable" in settings.sets:
+        if "unknowable" in wanted:
             items["unknowable"] = load_own_set("unknowable", settings.unknowable_path,
                                                "behaviour_unknowable_path")[: settings.limit]
-        if "helpful" in settings.sets:
+        if "helpful" in wanted:
             items["helpful"] = load_vicuna(data_dir, settings.limit)
-        return cls(items)
+        return cls(items, unavailable)
 
     def __bool__(self) -> bool:
         return bool(self.items)
+
+    def measured(self) -> list[str]:
+        """The verdict metrics these sets produce."""
+        return [m for m, (s, criterion, _) in METRICS.items() if criterion is not None and s in self.items]

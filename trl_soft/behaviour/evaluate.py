@@ -23,8 +23,9 @@ from ..generation import GenerationResult, GenerationSettings
 from ..judges.base import PairwiseJudge, PointwiseJudge
 from ..prompting import Exemplar, PromptFormatter
 from . import stats
+from .compare import compare
 from .data import BehaviourItem, BehaviourSets
-from .settings import ALIGNMENT_SCORE, COMPOSITE_PARTS, FEWSHOT_PREFIX, METRICS, BehaviourSettings
+from .settings import ALIGNMENT_SCORE, COMPOSITE_PARTS, FEWSHOT_PREFIX, METRICS, PROMPT_STYLES, BehaviourSettings
 from .stats import ITEM_SCORES
 
 Generate = Callable[[list[str], GenerationSettings, str], list[GenerationResult]]
@@ -71,7 +72,7 @@ class BehaviourEvaluator:
         batch_size: int = 16,
         seed: int = 0,
     ):
-        if settings.fewshot and exemplars_for is None:
+        if (settings.fewshot or settings.fewshot_every) and exemplars_for is None:
             raise ValueError("The few-shot behaviour evaluation needs `exemplars_for` (the rounds' exemplar sampler).")
         self.settings, self.sets, self.formatter = settings, sets, formatter
         self.judge, self.pairwise = judge, pairwise
@@ -92,22 +93,27 @@ class BehaviourEvaluator:
         return [self.formatter.extract_response(r.text) for r in generate(texts, settings, desc)]
 
     def evaluate(
-        self, generate: Generate, reference_answers: dict[str, str] | None = None, label: str = "model"
+        self, generate: Generate, reference_answers: dict[str, str] | None = None, label: str = "model",
+        styles: Sequence[str] = PROMPT_STYLES,
     ) -> BehaviourResult:
-        """Answer, judge and score every set; `reference_answers` (the starting model's zero-shot answers to the
-        helpful set, by item id) are what the pairwise win rate compares with (without them it is skipped)."""
+        """Answer, judge and score every set in each of `styles` ('zero_shot', 'fewshot'); `reference_answers` (the
+        starting model's zero-shot answers to the helpful set, by item id) are what the pairwise win rate compares
+        with (without them it is skipped)."""
         started = time.perf_counter()
         result = BehaviourResult()
-        for style in self.settings.styles:
+        for style in styles:
             prefix = FEWSHOT_PREFIX if style == "fewshot" else ""
-            result.answers[style] = {}
+            wanted = [(metric, set_name, criterion) for metric, (set_name, criterion, _) in METRICS.items()
+                      if self.sets.items.get(set_name) and (criterion is not None or style == "zero_shot")]
+            # One engine call for every set of this style: one progress bar, and the engine batches across sets.
+            pool = [item for _, set_name, _ in wanted for item in self.sets.items[set_name]]
+            pooled_answers = self._answers(generate, style, pool, f"Behaviour ({label}, {style}): {len(pool)} requests")
+            result.answers[style] = {item.id: a for item, a in zip(pool, pooled_answers)}
             estimates: dict[str, stats.Estimate] = {}
-            for metric, (set_name, criterion, _) in METRICS.items():
-                items = self.sets.items.get(set_name)
-                if not items or (criterion is None and style != "zero_shot"):
-                    continue
-                answers = self._answers(generate, style, items, f"Behaviour ({label}, {style}): {set_name}")
-                result.answers[style].update({item.id: a for item, a in zip(items, answers)})
+            start = 0
+            for metric, set_name, criterion in wanted:
+                items = self.sets.items[set_name]
+                answers, start = pooled_answers[start:start + len(items)], start + len(items)
                 if criterion is None:
                     if reference_answers is None:
                         continue
@@ -147,26 +153,36 @@ class BehaviourEvaluator:
 
 
 def premise_check(item_scores: dict[str, list[float]], metrics: Sequence[str]) -> dict[str, Any]:
-    """Principled vs zero-shot on the same items, per metric: the paired difference, its interval and whether the
-    principled prompt is better, worse or not clearly different; `verdict` sums it up:
+    """Principled vs zero-shot on the same items: per metric, the paired difference, its interval and whether the
+    principled prompt is better, worse or not clearly different; pooled over every verdict item (`compare`), items
+    gained and lost with the exact sign test. `verdict` sums it up:
 
-    - `holds`: better on at least one metric and worse on none;
-    - `fails`: worse on at least one metric;
-    - `unclear`: no metric differs beyond its interval.
+    - `holds`: pooled better (one-sided p < 0.05) and no metric worse beyond its interval;
+    - `fails`: pooled worse, or some metric worse beyond its interval;
+    - `unclear`: neither.
     """
     rows: dict[str, Any] = {}
+    zero_shot, principled = {}, {}
     for metric in metrics:
         fewshot = FEWSHOT_PREFIX + metric
         if metric not in item_scores or fewshot not in item_scores:
             continue
+        zero_shot[metric], principled[metric] = item_scores[metric], item_scores[fewshot]
         difference = stats.paired_difference(item_scores[metric], item_scores[fewshot])
         outcome = difference.outcome(higher_is_better=METRICS[metric][2])
         rows[metric] = {**difference.as_dict(), "outcome": outcome,
                         "zero_shot": sum(item_scores[metric]) / len(item_scores[metric]),
                         "fewshot": sum(item_scores[fewshot]) / len(item_scores[fewshot])}
+    pooled = compare(zero_shot, principled)
     outcomes = [row["outcome"] for row in rows.values()]
-    verdict = "fails" if "worse" in outcomes else "holds" if "better" in outcomes else "unclear"
-    return {"verdict": verdict, "metrics": rows}
+    pooled_outcome = pooled.outcome if pooled is not None else "no clear change"
+    if "worse" in outcomes or pooled_outcome == "worse":
+        verdict = "fails"
+    elif pooled_outcome == "better":
+        verdict = "holds"
+    else:
+        verdict = "unclear"
+    return {"verdict": verdict, "metrics": rows, "pooled": pooled.pooled.as_dict() if pooled is not None else None}
 
 
 def format_premise(premise: dict[str, Any]) -> str:
@@ -178,14 +194,22 @@ def format_premise(premise: dict[str, Any]) -> str:
             f"difference {100 * row['diff']:+5.1f} points [{100 * row['low']:+.1f}, {100 * row['high']:+.1f}]: "
             f"{row['outcome']}"
         )
+    pooled = premise.get("pooled")
+    if pooled:
+        lines.append(
+            f"  pooled           {pooled['gained']} item(s) better with principles, {pooled['lost']} worse, of "
+            f"{pooled['n']} (one-sided exact p = {min(pooled['p_better'], pooled['p_worse']):.3g}); difference "
+            f"{100 * pooled['diff']:+.1f} points [{100 * pooled['low']:+.1f}, {100 * pooled['high']:+.1f}]"
+        )
     verdict = premise["verdict"]
     if verdict == "holds":
         head = "SOFT premise holds: the principle-driven prompt gives better answers than zero-shot."
     elif verdict == "fails":
+        where = [m for m, r in premise["metrics"].items() if r["outcome"] == "worse"] or ["the pooled items"]
         head = ("SOFT premise FAILS: with principles and exemplars the model answers worse than zero-shot on "
-                f"{', '.join(m for m, r in premise['metrics'].items() if r['outcome'] == 'worse')}; self-alignment "
-                "would train on answers no better than the model already gives.")
+                f"{', '.join(where)}; self-alignment would train on answers no better than the model already gives.")
     else:
-        head = ("SOFT premise unclear: the principle-driven prompt is not measurably better than zero-shot on any "
-                "behaviour metric; self-alignment would train on answers no better than the model already gives.")
+        head = ("SOFT premise unclear: the principle-driven prompt is not measurably better than zero-shot on the "
+                "pooled behaviour items; self-alignment would train on answers no better than the model already "
+                "gives.")
     return "\n".join([head, *lines])

@@ -5,6 +5,10 @@ complies; training on those answers removes the refusals the model had). A reque
 dataset says so (`principle_gate_column`, e.g. the demo's `category` == `harmful`) or, without a column, when the
 judge finds it harmful (`harmful_request`); the answer violates the principles when the judge finds it did not refuse.
 The trainer marks each candidate and the `principle_gate` filter drops the marked ones, counted like the other filters.
+
+The gate also guards honesty: where the prompt column marks a request as one that calls for an admission (the demo's
+`category` == `unknowable`: the future, private or live facts), an answer the judge does not find admitting it cannot
+know is an invention, marked for the `honesty_gate` filter. Without a column, only the harmful side is judged.
 """
 
 from __future__ import annotations
@@ -15,8 +19,12 @@ from ..judges.base import PointwiseJudge
 
 
 class PrincipleGate:
-    def __init__(self, judge: PointwiseJudge, column: str | None = None, values: Sequence[str] = ("harmful",)):
+    def __init__(
+        self, judge: PointwiseJudge, column: str | None = None, values: Sequence[str] = ("harmful",),
+        honesty_values: Sequence[str] = (),
+    ):
         self.judge, self.column, self.values = judge, column, tuple(values)
+        self.honesty_values = tuple(honesty_values)
 
     def check_dataset(self, column_names: Sequence[str]) -> None:
         """Before any model work: the column the gate reads must exist."""
@@ -41,6 +49,15 @@ class PrincipleGate:
         harmful = self.harmful(prompts, column_values)
         positions = [i for i, h in enumerate(harmful) if h]
         verdicts = self.judge.judge("refused", [prompts[i] for i in positions], [answers[i] for i in positions])
+        flagged = [False] * len(prompts)
+        for i, verdict in zip(positions, verdicts):
+            flagged[i] = not verdict.label
+        return flagged
+
+    def inventions(self, prompts: Sequence[str], answers: Sequence[str], column_values: Sequence[object]) -> list[bool]:
+        """True where the column marks the request as calling for an admission and the answer does not admit it."""
+        positions = [i for i, v in enumerate(column_values) if str(v) in self.honesty_values]
+        verdicts = self.judge.judge("admits_unknown", [prompts[i] for i in positions], [answers[i] for i in positions])
         flagged = [False] * len(prompts)
         for i, verdict in zip(positions, verdicts):
             flagged[i] = not verdict.label

@@ -58,7 +58,7 @@ def evaluate_model_behaviour(
     work_dir: str | Path | None = None,
 ) -> ModelBehaviour:
     """Answer the behaviour sets with `model` (zero-shot, and with the principle-driven prompt when
-    `settings.fewshot`), judge the answers and return rates with 95% intervals and, with few-shot on, the premise
+    `settings.behaviour_fewshot` has round 0), judge the answers and return rates with 95% intervals and, with few-shot on, the premise
     check. Data and judges are checked before the model loads."""
     from transformers import AutoTokenizer
 
@@ -94,10 +94,11 @@ def evaluate_model_behaviour(
         judge, pairwise = judges.build(work / "judge_cache.jsonl" if work_dir else None)
         evaluator = BehaviourEvaluator(settings, sets, formatter, judge, pairwise, lambda i: sampler.sample(0, i),
                                        None, batch_size, seed)
-        result = evaluator.evaluate(engine.generate, reference_answers, label=Path(model).name or model)
+        styles = settings.styles(0)
+        result = evaluator.evaluate(engine.generate, reference_answers, label=Path(model).name or model, styles=styles)
     finally:
         engine.close()
         if scratch is not None:
             scratch.cleanup()
-    premise = premise_check(result.item_scores, settings.base_metrics()) if settings.fewshot else None
+    premise = premise_check(result.item_scores, settings.base_metrics()) if "fewshot" in styles else None
     return ModelBehaviour(result.metrics, premise, result, choice.describe())

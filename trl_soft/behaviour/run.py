@@ -39,14 +39,16 @@ class BehaviourRun:
         gate_column: str | None = None,
         gate_values: Sequence[str] = ("harmful",),
         prompt_columns: Sequence[str] = (),
+        honesty_values: Sequence[str] = (),
     ):
         """Load and check everything the evaluation and the gate need; nothing is generated or judged yet."""
         self.settings, self.judge_settings, self.output_dir = settings, judges, Path(output_dir)
         self.sets = BehaviourSets.load(settings) if settings.enabled else BehaviourSets({})
         self.gate_on, self.gate_column, self.gate_values = gate, gate_column, tuple(gate_values)
+        self.honesty_values = tuple(honesty_values)  # empty: the honesty gate is off
         if gate:
             PrincipleGate(None, gate_column, gate_values).check_dataset(prompt_columns)  # type: ignore[arg-type]
-        if self.sets or (gate and gate_column is None):
+        if self.sets or (gate and gate_column is None) or self.honesty_values:
             judges.check_reachable()
         self._judge = None
         self._pairwise = None
@@ -90,19 +92,27 @@ class BehaviourRun:
         self, prompts: Sequence[str], answers: Sequence[str], column_values: Sequence[object] | None
     ) -> list[bool]:
         """Which answers break the principles (comply with a harmful request)."""
-        return run_on_main(lambda: PrincipleGate(self._pointwise(), self.gate_column, self.gate_values).violations(
-            prompts, answers, column_values))
+        return run_on_main(lambda: self._gate().violations(prompts, answers, column_values))
+
+    def inventions(self, prompts: Sequence[str], answers: Sequence[str], column_values: Sequence[object]) -> list[bool]:
+        """Which answers invent facts where the request calls for an admission (the honesty side of the gate)."""
+        return run_on_main(lambda: self._gate().inventions(prompts, answers, column_values))
+
+    def _gate(self) -> PrincipleGate:
+        return PrincipleGate(self._pointwise(), self.gate_column, self.gate_values, self.honesty_values)
 
     # ---- evaluation -------------------------------------------------------------------------------------------------
     def evaluate(self, round_index: int, generate: Generate, round_dir: Path) -> dict[str, Any]:
-        """Evaluate the current weights; write the answers (and, at round 0, the reference answers) to `round_dir`."""
+        """Evaluate the current weights (zero-shot; with the principled prompt too on the rounds `behaviour_fewshot`
+        names); write the answers (and, at round 0, the reference answers) to `round_dir`."""
         if self._evaluator is None:
             return {}
         reference = self._load_reference() if round_index > 0 else None
-        result = self._evaluator.evaluate(generate, reference, label=f"round {round_index}")
+        styles = self.settings.styles(round_index)
+        result = self._evaluator.evaluate(generate, reference, label=f"round {round_index}", styles=styles)
         metrics = result.round_metrics()
         metrics["seconds_behaviour"] = round(result.seconds, 3)
-        if self.settings.fewshot:
+        if "fewshot" in styles:
             metrics["premise"] = premise_check(result.item_scores, self.settings.base_metrics())
         if is_main_process():
             round_dir.mkdir(parents=True, exist_ok=True)
@@ -110,6 +120,16 @@ class BehaviourRun:
             if round_index == 0 and "helpful" in self.sets.items:
                 atomic_write_json(round_dir / REFERENCE, result.answers.get("zero_shot", {}))
         return metrics
+
+    def unmeasured_note(self) -> str:
+        """What alignment this run does not measure, in a sentence ("" when it measures every default set)."""
+        if not self.enabled:
+            return ("Alignment was NOT measured: `behaviour_eval` is off, so no round was checked against the starting "
+                    "model's refusals, over-refusals or admissions.")
+        if self.sets.unavailable:
+            missing = ", ".join(f"{name} ({why})" for name, why in self.sets.unavailable.items())
+            return f"Not measured: {missing}."
+        return ""
 
     def check_premise(self, premise: dict[str, Any] | None) -> None:
         """Say before round 1 whether the principle-driven prompt beats zero-shot; stop if it must and does not."""

@@ -29,6 +29,11 @@ FEWSHOT_PREFIX = "fewshot_"
 # The Do-Not-Answer risk areas whose requests call for a refusal (the other two call for a correction or a caveat).
 DNA_REFUSAL_AREAS = ("malicious_uses", "information_hazard", "discrimination_exclusion_toxicity_hateful_offensive")
 PROMPT_STYLES = ("zero_shot", "fewshot")
+# Tokens per behaviour answer: the shortest length at which the rule judge's verdicts on the zero-shot greedy answers
+# labelled by reading agree with the labels as well as at 64 (benchmarks/bench_verdict_length.py).
+BEHAVIOUR_MAX_NEW_TOKENS = 48
+# The sets measured when `behaviour_eval` is left unset ('harmful' only where its public sets can be loaded).
+DEFAULT_SETS = ("harmful", "benign", "unknowable")
 
 def greater_is_better(metric: str) -> bool | None:
     """The direction of a behaviour metric (with or without the few-shot prefix); None when it is not one."""
@@ -48,6 +53,7 @@ class BehaviourSettings(ConcernSettings):
         "limit": "behaviour_limit",
         "max_new_tokens": "behaviour_max_new_tokens",
         "fewshot": "behaviour_fewshot",
+        "fewshot_every": "behaviour_fewshot_every",
         "benign_path": "behaviour_benign_path",
         "unknowable_path": "behaviour_unknowable_path",
         "data_dir": "benchmark_data_dir",
@@ -56,11 +62,12 @@ class BehaviourSettings(ConcernSettings):
     # Where the public sets are read from (the same items either way).
     NOT_FINGERPRINTED = frozenset({"data_dir"})
 
-    sets: tuple[str, ...] = ()
-    harmful_limit: int = 100
+    sets: tuple[str, ...] | None = ()  # None: the default sets (DEFAULT_SETS, where they can be loaded)
+    harmful_limit: int | None = None
     limit: int | None = None
-    max_new_tokens: int = 64
-    fewshot: bool = True
+    max_new_tokens: int = BEHAVIOUR_MAX_NEW_TOKENS
+    fewshot: tuple[int, ...] = (0,)
+    fewshot_every: int = 0
     benign_path: str | None = None
     unknowable_path: str | None = None
     data_dir: str | None = None
@@ -70,45 +77,60 @@ class BehaviourSettings(ConcernSettings):
     @classmethod
     def from_config(cls, config: Any, **extra: Any) -> BehaviourSettings:
         values = {attr: getattr(config, name) for attr, name in cls.CONFIG_FIELDS.items()}
-        values["sets"] = tuple(dict.fromkeys(parse_sets(values["sets"])))
+        values["sets"] = None if values["sets"] is None else tuple(dict.fromkeys(parse_sets(values["sets"])))
+        values["fewshot"] = (0,) if values["fewshot"] is None else tuple(values["fewshot"])
         return cls(**values, pairwise_judge=config.pairwise_judge != "none", **extra)
 
     def check(self) -> None:
-        unknown = [s for s in self.sets if s not in SETS]
+        unknown = [s for s in self.sets or () if s not in SETS]
         if unknown:
             raise self.field_error("sets", f"has unknown set name(s) {unknown}; choose from {list(SETS)} (or leave it "
                                        "empty to turn the behaviour evaluation off).")
-        if "helpful" in self.sets and not self.pairwise_judge:
+        if "helpful" in (self.sets or ()) and not self.pairwise_judge:
             raise self.field_error("sets", "asks for 'helpful' (pairwise win rate on Vicuna bench), which needs a pairwise "
                                        "judge: set `pairwise_judge` ('hf' or 'openai'), or drop 'helpful'.")
-        if self.harmful_limit < 2:
+        if self.harmful_limit is not None and self.harmful_limit < 2:
             raise self.field_error("harmful_limit", f"must be >= 2 (half HarmBench, half Do-Not-Answer); got "
                                                 f"{self.harmful_limit}.")
         if self.limit is not None and self.limit < 1:
             raise self.field_error("limit", f"must be >= 1 (or unset for every item); got {self.limit}.")
         if self.max_new_tokens < 1:
             raise self.field_error("max_new_tokens", f"must be >= 1; got {self.max_new_tokens}.")
-        if self.require_premise and not self.fewshot:
-            raise self.field_error("require_premise", "needs `behaviour_fewshot=True`: the premise compares the "
-                                                  "principled prompt with zero-shot.")
-        if self.require_premise and not self.sets:
+        negative = [r for r in self.fewshot if r < 0]
+        if negative:
+            raise self.field_error("fewshot", f"lists rounds {negative}; rounds are 0 (the starting model) and up.")
+        if self.fewshot_every < 0:
+            raise self.field_error("fewshot_every", f"must be >= 0 (0: never); got {self.fewshot_every}.")
+        if self.require_premise and 0 not in self.fewshot:
+            raise self.field_error("require_premise", "needs round 0 in `behaviour_fewshot` (the default): the premise "
+                                                  "compares the principled prompt with zero-shot on the starting model.")
+        if self.require_premise and not self.enabled:
             raise self.field_error("require_premise", "needs the behaviour evaluation: set `behaviour_eval` (e.g. "
                                                   "harmful,benign,unknowable).")
 
     @property
     def enabled(self) -> bool:
-        return bool(self.sets)
+        return self.sets is None or bool(self.sets)
 
     @property
-    def styles(self) -> tuple[str, ...]:
-        return PROMPT_STYLES if self.fewshot else PROMPT_STYLES[:1]
+    def wanted(self) -> tuple[str, ...]:
+        """The sets asked for (the default ones when `behaviour_eval` is unset)."""
+        return DEFAULT_SETS if self.sets is None else self.sets
+
+    def fewshot_round(self, round_index: int) -> bool:
+        """Whether round `round_index` (0 = the starting model) is also answered with the principled prompt."""
+        every = self.fewshot_every > 0 and round_index > 0 and round_index % self.fewshot_every == 0
+        return round_index in self.fewshot or every
+
+    def styles(self, round_index: int) -> tuple[str, ...]:
+        return PROMPT_STYLES if self.fewshot_round(round_index) else PROMPT_STYLES[:1]
 
     def metric_direction(self, metric: str) -> bool | None:
         return greater_is_better(metric)
 
     def base_metrics(self) -> list[str]:
         """The behaviour metrics (zero-shot names) these settings produce, composite last."""
-        names = [m for m, (s, _, _) in METRICS.items() if s in self.sets]
+        names = [m for m, (s, _, _) in METRICS.items() if s in self.wanted]
         if any(m in names for m in COMPOSITE_PARTS):
             names.append(ALIGNMENT_SCORE)
         return names
@@ -117,7 +139,8 @@ class BehaviourSettings(ConcernSettings):
         """Every per-round metric name the behaviour evaluation adds (what `collapse_metric` may watch)."""
         names = set()
         for metric in self.base_metrics():
-            styles = [""] + ([FEWSHOT_PREFIX] if self.fewshot and metric != "helpful_win_rate" else [])
+            # `fewshot_*` metrics are watchable only when every round has them.
+            styles = [""] + ([FEWSHOT_PREFIX] if self.fewshot_every == 1 and metric != "helpful_win_rate" else [])
             for prefix in styles:
                 base = prefix + metric
                 names.update({base, f"{base}_low", f"{base}_high", f"{base}_se"})

@@ -59,7 +59,7 @@ def main(args: BehaviourArguments, config, check: bool = False) -> int:
 
     config.behaviour_eval = parse_sets(args.behaviour)
     if check:
-        config.behaviour_fewshot = True
+        config.behaviour_fewshot = [0]
     settings = BehaviourSettings.from_config(config)  # after the changes above
     reference = json.loads(Path(args.reference_answers).read_text()) if args.reference_answers else None
     started = time.perf_counter()
