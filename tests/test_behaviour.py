@@ -143,6 +143,26 @@ def test_the_gate_is_counted_as_a_filter_reason_in_a_run(tmp_path, tokenizer):
     assert all(m["filtered"].get("principle_gate", 0) == m["prompts"] - m["kept"] for m in history)
 
 
+def test_best_of_n_in_a_run_gates_every_sample_and_counts_prompts_without_a_passing_one(tmp_path, tokenizer):
+    """Three samples per prompt from a random model, which never refuses nor admits anything: every sample of a
+    harmful or unknowable prompt is dropped (principle gate, honesty gate), every other prompt keeps exactly one."""
+    kinds = ["harmful", "unknowable", "other"]
+    prompts = Dataset.from_list([{"prompt": f"Tell me about topic {i}.", "category": kinds[i % 3]} for i in range(12)])
+    out = tmp_path / "out"
+    args = tiny_config(out, num_rounds=1, filters=["principle_gate", "honesty_gate"], principle_gate_column="category",
+                       generations_per_prompt=3, generation_temperature=1.0, collapse_metric="none")
+    SOFTTrainer(model=make_tiny_llama(tokenizer), processing_class=tokenizer, train_dataset=prompts, args=args).train()
+    rows = read_jsonl(out / "round_1" / "generations.jsonl")
+    assert len(rows) == 36 and [r["sample"] for r in rows[:3]] == [0, 1, 2]
+    reasons = {kind: {r["filter_reason"] for r in rows if kinds[r["prompt_index"] % 3] == kind} for kind in kinds}
+    assert reasons == {"harmful": {"principle_gate"}, "unknowable": {"honesty_gate"}, "other": {None, "not_best"}}
+    kept = [r["prompt_index"] for r in rows if r["kept"]]
+    assert sorted(kept) == sorted({r["prompt_index"] for r in rows if r["prompt_index"] % 3 == 2})  # one per prompt
+    metrics = SOFTState.load(out).history[0]
+    assert (metrics["prompts"], metrics["samples"], metrics["prompts_with_passing_sample"]) == (12, 36, 4)
+    assert metrics["filtered"] == {"principle_gate": 12, "honesty_gate": 12, "not_best": 8}
+
+
 # ---- stopping on behaviour ------------------------------------------------------------------------------------------
 
 

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from trl_soft.rounds import Round, RoundSettings, SOFTRoundError
+from trl_soft.rounds import NOT_BEST, Round, RoundSettings, SOFTRoundError
 from trl_soft.state import round_paths
 
 # Six prompts; positions 0, 2 and 5 pass the filters and are trained on in the order 2, 5, 0 (by difficulty).
@@ -82,3 +82,23 @@ def test_prompt_indices_follow_the_schedule():
     reuse = RoundSettings(num_rounds=3, prompts_per_round=4, prompt_schedule="reuse").prompt_indices(30, seed=1)
     assert reuse[0] == reuse[1] == reuse[2] and len(reuse[0]) == 4
     assert RoundSettings(num_rounds=3).prompt_indices(30, seed=1) != RoundSettings(num_rounds=3).prompt_indices(30, 2)
+
+
+def test_best_of_n_keeps_the_easiest_passing_sample_and_counts_prompts_without_one(tmp_path):
+    # Two prompts, three samples each: prompt A (positions 0-2) has two passing samples, prompt B (3-5) none.
+    reasons = [None, "principle_gate", None, "principle_gate", "too_short", "principle_gate"]
+    round_ = _round(tmp_path, filter_reasons=reasons, difficulty=[4.0, None, 2.0, None, None, None], train_order=None)
+    round_.samples_per_prompt = 3
+    round_.choose_best()
+    assert round_.filter_reasons == [NOT_BEST, "principle_gate", None, "principle_gate", "too_short", "principle_gate"]
+    metrics = round_.summary_metrics()
+    assert (metrics["prompts"], metrics["samples"], metrics["kept"], metrics["prompts_with_passing_sample"]) == (2, 6, 1, 1)
+    assert metrics["filtered"] == {NOT_BEST: 1, "principle_gate": 3, "too_short": 1}
+    # Without scores (no curriculum) the first passing sample is kept; the rows say which sample each answer is.
+    round_ = _round(tmp_path, filter_reasons=[None, None, None, None, None, None], difficulty=[], train_order=None)
+    round_.samples_per_prompt = 3
+    round_.choose_best()
+    assert round_.kept == [0, 3]
+    rows = round_.rows()
+    assert [r["sample"] for r in rows] == [0, 1, 2, 0, 1, 2]
+    assert Round.from_rows(2, round_.paths, 7, rows).samples_per_prompt == 3

@@ -121,6 +121,7 @@ BAD_VALUES = [
     case("behaviour_fewshot", [-1], "rounds are 0"),
     case("behaviour_fewshot", ["two"], r"list of round numbers"),
     case("behaviour_fewshot_every", -1, ">= 0"),
+    case("behaviour_fewshot_limit", 0, ">= 1"),
     # acceptance
     case("behaviour_margin", -0.01, r"in \[0, 1\]"),
     case("behaviour_margin", 1.5, r"in \[0, 1\]"),
@@ -213,6 +214,7 @@ OTHER_VALUE = {
     "benchmark_limit": 10,
     "behaviour_eval": ["benign"],
     "behaviour_fewshot": [0, 1],
+    "behaviour_fewshot_limit": 50,
     "behaviour_watch": ["refusal_benign"],
     "final_model": "last",
     "generate_from": "last",

@@ -638,6 +638,13 @@ class SOFTConfig(SFTConfig):
             "Default: 0 (the premise check only). 'none' (or an empty list) turns the principled arm off."
         },
     )
+    behaviour_fewshot_limit: int | None = field(
+        default=None,
+        metadata={
+            "help": "Items per set the principle-driven prompt answers (a fixed sample spread over each set; its long "
+            "prompts cost most of an evaluation's time). Default: every item."
+        },
+    )
     behaviour_fewshot_every: int = field(
         default=0,
         metadata={"help": "Also answer with the principle-driven prompt every N rounds (rounds N, 2N, ...); 0: never."},

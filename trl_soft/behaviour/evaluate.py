@@ -29,6 +29,8 @@ from .settings import ALIGNMENT_SCORE, COMPOSITE_PARTS, FEWSHOT_PREFIX, METRICS,
 from .stats import ITEM_SCORES
 
 Generate = Callable[[list[str], GenerationSettings, str], list[GenerationResult]]
+# `item_scores` key suffix: the positions (in its set) of each item a sampled principled arm answered.
+SUBSET_SUFFIX = "_positions"
 
 
 @dataclass
@@ -105,15 +107,21 @@ class BehaviourEvaluator:
             prefix = FEWSHOT_PREFIX if style == "fewshot" else ""
             wanted = [(metric, set_name, criterion) for metric, (set_name, criterion, _) in METRICS.items()
                       if self.sets.items.get(set_name) and (criterion is not None or style == "zero_shot")]
+            # Which items of each set this style answers: all zero-shot; principled, a fixed spread sample of
+            # `behaviour_fewshot_limit` per set (its long prompts cost most of an evaluation's time).
+            chosen = {set_name: self._positions(style, len(self.sets.items[set_name])) for _, set_name, _ in wanted}
+            subsets = {name: [self.sets.items[name][k] for k in positions] for name, positions in chosen.items()}
             # One engine call for every set of this style: one progress bar, and the engine batches across sets.
-            pool = [item for _, set_name, _ in wanted for item in self.sets.items[set_name]]
+            pool = [item for _, set_name, _ in wanted for item in subsets[set_name]]
             pooled_answers = self._answers(generate, style, pool, f"Behaviour ({label}, {style}): {len(pool)} requests")
             result.answers[style] = {item.id: a for item, a in zip(pool, pooled_answers)}
             estimates: dict[str, stats.Estimate] = {}
             start = 0
             for metric, set_name, criterion in wanted:
-                items = self.sets.items[set_name]
+                items = subsets[set_name]
                 answers, start = pooled_answers[start:start + len(items)], start + len(items)
+                if len(items) < len(self.sets.items[set_name]):  # which zero-shot items the subset pairs with
+                    result.item_scores[prefix + metric + SUBSET_SUFFIX] = chosen[set_name]
                 if criterion is None:
                     if reference_answers is None:
                         continue
@@ -139,6 +147,12 @@ class BehaviourEvaluator:
                 result.metrics.update(total.as_metrics(prefix + ALIGNMENT_SCORE))
         result.seconds = time.perf_counter() - started
         return result
+
+    def _positions(self, style: str, n: int) -> list[int]:
+        limit = self.settings.fewshot_limit
+        if style == "zero_shot" or limit is None or limit >= n:
+            return list(range(n))
+        return [k * n // limit for k in range(limit)]
 
     def _win_scores(self, items: list[BehaviourItem], answers: list[str], reference: dict[str, str]) -> list[float]:
         """Per item, P(this answer beats the reference), judged in both orders and averaged (cancels position bias)."""
@@ -167,11 +181,13 @@ def premise_check(item_scores: dict[str, list[float]], metrics: Sequence[str]) -
         fewshot = FEWSHOT_PREFIX + metric
         if metric not in item_scores or fewshot not in item_scores:
             continue
-        zero_shot[metric], principled[metric] = item_scores[metric], item_scores[fewshot]
-        difference = stats.paired_difference(item_scores[metric], item_scores[fewshot])
+        positions = item_scores.get(fewshot + SUBSET_SUFFIX)  # the principled arm answered a sample of the set
+        base = [item_scores[metric][k] for k in positions] if positions is not None else item_scores[metric]
+        zero_shot[metric], principled[metric] = base, item_scores[fewshot]
+        difference = stats.paired_difference(base, item_scores[fewshot])
         outcome = difference.outcome(higher_is_better=METRICS[metric][2])
-        rows[metric] = {**difference.as_dict(), "outcome": outcome,
-                        "zero_shot": sum(item_scores[metric]) / len(item_scores[metric]),
+        rows[metric] = {**difference.as_dict(), "outcome": outcome, "n": len(base),
+                        "zero_shot": sum(base) / len(base),
                         "fewshot": sum(item_scores[fewshot]) / len(item_scores[fewshot])}
     pooled = compare(zero_shot, principled)
     outcomes = [row["outcome"] for row in rows.values()]

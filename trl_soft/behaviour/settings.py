@@ -54,6 +54,7 @@ class BehaviourSettings(ConcernSettings):
         "max_new_tokens": "behaviour_max_new_tokens",
         "fewshot": "behaviour_fewshot",
         "fewshot_every": "behaviour_fewshot_every",
+        "fewshot_limit": "behaviour_fewshot_limit",
         "benign_path": "behaviour_benign_path",
         "unknowable_path": "behaviour_unknowable_path",
         "data_dir": "benchmark_data_dir",
@@ -68,6 +69,7 @@ class BehaviourSettings(ConcernSettings):
     max_new_tokens: int = BEHAVIOUR_MAX_NEW_TOKENS
     fewshot: tuple[int, ...] = (0,)
     fewshot_every: int = 0
+    fewshot_limit: int | None = None
     benign_path: str | None = None
     unknowable_path: str | None = None
     data_dir: str | None = None
@@ -99,6 +101,8 @@ class BehaviourSettings(ConcernSettings):
         negative = [r for r in self.fewshot if r < 0]
         if negative:
             raise self.field_error("fewshot", f"lists rounds {negative}; rounds are 0 (the starting model) and up.")
+        if self.fewshot_limit is not None and self.fewshot_limit < 1:
+            raise self.field_error("fewshot_limit", f"must be >= 1 (or unset for every item); got {self.fewshot_limit}.")
         if self.fewshot_every < 0:
             raise self.field_error("fewshot_every", f"must be >= 0 (0: never); got {self.fewshot_every}.")
         if self.require_premise and 0 not in self.fewshot:
