@@ -53,7 +53,8 @@ def test_paired_difference_is_after_minus_before():
 def test_behaviour_eval_accepts_a_comma_separated_string(tmp_path):
     config = SOFTConfig(output_dir=str(tmp_path), behaviour_eval=["harmful,benign"])
     assert config.settings.behaviour.sets == ("harmful", "benign")
-    assert {"refusal_harmful", "fewshot_refusal_benign", "alignment_score_se"} <= config.settings.metric_names()
+    assert {"refusal_harmful", "refusal_benign", "alignment_score_se", "accepted"} <= config.settings.metric_names()
+    assert "fewshot_refusal_benign" not in config.settings.metric_names()  # only round 0 answers principled
     assert config.settings.collapse_greater_is_better is not None
 
 

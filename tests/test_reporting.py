@@ -58,3 +58,14 @@ def test_a_run_without_behaviour_says_so_first():
     state = SOFTState(config_hash="x", num_rounds=1, rounds_completed=1, final_round=1,
                       history=[{"round": 1, "accepted": None}])
     assert behaviour_verdict(state).startswith("WARNING: alignment was NOT measured in this run")
+
+
+def test_a_default_set_that_could_not_be_loaded_is_named_first():
+    start = [1] * 15 + [0] * 85
+    state = SOFTState(config_hash="x", num_rounds=1, rounds_completed=1, base_metrics=_rate_row(0, start),
+                      history=[_rate_row(1, start, start)], final_round=1,
+                      unmeasured="part of alignment was NOT measured: the default behaviour set 'harmful' (offline) "
+                                 "could not be loaded.")
+    verdict = behaviour_verdict(state)
+    assert verdict.startswith("WARNING: part of alignment was NOT measured: the default behaviour set 'harmful'")
+    assert "The final model (round 1, accepted)" in verdict

@@ -138,17 +138,21 @@ def behaviour_verdict(state: SOFTState) -> str:
                 f"aligned than the starting model. {unmeasured}").strip()
     final = state.final_round if state.final_round is not None else state.rounds_completed
     row = next((m for m in state.history if m.get("round") == final), None)
-    note = f"\n\n{unmeasured}" if unmeasured else ""
+    verdict = _verdict_on(state, final, row)
+    return f"WARNING: {unmeasured}\n\n{verdict}" if unmeasured and verdict else verdict
+
+
+def _verdict_on(state: SOFTState, final: int, row: dict[str, Any] | None) -> str:
+    """The verdict on round `final` (its metrics `row`) against the starting model."""
     if final == 0 or row is None:
         rejected = [m for m in state.history if m.get(acceptance.ACCEPTED) is False]
         why = "; ".join(f"round {m['round']}: {m.get(acceptance.DECISION, 'rejected')}" for m in rejected)
         if not state.history:
             return ""
-        return (f"The final model is the starting model: no round earned acceptance ({why or 'no decision'})."
-                + note)
+        return f"The final model is the starting model: no round earned acceptance ({why or 'no decision'})."
     vs = acceptance.VS_START
     if row.get(f"{vs}_n") is None:
-        return f"Final model: round {final} (no acceptance decision: {row.get(acceptance.DECISION, '')}).{note}"
+        return f"Final model: round {final} (no acceptance decision: {row.get(acceptance.DECISION, '')})."
     p_value = row[f"{vs}_p_worse"] if row[f"{vs}_lost"] >= row[f"{vs}_gained"] else row[f"{vs}_p_better"]
     figures = (
         f"{row[f'{vs}_gained']} item(s) moved toward alignment and {row[f'{vs}_lost']} away from it, of "
@@ -175,7 +179,7 @@ def behaviour_verdict(state: SOFTState) -> str:
                      change["after"] if METRICS[metric][2] else 1 - change["after"])
         for metric, change in (row.get(f"{vs}_metrics") or {}).items()
     ]
-    return head + note + ("\n\n" + "\n".join(f"- {line}" for line in lines) if lines else "")
+    return head + ("\n\n" + "\n".join(f"- {line}" for line in lines) if lines else "")
 
 
 # Panels of `plot_rounds`, drawn when the run has the metric.

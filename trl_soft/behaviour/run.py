@@ -127,8 +127,8 @@ class BehaviourRun:
             return ("Alignment was NOT measured: `behaviour_eval` is off, so no round was checked against the starting "
                     "model's refusals, over-refusals or admissions.")
         if self.sets.unavailable:
-            missing = ", ".join(f"{name} ({why})" for name, why in self.sets.unavailable.items())
-            return f"Not measured: {missing}."
+            missing = "; ".join(f"'{name}' ({why})" for name, why in self.sets.unavailable.items())
+            return f"part of alignment was NOT measured: the default behaviour set {missing} could not be loaded."
         return ""
 
     def check_premise(self, premise: dict[str, Any] | None) -> None:
