@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from . import acceptance
+from .behaviour.compare import leaning_p
 from .behaviour.evaluate import format_premise
 from .behaviour.settings import FEWSHOT_PREFIX, METRICS
 from .behaviour.stats import ITEM_SCORES
@@ -70,9 +71,8 @@ OPTIONAL_COLUMNS: tuple[tuple[str, str, str], ...] = (
 
 def _cell(value: Any, fmt: str, row: dict[str, Any] | None = None, key: str = "") -> str:
     if fmt == "vs_start" and row is not None and row.get("vs_start_n") is not None:
-        lean_worse = row["vs_start_lost"] >= row["vs_start_gained"]
-        p = row["vs_start_p_worse"] if lean_worse else row["vs_start_p_better"]
-        return f"+{row['vs_start_gained']}/-{row['vs_start_lost']} p={p:.2g}"
+        pooled = _vs_start(row)
+        return f"+{pooled['gained']}/-{pooled['lost']} p={leaning_p(pooled):.2g}"
     if fmt == "decision":
         return {True: "accepted", False: "REJECTED"}.get(value, "-")
     if fmt == "points":
@@ -115,8 +115,16 @@ def format_stop_line(state: SOFTState) -> str:
     )
 
 
-def _metric_line(metric: str, change: dict[str, Any], before: float, after: float) -> str:
+def _vs_start(row: dict[str, Any]) -> dict[str, Any]:
+    """A round's pooled comparison with the starting model, by the names of `Change.as_dict()`."""
+    prefix = f"{acceptance.VS_START}_"
+    return {k.removeprefix(prefix): v for k, v in row.items() if k.startswith(prefix)}
+
+
+def _metric_line(metric: str, change: dict[str, Any]) -> str:
     """One behaviour metric, start -> final, paired: rate, the change with its interval, items each way, the MDE."""
+    before, after = (change["before"], change["after"]) if METRICS[metric][2] else (1 - change["before"],
+                                                                                     1 - change["after"])
     return (
         f"{metric} {100 * before:.1f}% -> {100 * after:.1f}% ({100 * change['diff']:+.1f} points toward alignment, "
         f"95% CI [{100 * change['low']:+.1f}, {100 * change['high']:+.1f}]; +{change['gained']}/-{change['lost']} "
@@ -129,17 +137,17 @@ def behaviour_verdict(state: SOFTState) -> str:
     the starting model, pooled over every behaviour item and per metric (paired, item by item). It never calls a
     model "like the starting model" when the items lean away from alignment, and it warns when alignment was not
     measured or the final model was not chosen by the acceptance rule."""
+    if not state.history:
+        return ""
     base = state.base_metrics or {}
     unmeasured = state.unmeasured or ""
     if not acceptance.measured(state.history) and not (base.get(ITEM_SCORES) or {}).keys() & set(METRICS):
-        if not state.history:
-            return ""
         return ("WARNING: alignment was NOT measured in this run, so nothing checked that the final model is no less "
                 f"aligned than the starting model. {unmeasured}").strip()
     final = state.final_round if state.final_round is not None else state.rounds_completed
     row = next((m for m in state.history if m.get("round") == final), None)
     verdict = _verdict_on(state, final, row)
-    return f"WARNING: {unmeasured}\n\n{verdict}" if unmeasured and verdict else verdict
+    return f"WARNING: {unmeasured}\n\n{verdict}" if unmeasured else verdict
 
 
 def _verdict_on(state: SOFTState, final: int, row: dict[str, Any] | None) -> str:
@@ -147,38 +155,29 @@ def _verdict_on(state: SOFTState, final: int, row: dict[str, Any] | None) -> str
     if final == 0 or row is None:
         rejected = [m for m in state.history if m.get(acceptance.ACCEPTED) is False]
         why = "; ".join(f"round {m['round']}: {m.get(acceptance.DECISION, 'rejected')}" for m in rejected)
-        if not state.history:
-            return ""
         return f"The final model is the starting model: no round earned acceptance ({why or 'no decision'})."
-    vs = acceptance.VS_START
-    if row.get(f"{vs}_n") is None:
+    pooled = _vs_start(row)
+    if pooled.get("n") is None:
         return f"Final model: round {final} (no acceptance decision: {row.get(acceptance.DECISION, '')})."
-    p_value = row[f"{vs}_p_worse"] if row[f"{vs}_lost"] >= row[f"{vs}_gained"] else row[f"{vs}_p_better"]
     figures = (
-        f"{row[f'{vs}_gained']} item(s) moved toward alignment and {row[f'{vs}_lost']} away from it, of "
-        f"{row[f'{vs}_n']} (one-sided exact p = {p_value:.3g}); mean change {100 * row[f'{vs}_diff']:+.1f} points, "
-        f"95% CI [{100 * row[f'{vs}_low']:+.1f}, {100 * row[f'{vs}_high']:+.1f}]; the smallest change this run "
-        f"could detect: {100 * row[f'{vs}_mde']:.1f} points"
+        f"{pooled['gained']} item(s) moved toward alignment and {pooled['lost']} away from it, of {pooled['n']} "
+        f"(one-sided exact p = {leaning_p(pooled):.3g}); mean change {100 * pooled['diff']:+.1f} points, 95% CI "
+        f"[{100 * pooled['low']:+.1f}, {100 * pooled['high']:+.1f}]; the smallest change this run could detect: "
+        f"{100 * pooled['mde']:.1f} points"
     )
-    worse = row[f"{vs}_p_worse"] < acceptance.POOLED_ALPHA
-    better = row[f"{vs}_p_better"] < acceptance.POOLED_ALPHA
     accepted = row.get(acceptance.ACCEPTED)
-    if worse:
+    if pooled["p_worse"] < acceptance.POOLED_ALPHA:
         head = f"WARNING: the final model (round {final}) is LESS aligned than the starting model: {figures}."
     elif accepted is not True:
         head = (f"WARNING: the final model (round {final}) did not earn acceptance (`final_model: last`): {figures}. "
                 f"Decision: {row.get(acceptance.DECISION, '')}.")
-    elif better:
+    elif pooled["p_better"] < acceptance.POOLED_ALPHA:
         head = f"The final model (round {final}, accepted) is MORE aligned than the starting model: {figures}."
     else:
-        lean = row[f"{vs}_lost"] > row[f"{vs}_gained"]
+        lean = pooled["lost"] > pooled["gained"]
         head = (f"The final model (round {final}, accepted) is no worse than the starting model beyond the margin"
                 f"{', leaning worse (not significant)' if lean else ''}: {figures}.")
-    lines = [
-        _metric_line(metric, change, change["before"] if METRICS[metric][2] else 1 - change["before"],
-                     change["after"] if METRICS[metric][2] else 1 - change["after"])
-        for metric, change in (row.get(f"{vs}_metrics") or {}).items()
-    ]
+    lines = [_metric_line(metric, change) for metric, change in (pooled.get("metrics") or {}).items()]
     return head + ("\n\n" + "\n".join(f"- {line}" for line in lines) if lines else "")
 
 

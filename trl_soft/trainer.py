@@ -323,11 +323,10 @@ class SOFTTrainer(SFTTrainer):
             )
             for k, score in zip(kept, scores):
                 round_.difficulty[k] = score
-            round_.choose_best()  # best-of-n: one passing sample per prompt, by the scores just computed
-            chosen = set(round_.kept)
-            round_.train_order = [kept[j] for j in order if kept[j] in chosen]
-        else:
-            round_.choose_best()
+            round_.train_order = [kept[j] for j in order]
+        round_.choose_best()  # best-of-n: one passing sample per prompt, by the scores just computed
+        if round_.train_order is not None:
+            round_.train_order = [k for k in round_.train_order if round_.filter_reasons[k] is None]
         round_.timings["seconds_score"] = time.perf_counter() - started
 
     def _save_generations(self, round_: Round) -> None:

@@ -47,6 +47,12 @@ def sign_test(lost: int, gained: int) -> float:
     return min(1.0, sum(math.comb(n, k) for k in range(lost, n + 1)) / 2 ** n)
 
 
+def leaning_p(change: Mapping[str, Any]) -> float:
+    """The one-sided exact p of the way the items lean (toward worse on a tie), from a `Change.as_dict()` or a round's
+    `vs_start_*` figures with the prefix removed."""
+    return change["p_worse"] if change["lost"] >= change["gained"] else change["p_better"]
+
+
 def detectable_effect(n: int, discordant: int) -> float:
     """MDE on the aligned-score difference (80% power, one-sided 5%, paired), in share points (0.03 = 3 points)."""
     if n <= 0:
@@ -92,11 +98,6 @@ class Change:
             return "better"
         return "no clear change"
 
-    @property
-    def leaning(self) -> str:
-        """Which way the items moved, significant or not: 'worse', 'better' or 'even'."""
-        return "worse" if self.lost > self.gained else "better" if self.gained > self.lost else "even"
-
     def as_dict(self) -> dict[str, Any]:
         d = self.difference
         return {
@@ -107,8 +108,7 @@ class Change:
 
     def brief(self) -> str:
         """'+3/-11 of 1127 (p=0.029)': items gained and lost, and the one-sided p of the way they lean."""
-        p = self.p_worse if self.lost >= self.gained else self.p_better
-        return f"+{self.gained}/-{self.lost} of {self.n} (p={p:.2g})"
+        return f"+{self.gained}/-{self.lost} of {self.n} (p={leaning_p(self.as_dict()):.2g})"
 
 
 @dataclass(frozen=True)
@@ -121,25 +121,6 @@ class Comparison:
     @property
     def outcome(self) -> str:
         return self.pooled.outcome
-
-    def worse_metrics(self) -> list[str]:
-        """Metrics worse beyond their noise alone: the 95% interval of the paired difference below 0."""
-        return [m for m, change in self.metrics.items() if change.difference.high < 0]
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"pooled": self.pooled.as_dict(), "metrics": {m: c.as_dict() for m, c in self.metrics.items()}}
-
-    def sentence(self) -> str:
-        """One line for people: items each way, the p-value, the interval and the MDE."""
-        p, d = self.pooled, self.pooled.difference
-        p_value = p.p_worse if p.lost >= p.gained else p.p_better
-        way = "toward" if p.gained >= p.lost else "away from"
-        return (
-            f"{p.gained} item(s) moved toward alignment and {p.lost} away from it, of {p.n} (one-sided exact p = "
-            f"{p_value:.3g} {way} alignment); mean change {100 * d.value:+.1f} points, 95% CI "
-            f"[{100 * d.low:+.1f}, {100 * d.high:+.1f}]; smallest change this comparison could detect: "
-            f"{100 * p.mde:.1f} points"
-        )
 
 
 def compare(

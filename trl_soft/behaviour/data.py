@@ -22,7 +22,7 @@ from pathlib import Path
 
 from ..data import resolve_data_dir
 from ..prompting import asset_path
-from .settings import DNA_REFUSAL_AREAS, METRICS, BehaviourSettings
+from .settings import DNA_REFUSAL_AREAS, BehaviourSettings
 
 HARMBENCH_FILE = "harmbench/harmbench_standard.txt"
 HARMBENCH_HUB = ("walledai/HarmBench", "standard", "prompt")
@@ -191,7 +191,3 @@ class BehaviourSets:
 
     def __bool__(self) -> bool:
         return bool(self.items)
-
-    def measured(self) -> list[str]:
-        """The verdict metrics these sets produce."""
-        return [m for m, (s, criterion, _) in METRICS.items() if criterion is not None and s in self.items]

@@ -47,17 +47,18 @@ class PrincipleGate:
     ) -> list[bool]:
         """True where the request is harmful and the answer does not refuse it."""
         harmful = self.harmful(prompts, column_values)
-        positions = [i for i, h in enumerate(harmful) if h]
-        verdicts = self.judge.judge("refused", [prompts[i] for i in positions], [answers[i] for i in positions])
-        flagged = [False] * len(prompts)
-        for i, verdict in zip(positions, verdicts):
-            flagged[i] = not verdict.label
-        return flagged
+        return self._without("refused", [i for i, h in enumerate(harmful) if h], prompts, answers)
 
     def inventions(self, prompts: Sequence[str], answers: Sequence[str], column_values: Sequence[object]) -> list[bool]:
         """True where the column marks the request as calling for an admission and the answer does not admit it."""
         positions = [i for i, v in enumerate(column_values) if str(v) in self.honesty_values]
-        verdicts = self.judge.judge("admits_unknown", [prompts[i] for i in positions], [answers[i] for i in positions])
+        return self._without("admits_unknown", positions, prompts, answers)
+
+    def _without(
+        self, criterion: str, positions: list[int], prompts: Sequence[str], answers: Sequence[str]
+    ) -> list[bool]:
+        """True at each of `positions` whose answer the judge does not find meeting `criterion`; False elsewhere."""
+        verdicts = self.judge.judge(criterion, [prompts[i] for i in positions], [answers[i] for i in positions])
         flagged = [False] * len(prompts)
         for i, verdict in zip(positions, verdicts):
             flagged[i] = not verdict.label

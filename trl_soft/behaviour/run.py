@@ -124,8 +124,7 @@ class BehaviourRun:
     def unmeasured_note(self) -> str:
         """What alignment this run does not measure, in a sentence ("" when it measures every default set)."""
         if not self.enabled:
-            return ("Alignment was NOT measured: `behaviour_eval` is off, so no round was checked against the starting "
-                    "model's refusals, over-refusals or admissions.")
+            return "(`behaviour_eval` is 'none'.)"  # the summary's own first line says the rest
         if self.sets.unavailable:
             missing = "; ".join(f"'{name}' ({why})" for name, why in self.sets.unavailable.items())
             return f"part of alignment was NOT measured: the default behaviour set {missing} could not be loaded."

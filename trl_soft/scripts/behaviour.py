@@ -18,7 +18,7 @@ from pathlib import Path
 
 from trl import TrlParser
 
-DEFAULT_SETS = "harmful,benign,unknowable"
+from ..behaviour.settings import DEFAULT_SETS
 
 
 @dataclass
@@ -28,7 +28,7 @@ class BehaviourArguments:
         metadata={"help": "Model to evaluate: 'embedded', a hub id, a saved model folder, or a LoRA adapter folder."},
     )
     behaviour: str = field(
-        default=DEFAULT_SETS,
+        default=",".join(DEFAULT_SETS),
         metadata={"help": "Comma-separated behaviour sets: harmful, benign, unknowable, helpful (needs a pairwise "
                           "judge and --reference_answers)."},
     )
