@@ -17,7 +17,7 @@ OUT ?= runs/demo
 # when they are there; otherwise the loaders use the hub.
 export TRL_SOFT_DATA_DIR ?= $(wildcard $(abspath ../shared/data))
 
-.PHONY: setup demo test test-all bench lint clean
+.PHONY: setup demo test test-all bench lint docs clean
 
 setup: $(STAMP)
 
@@ -50,5 +50,16 @@ test-all: setup
 lint: setup
 	$(BIN)/ruff check .
 
+# The documentation site: the `docs` extra (MkDocs, Material, mkdocstrings) goes into the same venv once, then a strict
+# build into site/ (any warning, e.g. a broken link or anchor, a page missing from mkdocs.yml's nav, fails it).
+DOCS_STAMP := $(VENV)/.trl-soft-docs-installed
+
+$(DOCS_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e ".[docs]" -r $(ENGINE_REQUIREMENTS)
+	touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
 clean:
-	rm -rf $(VENV) runs build *.egg-info
+	rm -rf $(VENV) runs build site *.egg-info

@@ -187,6 +187,8 @@ LATIN1 = '{"prompt": "caf\xe9"}'.encode("latin-1")
 GOOD = {"prompt": "What is the boiling point of water?"}
 PAIR = {"prompt": "Capital of France?", "reference": "Paris."}
 TQA = "truthfulqa_mc1"
+VLLM_SERVER = {"generation_backend": "vllm", "vllm_mode": "server"}
+SERVER_NOBODY = "http://127.0.0.1:1"  # nothing listens on port 1
 LONG = " ".join(["word"] * 2500)  # about 2500 tokens: more than the tiny model's context of 2048
 
 
@@ -282,6 +284,18 @@ CASES = [
          r"`prompts_per_round`=10 x `num_rounds`=2 needs 20 .* has 12", "prompt_schedule='reuse'"),
     case("prompts-too-few-to-reuse", lambda r: r.trainer(prompt_schedule="reuse", prompts_per_round=20), ValueError,
          r"`prompts_per_round`=20 is more than the 12 prompts"),
+    # ---- vLLM servers (checked when the engine is chosen, before any model loads) -----------------------------------
+    case("server-url-unreachable", lambda r: r.trainer(model=str(r.tiny), **VLLM_SERVER,
+         vllm_server_base_url=[SERVER_NOBODY]), ValueError,
+         r"`vllm_server_base_url`: no vLLM server answers at http://127\.0\.0\.1:1 "),
+    case("server-url-unreachable-second", lambda r: r.trainer(model=str(r.tiny), **VLLM_SERVER,
+         vllm_server_base_url=f"unix:{r.tmp}/no.sock,{SERVER_NOBODY}"), ValueError,
+         r"`vllm_server_base_url`: no vLLM server answers at unix:.*no\.sock"),
+    case("server-key-variable-unset", lambda r: r.trainer(model=str(r.tiny), **VLLM_SERVER, vllm_server_base_url=
+         SERVER_NOBODY, vllm_server_api_key_env="TRL_SOFT_NO_SUCH_KEY_VAR"), ValueError,
+         "`vllm_server_api_key_env`.*TRL_SOFT_NO_SUCH_KEY_VAR is not set"),
+    case("server-devices-on-a-cpu", lambda r: r.trainer(model=str(r.tiny), **VLLM_SERVER, vllm_server_devices=[0]),
+         ValueError, r"`vllm_server_devices` names device\(s\) \[0\].*no CUDA device"),
     case("dataset-empty", lambda r: r.trainer(prompt_dataset(0)), ValueError, r"`train_dataset`.* is empty"),
     case("dataset-other-column", lambda r: r.trainer(prompt_dataset(12, column="question")), ValueError,
          r"`prompt_column`: .*'question'", "--prompt_column"),
@@ -422,6 +436,30 @@ CASES = [
     case("benchmark-data-dir-env-missing",
          lambda r: (r.env("TRL_SOFT_DATA_DIR", str(r.tmp / "gone")), r.trainer(benchmarks=["hhh"])),
          FileNotFoundError, r"`\$TRL_SOFT_DATA_DIR`: no such folder '\S*gone'"),
+    # ---- the engine's quantization and length, checked against the installed vLLM before any model loads ------------
+    case("vllm-quantization-unknown", lambda r: r.trainer(generation_backend="vllm", vllm_quantization="int3"),
+         ValueError, r"`vllm_quantization`='int3' is not a quantization method of the installed vLLM",
+         "Use 'auto', 'none'"),
+    case("vllm-quantization-not-in-registry",
+         lambda r: r.trainer(generation_backend="auto", vllm_quantization="bitsandbytes"),
+         ValueError, r"`vllm_quantization`='bitsandbytes' is not a quantization method of the installed vLLM"),
+    case("vllm-4bit-base-where-nothing-works",
+         lambda r: r.trainer(generation_backend="vllm", model_init_kwargs={"quantization_config": {"load_in_4bit": True}},
+                             kwargs={"peft_config": LoraConfig(r=8, target_modules=["q_proj"])}),
+         ValueError, r"`generation_backend='vllm'`: the base model is quantized with bitsandbytes", "CPU build",
+         "generation_backend='hf'"),
+    case("vllm-max-model-len-below-prompt-and-answer",
+         lambda r: r.lengths(["Hi?"] * 12, generation_backend="vllm", vllm_max_model_len=64),
+         ValueError, r"does not fit .* more than `vllm_max_model_len`=64",
+         r"raise `vllm_max_model_len` to at least \d+, or leave it unset"),
+    # ---- the processes `accelerate launch` starts (WORLD_SIZE) against one vLLM engine per tensor-parallel group --
+    case("vllm-tensor-parallel-not-dividing-processes",
+         lambda r: (r.env("WORLD_SIZE", "2"), r.trainer(generation_backend="vllm", vllm_tensor_parallel_size=3)),
+         ValueError, r"`vllm_tensor_parallel_size` must divide the number of processes \(2\)", "got 3",
+         "vllm_colocate_ranks='main'"),
+    case("vllm-tensor-parallel-not-dividing-processes-yaml",
+         lambda r: (r.env("WORLD_SIZE", "4"), r.cli(generation_backend="vllm", vllm_tensor_parallel_size=3)),
+         ValueError, r"`vllm_tensor_parallel_size` must divide the number of processes \(4\)"),
     case("eval-limit-0", lambda r: r.eval("--limit", "0"), ValueError, "`limit` must be >= 1"),
     case("eval-max-batch-0", lambda r: r.eval("--max_batch", "0"), ValueError, "`max_batch` must be >= 1"),
     case("eval-dtype", lambda r: r.eval("--dtype", "fp8"), ValueError, "`dtype` must be one of float32, bfloat16"),

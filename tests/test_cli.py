@@ -26,7 +26,7 @@ def test_report_prints_the_stop_and_plots_the_rounds(tmp_path, capsys):
     state.stopped_early, state.stop_reason, state.final_round = True, "validation_nll got worse", 2
     state.save(tmp_path)
     image = tmp_path / "rounds.png"
-    assert main(["report", str(tmp_path), "--plot", str(image)]) == 0
+    assert main(["report", str(tmp_path), "--all", "--plot", str(image)]) == 0
     out = capsys.readouterr().out
     assert "Stopped early after round 3 of 4: validation_nll got worse. Final model: round 2." in out
     assert "entropy" in out and "distinct-2" in out

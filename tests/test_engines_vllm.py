@@ -164,7 +164,7 @@ def test_an_external_server_takes_each_rounds_adapter_through_its_runtime_lora_a
         args = _config(out, vllm_mode="server", vllm_server_base_url=server.url, vllm_lora_mode="adapter")
         trainer = _trainer(args)
         trainer.train()
-        assert SOFTState.load(out).engine.startswith("vLLM (server, float32, LoRA adapter per round)")
+        assert SOFTState.load(out).engine.startswith("vLLM (server, float32, LoRA adapter per round")
         assert server.exit_code() is None  # trl-soft stops only the servers it starts
 
         texts, recorded = _round_texts(trainer, 2)

@@ -61,7 +61,8 @@ OTHER = ["Sure, here is how.", "Lyon.", "Yes, it will rain.", "The sea.", "Hello
 def test_judge_settings_from_config_and_their_descriptions(tmp_path):
     config = SimpleNamespace(
         behaviour_judge="openai", pairwise_judge="none", judge_model=None, judge_base_url="http://127.0.0.1:8000/v1",
-        judge_api_key_env="MY_KEY", judge_timeout=5.0, judge_max_retries=0, judge_batch_size=2,
+        judge_api_key_env="MY_KEY", judge_allow_insecure_key=False, judge_timeout=5.0, judge_max_retries=0,
+        judge_batch_size=2,
     )
     settings = JudgeSettings.from_config(config)
     assert settings.as_dict() == {attr: getattr(config, name) for attr, name in JudgeSettings.CONFIG_FIELDS.items()}
@@ -406,11 +407,14 @@ def vllm_server(tmp_path_factory, smol_path):
     from trl_soft.engines.vllm_server import SERVED_NAME, ManagedVLLMServer
 
     choice = EngineChoice("vllm", "test", "server", "float32", base=smol_path)
-    settings = EngineSettings(vllm_mode="server", dtype="float32", cpu_kv_cache_gb=1)
+    # loopback TCP (the judge speaks HTTP over TCP), where the server takes a per-run API key for its /v1 routes
+    settings = EngineSettings(vllm_mode="server", dtype="float32", cpu_kv_cache_gb=1, server_host="127.0.0.1")
     server = ManagedVLLMServer(choice, settings, tmp_path_factory.mktemp("judge_server") / "vllm_server.log", 0)
+    os.environ["TRL_SOFT_TEST_JUDGE_SERVER_KEY"] = server.api_key
     try:
         yield server, SERVED_NAME
     finally:
+        os.environ.pop("TRL_SOFT_TEST_JUDGE_SERVER_KEY", None)
         server.stop()
 
 
@@ -430,7 +434,8 @@ class TestOpenAIJudgeOnVLLM:
     def test_verdicts_match_the_transformers_judge_on_the_same_model(self, embedded_verdicts, vllm_server):
         server, served = vllm_server
         expected, expected_better = embedded_verdicts
-        settings = JudgeSettings(pointwise="openai", pairwise="openai", base_url=server.url, timeout=120.0)
+        settings = JudgeSettings(pointwise="openai", pairwise="openai", base_url=server.url, timeout=120.0,
+                                 api_key_env="TRL_SOFT_TEST_JUDGE_SERVER_KEY")
         settings.check_reachable()
         judge, pairwise = settings.build()
         assert judge is pairwise

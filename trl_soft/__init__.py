@@ -1,5 +1,10 @@
 """trl-soft: Step-On-Feet Tuning (SOFT / SOFT+), multi-round self-alignment by bootstrapping, as a TRL plugin."""
 
+from .progress import quiet_at_import
+
+quiet_at_import()  # before the imports below: bitsandbytes warns when it is imported (`trl_soft.progress`)
+
+# ruff: noqa: E402
 from .callbacks import EarlyCollapseCallback, RoundControl, SOFTCallback
 from .config import SOFTConfig, SOFTSettings
 from .curriculum import SCORERS, ScoringContext

@@ -3,10 +3,16 @@
 TRL's own `trl` CLI has a fixed list of subcommands, so trl-soft ships its own. `train` takes every flag of
 `SOFTConfig`, `SFTConfig` and TRL's `ModelConfig` (and `--config file.yaml`); `demo` is `train` with the shipped demo
 configuration; `report` prints the round table of an existing run.
+
+A YAML config's `env:` block is applied by TRL's parser to this process (and so to every process it starts: a vLLM
+server, torchrun workers). Entries that change which code a process loads (`LD_PRELOAD`, `LD_LIBRARY_PATH`,
+`PYTHONPATH`, `PYTHONSTARTUP`, ...; `trl_soft.security.LOADER_VARIABLES`) are refused before it reads the file, unless
+the person running the command passes `--allow_loader_env`: a config file someone shared must not choose what runs.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,7 +27,9 @@ commands:
   eval     score a model or adapter on TruthfulQA (MC1, MC2) and HHH; prints a table
            with --behaviour harmful,benign,unknowable: refusal, over-refusal and honesty rates with 95% intervals
   check    the SOFT premise check: does the principle-driven prompt beat zero-shot? (exit 1 when it does not)
-  report   print the round table of a run:  trl-soft report <output_dir> [--plot rounds.png]
+  report   print the round table of a run:  trl-soft report <output_dir> [--all] [--plot rounds.png] [--html]
+
+`train` and `demo` also take --verbose: show every third-party warning and loading bar (filtered by default).
 
 `trl-soft <command> --help` lists a command's options.
 """
@@ -30,12 +38,17 @@ commands:
 def _report(argv: Sequence[str]) -> int:
     import argparse
 
-    from .reporting import behaviour_verdict, format_round_table, format_stop_line, plot_rounds
+    from .report_html import plot_png, write_html
+    from .reporting import behaviour_verdict, format_round_table, format_stop_line, plot_rounds, printed_table
     from .run_folder import SOFTResumeError, load_manifest
 
     parser = argparse.ArgumentParser(prog="trl-soft report", description="Print the round table of a SOFT run.")
     parser.add_argument("output_dir", help="the run's output_dir (holds soft_state.json)")
+    parser.add_argument("--all", action="store_true", help="print every column (as summary.md), not the ones that "
+                        "fit 100 columns")
     parser.add_argument("--plot", metavar="PNG", help="also draw the per-round metrics into this image")
+    parser.add_argument("--html", action="store_true", help="also write report.html into the run folder: verdict, "
+                        "table, plots of every metric, filter counts, behaviour answers side by side (one file)")
     args = parser.parse_args(list(argv))
     try:
         state = load_manifest(Path(args.output_dir))
@@ -48,14 +61,67 @@ def _report(argv: Sequence[str]) -> int:
     verdict = behaviour_verdict(state)
     if verdict:
         print(f"{verdict}\n")
-    print(format_round_table(state.history, state.base_metrics))
+    print(format_round_table(state.history, state.base_metrics) if args.all else printed_table(state))
     stop = format_stop_line(state)
     if stop:
         print(f"\n{stop}")
     if args.plot:
         plot_rounds(state, args.plot)
         print(f"\nplot: {args.plot}")
+    if args.html:
+        try:
+            png = plot_png(state)
+        except ImportError as err:  # the page is still useful without its plot
+            print(f"trl-soft report: no plots in the page ({err})", file=sys.stderr)
+            png = None
+        print(f"\nHTML report: {write_html(Path(args.output_dir), state, png)}")
     return 0
+
+
+def _flag_value(argv: Sequence[str], flag: str) -> str | None:
+    """`--flag value` or `--flag=value` in argv (the YAML's value is read again by the trainer)."""
+    for i, arg in enumerate(argv):
+        if arg == flag and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith(f"{flag}="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+ALLOW_LOADER_ENV = "--allow_loader_env"
+
+
+class ConfigEnvError(ValueError):
+    """A YAML config's `env:` block sets a variable that changes which code runs, without `--allow_loader_env`."""
+
+
+def check_config_env(argv: Sequence[str]) -> list[str]:
+    """`argv` without `--allow_loader_env`, once the `env:` block of its `--config` file (if any) is checked: an entry
+    that changes the loader or Python's path is a `ConfigEnvError` unless that flag was given. Reads the file only."""
+    argv = list(argv)
+    allowed = ALLOW_LOADER_ENV in argv
+    argv = [a for a in argv if a != ALLOW_LOADER_ENV]
+    if "--config" not in argv or argv.index("--config") + 1 >= len(argv):
+        return argv
+    import yaml
+
+    from .security import loader_variables
+
+    path = argv[argv.index("--config") + 1]
+    try:
+        with open(path, encoding="utf-8") as handle:
+            config = yaml.safe_load(handle)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return argv  # TRL's parser reports the file itself
+    env = config.get("env") if isinstance(config, dict) else None
+    names = loader_variables(env) if isinstance(env, dict) else []
+    if names and not allowed:
+        raise ConfigEnvError(
+            f"the `env:` block of {path} sets {', '.join(names)}, which change(s) what code this run and the "
+            "processes it starts load. Remove them from the config, or, if you trust it, pass "
+            f"`{ALLOW_LOADER_ENV}` on the command line."
+        )
+    return argv
 
 
 def _stoppable(job) -> int:
@@ -78,7 +144,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(USAGE)
         return 0
     command, rest = argv[0], argv[1:]
+    if command in ("train", "demo", "eval", "check"):
+        try:
+            rest = check_config_env(rest)
+        except ConfigEnvError as err:
+            print(f"trl-soft {command}: {err}", file=sys.stderr)
+            return 2
     if command in ("train", "demo"):
+        from .progress import VERBOSE_ENV, quiet_third_party
+
+        if "--verbose" in rest:  # everything third-party libraries print (read by `quiet_third_party`, here and in
+            rest = [a for a in rest if a != "--verbose"]  # the trainer, and inherited by engine processes)
+            os.environ[VERBOSE_ENV] = "1"
+        quiet_third_party(_flag_value(rest, "--log_level"))
+        if "-h" in rest or "--help" in rest:
+            print(f"trl-soft {command} options:\n  --verbose             show every third-party warning and loading bar "
+                  "(trl-soft filters the ones known to be harmless here; so do --log_level info and "
+                  "TRANSFORMERS_VERBOSITY=info)\n")
         from .scripts.train import run
 
         if command == "demo":

@@ -11,9 +11,10 @@ they are silent, the help text says "chosen here" and why.
 
 from __future__ import annotations
 
+import copy
 import os
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import torch
 from trl import SFTConfig
@@ -31,6 +32,7 @@ from .generation import GenerationSettings
 from .judges.settings import JudgeSettings
 from .prompting import PromptSettings
 from .rounds import RoundSettings
+from .security import redact_text, redact_url, url_credentials_error
 from .settings import ConcernSettings, matches, type_error
 
 # Every concern's settings class, in the order they are built and checked: the one list of concerns.
@@ -66,7 +68,7 @@ TRAINING_TYPES = {
 }
 MIN_MAX_LENGTH = 16  # tokens: below this no chat-formatted prompt and answer fit (the vLLM `max_model_len` floor too)
 # SOFTConfig's lists of names (no name holds a comma): a string "a,b" is split, as `trl-soft eval --benchmarks` does.
-NAME_LISTS = ("filters", "benchmarks", "behaviour_eval")
+NAME_LISTS = ("filters", "benchmarks", "behaviour_eval", "vllm_server_base_url", "vllm_server_pass_env")
 
 
 @dataclass(frozen=True)
@@ -148,6 +150,13 @@ class SOFTSettings:
                 f"`behaviour_fewshot` names round(s) {late} but the run has `num_rounds={self.rounds.num_rounds}`: give "
                 "rounds from 0 (the starting model, the premise check) to num_rounds."
             )
+        servers, per_round = len(self.engine.server_base_url), self.rounds.prompts_per_round
+        if self.engine.external_server and per_round is not None and servers > per_round:
+            raise ValueError(
+                f"`vllm_server_base_url` names {servers} servers for `prompts_per_round={per_round}`: each server "
+                "answers a contiguous slice of a round's prompts, so some would get none. Give at most "
+                f"{per_round} servers, or more prompts per round."
+            )
         measured = self.behaviour.base_metrics()
         unmeasured = [m for m in self.acceptance.watch or () if m not in measured]
         if unmeasured and self.behaviour.sets is not None:
@@ -182,6 +191,40 @@ class SOFTSettings:
                 "`shuffle_dataset=True` is ignored while a curriculum is on: the curriculum sets the order.",
                 stacklevel=4,
             )
+
+
+# The URL fields whose service takes a key, and the field that names the key's environment variable.
+KEY_VARIABLE_FIELDS = {"judge_base_url": "judge_api_key_env", "vllm_server_base_url": "vllm_server_api_key_env"}
+
+
+def _redacted(value: object) -> object:
+    """A config value as it may be stored: URLs (alone or in a list) redacted, anything else unchanged."""
+    if isinstance(value, str):
+        return redact_url(value) if "://" in value else value
+    if isinstance(value, (list, tuple)) and any(isinstance(v, str) and "://" in v for v in value):
+        return type(value)(_redacted(v) for v in value)
+    return value
+
+
+def _redacted_settings(settings: SOFTSettings | None) -> SOFTSettings | None:
+    """`settings` with every URL attribute of its concerns redacted (a copy, only where one changes; the concerns were
+    checked when built, so this changes nothing unless a URL was set afterwards)."""
+    if not isinstance(settings, SOFTSettings):
+        return settings
+    changed = {}
+    for name, concern in settings.concerns().items():
+        values = {f.name: _redacted(getattr(concern, f.name)) for f in fields(concern)}
+        if any(values[k] != getattr(concern, k) for k in values):
+            clone = copy.copy(concern)
+            for key, value in values.items():
+                object.__setattr__(clone, key, value)  # frozen, and `replace` would check the redacted URL again
+            changed[name] = clone
+    if not changed:
+        return settings
+    clone = copy.copy(settings)
+    for name, concern in changed.items():
+        object.__setattr__(clone, name, concern)
+    return clone
 
 
 def check_training(config: SOFTConfig) -> None:
@@ -368,7 +411,7 @@ class SOFTConfig(SFTConfig):
     vllm_mode: str = field(
         default="colocate",
         metadata={
-            "help": "With vLLM: 'colocate' (default: a vLLM engine started by the training run, in the main process) "
+            "help": "With vLLM: 'colocate' (default: vLLM engines started by the training run, see `vllm_colocate_ranks`) "
             "or 'server' (an OpenAI-compatible vLLM server: started by trl-soft, or the one at "
             "`vllm_server_base_url`)."
         },
@@ -396,19 +439,57 @@ class SOFTConfig(SFTConfig):
             "320, 512). Default: the smallest of those that holds the run's `lora_r`."
         },
     )
-    vllm_server_base_url: str | None = field(
+    vllm_server_base_url: list[str] | None = field(
         default=None,
         metadata={
-            "help": "Server mode: URL of a running vLLM server (e.g. 'http://10.0.0.2:8000') that must see "
-            "`output_dir` at the same path. Default: trl-soft starts its own server and stops it at the end."
+            "help": "Server mode: URL(s) of running vLLM servers (e.g. 'http://10.0.0.2:8000'; several as a list or "
+            "comma-separated: each answers a contiguous slice of the prompts; 'unix:/path/vllm.sock' for a Unix "
+            "socket) that must see `output_dir` at the same path. No credentials in a URL: see "
+            "`vllm_server_api_key_env`. Default: trl-soft starts its own server and stops it at the end."
         },
     )
-    vllm_server_host: str = field(
-        default="127.0.0.1", metadata={"help": "Server mode: address the server trl-soft starts listens on."}
+    vllm_server_host: str | None = field(
+        default=None,
+        metadata={
+            "help": "Server mode: TCP address the server trl-soft starts listens on. Default (with no "
+            "`vllm_server_port` either): no TCP at all, a Unix socket in a folder only this user can open. A "
+            "non-loopback address also needs `vllm_server_allow_remote`."
+        },
     )
     vllm_server_port: int | None = field(
         default=None,
-        metadata={"help": "Server mode: port of the server trl-soft starts. Default: a free port."},
+        metadata={
+            "help": "Server mode: TCP port of the server trl-soft starts (on `vllm_server_host`, default 127.0.0.1). "
+            "Default: a Unix socket, no port."
+        },
+    )
+    vllm_server_allow_remote: bool = field(
+        default=False,
+        metadata={
+            "help": "Server mode: let the server trl-soft starts listen on a non-loopback `vllm_server_host` "
+            "(other machines can then reach its unauthenticated weight-loading routes; a warning is printed)."
+        },
+    )
+    vllm_server_api_key_env: str | None = field(
+        default=None,
+        metadata={
+            "help": "Server mode: name of the environment variable holding the API key of the servers at "
+            "`vllm_server_base_url` (sent as `Authorization: Bearer`, never written anywhere). Default: no key."
+        },
+    )
+    vllm_server_devices: list[int] | None = field(
+        default=None,
+        metadata={
+            "help": "Server mode: CUDA device indices the server trl-soft starts runs on (e.g. '2,3'; its "
+            "CUDA_VISIBLE_DEVICES). Default: the devices the training process sees (the server shares GPU 0)."
+        },
+    )
+    vllm_server_pass_env: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Server mode: extra environment variables the server trl-soft starts inherits, by name (e.g. "
+            "PYTHONPATH); it gets only an allow-list otherwise (docs/scaling.md), never keys or tokens."
+        },
     )
     vllm_server_timeout: float = field(
         default=300.0,
@@ -419,13 +500,29 @@ class SOFTConfig(SFTConfig):
         metadata={"help": "Server mode: seconds one generation request may take before the round fails."},
     )
     vllm_tensor_parallel_size: int = field(
-        default=1, metadata={"help": "GPUs the vLLM engine splits the model over (tensor parallelism)."}
-    )
-    vllm_gpu_memory_utilization: float = field(
-        default=0.3,
+        default=1,
         metadata={
-            "help": "Fraction of the GPU the vLLM engine may take (chosen here: 0.3 in colocate mode, leaving the "
-            "rest for training). Not used on CPUs (see `vllm_cpu_kv_cache_gb`)."
+            "help": "GPUs one vLLM engine splits the model over (tensor parallelism). With `vllm_colocate_ranks="
+            "'all'` under several processes, groups of this many ranks share one engine, so it must divide the "
+            "number of processes."
+        },
+    )
+    vllm_colocate_ranks: str = field(
+        default="all",
+        metadata={
+            "help": "Colocate mode under several processes: 'all' (default: every process, or every group of "
+            "`vllm_tensor_parallel_size` processes, runs its own engine on its own GPU and answers its slice of the "
+            "prompts) or 'main' (one engine in the main process answers every prompt while the others wait; for "
+            "when the GPUs cannot hold an engine each). Answers do not depend on it."
+        },
+    )
+    vllm_gpu_memory_utilization: float | None = field(
+        default=None,
+        metadata={
+            "help": "Fraction of the GPU the vLLM engine takes while awake. Default: 0.5 for a colocated engine that "
+            "sleeps while the model trains (`vllm_sleep_mode`: it then shares the GPU with the training weights and "
+            "optimizer state only), 0.3 otherwise (beside training's peak). Not used on CPUs (see "
+            "`vllm_cpu_kv_cache_gb`). docs/scaling.md: what each GPU holds in each phase."
         },
     )
     vllm_cpu_kv_cache_gb: int = field(
@@ -434,13 +531,36 @@ class SOFTConfig(SFTConfig):
     )
     vllm_max_model_len: int | None = field(
         default=None,
-        metadata={"help": "Longest prompt + answer the vLLM engine handles, in tokens. Default: the model's own."},
+        metadata={
+            "help": "Longest prompt + answer the vLLM engine handles, in tokens (vLLM reserves KV-cache memory for one "
+            "sequence this long). Default: what the run needs: its longest generation prompt (and the behaviour and "
+            "diagnostics prompts) plus the answer, rounded up to a multiple of 256, at most the model's context. Set "
+            "lower than a round's prompt plus `generation_max_new_tokens`, the run stops before any model loads."
+        },
     )
     vllm_enforce_eager: bool | None = field(
         default=None,
         metadata={
             "help": "Run vLLM without torch.compile / CUDA graphs. Default: on for CPUs (on the 2-core development "
             "machine compiling took the engine's start from 23 s to 93 s for 1.04x the eager speed), off on GPUs."
+        },
+    )
+    vllm_quantization: str = field(
+        default="auto",
+        metadata={
+            "help": "How the vLLM engine holds the base weights: 'auto' (default: as saved; for a 4-bit QLoRA base, "
+            "bitsandbytes where the installed vLLM has it, else unquantized in `vllm_dtype`, with each round's "
+            "adapter), 'none' (as saved, unquantized), or a quantization method of the installed vLLM, e.g. 'fp8' "
+            "(checked against its registry before any model loads). docs/scaling.md weighs the choices."
+        },
+    )
+    vllm_sleep_mode: bool = field(
+        default=True,
+        metadata={
+            "help": "The colocated vLLM engine on CUDA sleeps while the model trains (level 1: weights to CPU memory, "
+            "with LoRA adapters; level 2: weights dropped and reloaded from the round's folder, with full or merged "
+            "weights) and wakes to generate. No effect on CPUs (vLLM's CPU platform has no sleep mode) or in server "
+            "mode."
         },
     )
 
@@ -733,8 +853,20 @@ class SOFTConfig(SFTConfig):
     judge_base_url: str | None = field(
         default=None, metadata={"help": "Base URL of the OpenAI-compatible judge endpoint, e.g. http://host:8000/v1."}
     )
-    judge_api_key_env: str = field(
-        default="OPENAI_API_KEY", metadata={"help": "Environment variable holding the judge endpoint's API key."}
+    judge_api_key_env: str | None = field(
+        default=None,
+        metadata={
+            "help": "Name of the environment variable holding the judge endpoint's API key (never the key itself; "
+            "'' for no key). Default: $OPENAI_API_KEY, sent only to api.openai.com; any other host gets no key "
+            "unless its variable is named here. The key goes only over https or to a loopback address."
+        },
+    )
+    judge_allow_insecure_key: bool = field(
+        default=False,
+        metadata={
+            "help": "Send the judge's key over plain http to a `judge_base_url` that is not this machine (a network "
+            "you trust). Off: such a config is refused before the run starts."
+        },
     )
     judge_timeout: float = field(default=60.0, metadata={"help": "Seconds per judge request before it is retried."})
     judge_max_retries: int = field(
@@ -750,10 +882,57 @@ class SOFTConfig(SFTConfig):
         # process group when `use_cpu` is set; otherwise every process would train alone on the full data.
         if not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
             self.use_cpu = True
+        self._refuse_credentials_in_urls()
         self._as_lists()
         self.settings = SOFTSettings.from_config(self)
         self.settings.check(self)
         super().__post_init__()
+
+    # ---- secrets: never in a URL, never in a record of the config (`trl_soft.security`, docs/security.md) ----------
+    def _refuse_credentials_in_urls(self) -> None:
+        """Any field holding a URL with `user:password@` is refused (the message shows it redacted): the config is
+        logged, uploaded by `report_to` integrations and pickled into every checkpoint."""
+        for f in fields(self):
+            hint = KEY_VARIABLE_FIELDS.get(f.name)
+            error = url_credentials_error(f.name, getattr(self, f.name, None), f"give the key through `{hint}` (the "
+                                          "name of the environment variable that holds it)" if hint else "")
+            if error is not None:
+                raise error
+
+    def to_dict(self) -> dict:
+        """`TrainingArguments.to_dict` (which masks `*_token` fields) with every URL redacted: this is what
+        `report_to` integrations upload."""
+        return {name: _redacted(value) for name, value in super().to_dict().items()}
+
+    def __str__(self) -> str:
+        return redact_text(super().__str__())  # `TrainingArguments.__str__` masks `*_token` fields
+
+    __repr__ = __str__  # the dataclass repr would show `hub_token`
+
+    def __getstate__(self) -> dict:
+        """What `pickle` / `torch.save(args)` (every checkpoint's and `final_model/`'s `training_args.bin`) store:
+        `*_token` fields blanked (an unpickled config pushes with the token of `huggingface-cli login`), URLs
+        redacted. Nothing reads `training_args.bin` back to resume: a run resumes from its manifest and weights."""
+        state = {}
+        for name, value in self.__dict__.items():
+            if name.endswith("_token") and value is not None:
+                state[name] = None
+            elif name == "settings":
+                state[name] = _redacted_settings(value)
+            else:
+                state[name] = _redacted(value)
+        return state
+
+    def __copy__(self) -> SOFTConfig:  # an in-process copy keeps the token (`__getstate__` is for what is stored)
+        clone = object.__new__(type(self))
+        clone.__dict__.update(self.__dict__)
+        return clone
+
+    def __deepcopy__(self, memo: dict) -> SOFTConfig:
+        clone = object.__new__(type(self))
+        memo[id(self)] = clone
+        clone.__dict__.update(copy.deepcopy(self.__dict__, memo))
+        return clone
 
     def _round_list(self, name: str) -> None:
         """A list of round numbers: ints, or their text from the command line; 'none' (or false, or []) for none. The
@@ -793,6 +972,14 @@ class SOFTConfig(SFTConfig):
             value, optional = getattr(self, name), "None" in str(annotation)
             value = [value] if isinstance(value, str) else list(value) if isinstance(value, tuple) else value
             if value is None and optional:
+                continue
+            if str(annotation).startswith("list[int]"):  # indices, or their text: '2,3'
+                parts = [p.strip() if isinstance(p, str) else p for item in (value if isinstance(value, list) else [value])
+                         for p in (item.split(",") if isinstance(item, str) else [item])]
+                parts = [p for p in parts if p != ""]
+                if not all(type(p) is int or (isinstance(p, str) and p.isdigit()) for p in parts):
+                    raise type_error(name, value, list[int] | None if optional else list[int])
+                setattr(self, name, [int(p) for p in parts])
                 continue
             if not matches(value, list[str]):
                 raise type_error(name, value, list[str] | None if optional else list[str])

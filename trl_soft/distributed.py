@@ -7,6 +7,11 @@ to all of them, so every rank ends up with the same full, ordered list.
 A short slice is padded with repeats of its last item (whose results are dropped), so that every process makes the
 same calls: under FSDP and DeepSpeed ZeRO-3 every forward pass is a collective, and a process with one batch fewer
 would leave the others waiting forever. The cost is at most one extra item per process.
+
+`map_by_group` is the unpadded variant for work that is no collective across processes (each rank's own vLLM
+engine): groups of ranks (a tensor-parallel group sharing one engine) answer one contiguous slice each, and the
+first rank of each group hands in its results. `run_everywhere` runs a step on every process and raises on every
+process when it failed on any, so that no process waits forever at the next collective for one that has died.
 """
 
 from __future__ import annotations
@@ -54,6 +59,48 @@ def map_sharded(items: Sequence[T], fn: Callable[[list[T]], list[R]]) -> list[R]
     results = list(fn(shard + [filler] * (padded - len(shard))))[: len(shard)]
     gathered = gather_object([results])  # one list per process, in rank order
     return [result for part in gathered for result in part]
+
+
+def run_everywhere(fn: Callable[[], R]) -> list[R]:
+    """`fn()` on every process; every process gets every process's result, in rank order. An exception on any
+    process is raised on every process (the failing one raises its own)."""
+    state = process_state()
+    if state.num_processes == 1:
+        return [fn()]
+    failure: Exception | None = None
+    try:
+        outcome: tuple[str, object] = ("ok", fn())
+    except Exception as err:  # the others get its text, this process raises it below
+        failure, outcome = err, ("error", f"{type(err).__name__}: {err}")
+    outcomes = gather_object([outcome])
+    if failure is not None:
+        raise failure
+    errors = [f"process {rank}: {value}" for rank, (status, value) in enumerate(outcomes) if status == "error"]
+    if errors:
+        raise RuntimeError("Another process failed: " + "; ".join(errors))
+    return [value for _, value in outcomes]  # type: ignore[misc]
+
+
+def map_by_group(items: Sequence[T], fn: Callable[[list[T], int], list[R]], group_size: int = 1) -> list[R]:
+    """`fn(slice, first_index)` on every process, for the contiguous slice of `items` its group answers (groups of
+    `group_size` consecutive ranks, which must divide the number of processes; `first_index` is the slice's position
+    in `items`); the same ordered results on every rank. Unpadded: slices differ by at most one item, so `fn` must not
+    be a collective across groups. The ranks of a group compute the same slice; its first rank's results are kept."""
+    state = process_state()
+    if state.num_processes == 1:
+        return list(fn(list(items), 0))
+    if state.num_processes % group_size:
+        raise ValueError(f"Groups of {group_size} ranks do not divide {state.num_processes} processes.")
+    group, member = divmod(state.process_index, group_size)
+    start, stop, _ = shard_bounds(len(items), state.num_processes // group_size, group)
+
+    def answer() -> list[R]:
+        results = list(fn(list(items[start:stop]), start))
+        if member == 0 and len(results) != stop - start:
+            raise RuntimeError(f"{len(results)} results for {stop - start} items (items {start} to {stop - 1}).")
+        return results if member == 0 else []
+
+    return [result for part in run_everywhere(answer) for result in part]
 
 
 def is_main_process() -> bool:

@@ -19,12 +19,12 @@ from dataclasses import dataclass, replace
 
 import torch
 from accelerate import Accelerator
-from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteriaList
 from transformers.generation.stopping_criteria import StopStringCriteria
 
 from .distributed import is_main_process, map_sharded
 from .models import eval_mode, pad_id
+from .progress import bar as phase_bar  # inside a phase: its one bar, not one per call
 from .settings import ConcernSettings
 
 
@@ -191,7 +191,7 @@ def _generate_shard(
     terminal_ids = eos_ids | {pad}  # rows halted by a stop string are filled with padding afterwards
     stopping = stop_string_criteria(tokenizer, settings.stop_strings)
     sampling = settings.temperature > 0
-    progress = tqdm(total=len(prompts), desc=desc, disable=not show_progress, unit="prompt")
+    progress = phase_bar(total=len(prompts), desc=desc, disable=not show_progress, unit="prompt")
     new_tokens_total, started = 0, time.perf_counter()
     for batch_number, batch in enumerate(batches):
         width = max(len(suffixes[i]) for i in batch)

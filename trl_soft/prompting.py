@@ -348,33 +348,48 @@ def check_lengths(
     max_new_tokens: int,
     context_length: int | None,
     engraving_shot: Exemplar | None = None,
-) -> None:
+    engine_limit: int | None = None,
+) -> int:
     """Refuse, with the tokenizer alone (before any model loads), prompts a run could not answer or train on:
 
     - a generation prompt (principles, the exemplars the sampler draws for it, the prompt) that with
-      `max_new_tokens` is longer than the model's context (`context_length`: `model_context_length`, or the engine's
-      `vllm_max_model_len` when lower; None skips this), naming the prompt row;
+      `max_new_tokens` is longer than the model's context (`context_length`: `model_context_length`; None: unknown)
+      or than the engine's (`engine_limit`: an explicit `vllm_max_model_len`), naming the prompt row and the limit;
     - then a `max_length` (None skips this) too small to hold every prompt's engraving prompt and one answer token:
       every answer to that prompt would be cut off. The error names the smallest `max_length` that holds them all.
 
     `prompts` is the prompt column, `rounds` the rows each round answers (round 1 first), as `RoundSettings` splits
-    them; the exemplars are the ones `sampler` gives those rounds."""
+    them; the exemplars are the ones `sampler` gives those rounds. Returns the longest generation prompt in tokens
+    (0 without prompts), from which the engine's `max_model_len` is sized."""
     rows = sorted({i for chunk in rounds for i in chunk})
-    if context_length is not None and rows:
+    longest = 0
+    if rows:
         pairs = [(t, i) for t, chunk in enumerate(rounds, start=1) for i in chunk]
         texts = [formatter.generation_prompt(prompts[i], sampler.sample(t, i)) for t, i in pairs]
         lengths = count_tokens(formatter.tokenizer, texts)
         worst = max(range(len(pairs)), key=lengths.__getitem__)
-        if lengths[worst] + max_new_tokens > context_length:
-            (round_index, row), too_long = pairs[worst], sum(n + max_new_tokens > context_length for n in lengths)
-            raise ValueError(
+        longest = lengths[worst]
+        limits = [n for n in (context_length, engine_limit) if n is not None]
+        limit = min(limits) if limits else None
+        if limit is not None and longest + max_new_tokens > limit:
+            (round_index, row), too_long = pairs[worst], sum(n + max_new_tokens > limit for n in lengths)
+            head = (
                 f"Prompt row {row} does not fit the model's context in round {round_index}: its generation prompt "
-                f"(principles, {sampler.k} exemplars, the prompt) is {lengths[worst]} tokens, and with "
-                f"`generation_max_new_tokens`={max_new_tokens} it needs {lengths[worst] + max_new_tokens}, more than "
-                f"the {context_length} tokens the model takes (its `max_position_embeddings`, or `vllm_max_model_len` "
-                f"when set lower); {too_long} of "
-                f"{len(pairs)} generation prompts are too long. Shorten or drop that prompt, or lower `num_exemplars` "
-                "or `generation_max_new_tokens` (or use shorter principles, `principles_path`)."
+                f"(principles, {sampler.k} exemplars, the prompt) is {longest} tokens, and with "
+                f"`generation_max_new_tokens`={max_new_tokens} it needs {longest + max_new_tokens}, more than "
+            )
+            tail = (
+                f"; {too_long} of {len(pairs)} generation prompts are too long. Shorten or drop that prompt, or lower "
+                "`num_exemplars` or `generation_max_new_tokens` (or use shorter principles, `principles_path`)."
+            )
+            if engine_limit is not None and limit == engine_limit and (context_length is None or engine_limit < context_length):
+                raise ValueError(
+                    f"{head}`vllm_max_model_len`={engine_limit}, the longest prompt plus answer the vLLM engine takes{tail}"
+                    f" Or raise `vllm_max_model_len` to at least {longest + max_new_tokens}, or leave it unset (the run "
+                    "then sizes it to its longest prompt plus answer)."
+                )
+            raise ValueError(
+                f"{head}the {context_length} tokens the model takes (its `max_position_embeddings`){tail}"
             )
     if max_length is not None and rows:
         texts = [formatter.engraving_prompt(prompts[i], engraving_shot) for i in rows]
@@ -390,3 +405,27 @@ def check_lengths(
                 f"answers (`generation_max_new_tokens`={max_new_tokens}). Raise `max_length` (or set it to None), or "
                 "shorten that prompt."
             )
+    return longest
+
+
+# Tokens added to a prompt bound for the seams between its parts (a word and the next may tokenize together).
+BOUND_SLACK = 32
+
+
+def prompt_bound(
+    formatter: PromptFormatter, prompts: Sequence[str], pool: Sequence[Exemplar], k: int,
+    engraving_shot: Exemplar | None = None,
+) -> int:
+    """An upper bound, in tokens, on any prompt built from one of `prompts` (a generation prompt with any k exemplars
+    of `pool`, or an engraving prompt): the longest of them with the k longest exemplars, plus `BOUND_SLACK`. Used to
+    size the engine for the prompts that are not counted one by one (behaviour sets, diagnostics samples); 0 without
+    prompts."""
+    if not prompts:
+        return 0
+    tokenizer = formatter.tokenizer
+    lengths = count_tokens(tokenizer, prompts)
+    longest = prompts[max(range(len(prompts)), key=lengths.__getitem__)]
+    shots = count_tokens(tokenizer, [" ".join((e.prompt, e.internal_thoughts, e.response)) for e in pool])
+    widest = [pool[i] for i in sorted(range(len(pool)), key=shots.__getitem__, reverse=True)[:k]]
+    texts = [formatter.generation_prompt(longest, widest), formatter.engraving_prompt(longest, engraving_shot)]
+    return max(count_tokens(tokenizer, texts, special=not formatter.uses_chat)) + BOUND_SLACK

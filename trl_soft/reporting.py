@@ -3,6 +3,7 @@ opens the summary, and the per-round plot."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from .behaviour.compare import leaning_p
 from .behaviour.evaluate import format_premise
 from .behaviour.settings import FEWSHOT_PREFIX, METRICS
 from .behaviour.stats import ITEM_SCORES
+from .security import redact_text
 from .state import SUMMARY_NAME, SOFTState, atomic_write_text
 
 SOFT_CITATION = """\
@@ -89,17 +91,68 @@ def _cell(value: Any, fmt: str, row: dict[str, Any] | None = None, key: str = ""
         return str(value)
 
 
-def format_round_table(history: Sequence[dict[str, Any]], baseline: dict[str, Any] | None = None) -> str:
-    """A Markdown table, one row per round (and a round-0 row for the base model when given)."""
-    rows = ([baseline] if baseline else []) + list(history)
-    columns = COLUMNS + tuple(c for c in OPTIONAL_COLUMNS if any(row.get(c[0]) is not None for row in rows))
-    headers = [header for _, header, _ in columns]
-    cells = [[_cell(row.get(key), fmt, row, key) for key, _, fmt in columns] for row in rows]
+# The printed table: what a person decides with, within `PRINT_WIDTH` columns (summary.md, metrics.json and
+# `trl-soft report --all` keep every column). The behaviour rates are those the acceptance rule watches.
+PRINT_WIDTH = 100
+COMPACT_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("round", "round", "{:d}"),
+    ("kept", "kept", "{:d}"),
+    ("train_loss", "loss", "{:.3f}"),
+    ("validation_nll", "val NLL", "{:.3f}"),
+)
+COMPACT_RATES: dict[str, str] = {
+    "refusal_harmful": "refuse harm %", "refusal_benign": "refuse benign %", "admits_unknown": "admit unknown %",
+}
+COMPACT_DECISION = ("accepted", "decision", "decision")
+
+
+def table_cells(
+    rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str, str]]
+) -> tuple[list[str], list[list[str]]]:
+    """The headers and the formatted cells of a round table (the Markdown and the HTML tables share them)."""
+    return [header for _, header, _ in columns], [[_cell(row.get(k), fmt, row, k) for k, _, fmt in columns] for row in rows]
+
+
+def all_columns(rows: Sequence[dict[str, Any]]) -> tuple[tuple[str, str, str], ...]:
+    """Every column of the full table the rows have (`COLUMNS`, then the optional ones some row has)."""
+    return COLUMNS + tuple(c for c in OPTIONAL_COLUMNS if any(row.get(c[0]) is not None for row in rows))
+
+
+def _markdown(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str, str]]) -> str:
+    headers, cells = table_cells(rows, columns)
     widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
     line = "| " + " | ".join(h.rjust(w) for h, w in zip(headers, widths)) + " |"
     rule = "|" + "|".join("-" * (w + 1) + ":" for w in widths) + "|"
     body = ["| " + " | ".join(c.rjust(w) for c, w in zip(row, widths)) + " |" for row in cells]
     return "\n".join([line, rule, *body])
+
+
+def format_round_table(history: Sequence[dict[str, Any]], baseline: dict[str, Any] | None = None) -> str:
+    """A Markdown table, one row per round (and a round-0 row for the base model when given): every column."""
+    rows = ([baseline] if baseline else []) + list(history)
+    return _markdown(rows, all_columns(rows))
+
+
+def watched_rates(rows: Sequence[dict[str, Any]], watch: Sequence[str] | None = None) -> list[str]:
+    """The behaviour rates the run has, limited to `behaviour_watch` when it names some."""
+    return [m for m in COMPACT_RATES if (watch is None or m in watch) and any(row.get(m) is not None for row in rows)]
+
+
+def compact_round_table(
+    history: Sequence[dict[str, Any]], baseline: dict[str, Any] | None = None, watch: Sequence[str] | None = None,
+    width: int = PRINT_WIDTH,
+) -> str:
+    """The printed table: round, kept, train loss, validation NLL, the watched behaviour rates with their 95%
+    intervals, the decision; at most `width` characters a line (rates are dropped from the right until it fits)."""
+    rows = ([baseline] if baseline else []) + list(history)
+    present = [c for c in COMPACT_COLUMNS if c[0] == "round" or any(row.get(c[0]) is not None for row in rows)]
+    rates = [(m, COMPACT_RATES[m], "rate") for m in watched_rates(rows, watch)]
+    decision = [COMPACT_DECISION] if any(row.get("accepted") is not None for row in rows) else []
+    while True:
+        table = _markdown(rows, [*present, *rates, *decision])
+        if max(len(line) for line in table.splitlines()) <= width or not rates:
+            return table
+        rates.pop()
 
 
 def format_stop_line(state: SOFTState) -> str:
@@ -181,6 +234,56 @@ def _verdict_on(state: SOFTState, final: int, row: dict[str, Any] | None) -> str
     return head + ("\n\n" + "\n".join(f"- {line}" for line in lines) if lines else "")
 
 
+ADAPTER_QUICK_START = """```python
+from peft import AutoPeftModelForCausalLM
+from transformers import AutoTokenizer
+
+# Loads the base model this adapter names ({base}), then the adapter on it.
+model = AutoPeftModelForCausalLM.from_pretrained("{ref}")
+tokenizer = AutoTokenizer.from_pretrained("{ref}")
+question = "If you had a time machine, but could only go to the past or the future once and never return, which would you choose and why?"
+inputs = tokenizer.apply_chat_template([{{"role": "user", "content": question}}], add_generation_prompt=True,
+                                       return_tensors="pt", return_dict=True)
+output = model.generate(**inputs, max_new_tokens=128)
+print(tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))
+```"""
+
+
+def finish_model_card(folder: Path, base_id: str | None, ref: str, base_note: str | None = None) -> None:
+    """Make the card TRL wrote in `folder` load: `base_model` (the hub id, not a local path or None), `library_name:
+    peft` for an adapter with a quick start that loads it on its base (`ref`: the hub id the user pushes to, else
+    the folder), no stray metadata (TRL's `licence: license`); and a saved adapter names the hub id as its base
+    (`adapter_config.json`), so it loads on another machine. `base_note` says where a converted base came from."""
+    import re
+
+    from huggingface_hub import ModelCard
+
+    folder = Path(folder)
+    readme, adapter_config = folder / "README.md", folder / "adapter_config.json"
+    card = ModelCard.load(readme)
+    adapter = adapter_config.is_file()
+    data = card.data
+    if base_id:
+        data.base_model = base_id
+    data.library_name = "peft" if adapter else "transformers"
+    for stray in ("licence",):
+        data.__dict__.pop(stray, None)
+    text = card.text
+    link = f"[{base_id}](https://huggingface.co/{base_id})" if base_id else "its base model"
+    text = text.replace("[None](https://huggingface.co/None)", link + (f" ({base_note})" if base_note else ""))
+    if adapter:
+        quick = ADAPTER_QUICK_START.format(base=base_id or "the base model", ref=ref)
+        text = re.sub(r"(## Quick start\n\n)```python\n.*?```", lambda m: m.group(1) + quick, text, count=1, flags=re.S)
+    else:
+        text = text.replace('model="None"', f'model="{ref}"')
+    card.text = text
+    atomic_write_text(readme, str(card))
+    if adapter and base_id:
+        config = json.loads(adapter_config.read_text(encoding="utf-8"))
+        config["base_model_name_or_path"] = base_id
+        atomic_write_text(adapter_config, json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
 # Panels of `plot_rounds`, drawn when the run has the metric.
 PLOT_PANELS: tuple[tuple[str, str], ...] = (
     ("refusal_harmful", "refuses harmful requests (higher is better)"),
@@ -204,7 +307,7 @@ def run_summary(state: SOFTState) -> str:
     table = format_round_table(state.history, state.base_metrics)
     return (
         (f"{verdict}\n\n" if verdict else "") + table + "\n" + (f"\n{stop}\n" if stop else "")
-        + f"\nGeneration engine: {state.engine}\n"
+        + f"\nGeneration engine: {redact_text(state.engine)}\n"
     )
 
 
@@ -212,20 +315,67 @@ def write_summary(output_dir: Path, state: SOFTState) -> None:
     atomic_write_text(Path(output_dir) / SUMMARY_NAME, run_summary(state))
 
 
-def printed_summary(state: SOFTState, output_dir: str) -> str:
-    """What the end of a run prints."""
-    verdict, stop = behaviour_verdict(state), format_stop_line(state)
-    table = format_round_table(state.history, state.base_metrics)
+def _watch(state: SOFTState) -> list[str] | None:
+    watch = (state.fingerprint or {}).get("behaviour_watch") if isinstance(state.fingerprint, dict) else None
+    return list(watch) if watch else None
+
+
+def printed_table(state: SOFTState) -> str:
+    """The round table as printed (`compact_round_table` with the run's `behaviour_watch`)."""
+    return compact_round_table(state.history, state.base_metrics, _watch(state))
+
+
+def verdict_head(state: SOFTState) -> str:
+    """The verdict without its per-metric lines (those are in summary.md): what the end of a run prints first."""
+    return "\n".join(line for line in behaviour_verdict(state).splitlines() if not line.startswith("- ")).strip()
+
+
+def printed_summary(state: SOFTState, output_dir: str, reports: Sequence[tuple[str, str]] = ()) -> str:
+    """What the end of a run prints: the verdict, the table that fits, why the rounds stopped, where to read more."""
+    verdict, stop = verdict_head(state), format_stop_line(state)
+    table = printed_table(state)
+    where = f"Full table and per-metric verdict: {Path(output_dir) / SUMMARY_NAME}" + "".join(
+        f"\n{label}: {path}" for label, path in reports
+    )
     return (
         f"\nSOFT summary ({state.rounds_completed} rounds, {output_dir}):\n" + (f"{verdict}\n\n" if verdict else "")
-        + f"{table}\n{stop}\n"
+        + f"{table}\n" + (f"{stop}\n" if stop else "") + f"{where}\n"
     )
+
+
+def _rate_change(row: dict[str, Any], base: dict[str, Any], metric: str) -> str:
+    start = base.get(metric)
+    start_text = f" (start {100 * start:.0f}%)" if isinstance(start, (int, float)) else ""
+    return f"{COMPACT_RATES[metric].removesuffix(' %')} {100 * row[metric]:.0f}%{start_text}"
+
+
+def round_line(metrics: dict[str, Any], base: dict[str, Any] | None, stop_reason: str | None = None,
+               watch: Sequence[str] | None = None) -> str:
+    """A round's one result line: kept/filtered, train loss, validation NLL, the behaviour rates against the start,
+    the decision (and the stop, when the run stops here)."""
+    base = base or {}
+    filtered = metrics.get("filtered") or {}
+    drops = ", ".join(f"{reason} {count}" for reason, count in filtered.items())
+    parts = [f"kept {metrics.get('kept', 0)}/{metrics.get('samples', metrics.get('prompts', 0))}"
+             + (f" (filtered: {drops})" if drops else "")]
+    if isinstance(metrics.get("train_loss"), (int, float)):
+        parts.append(f"train loss {metrics['train_loss']:.3f}")
+    if isinstance(metrics.get("validation_nll"), (int, float)):
+        start = base.get("validation_nll")
+        parts.append(f"val NLL {metrics['validation_nll']:.3f}"
+                     + (f" (start {start:.3f})" if isinstance(start, (int, float)) else ""))
+    parts += [_rate_change(metrics, base, m) for m in watched_rates([metrics], watch)]
+    accepted = metrics.get(acceptance.ACCEPTED)
+    verdict = {True: "ACCEPTED", False: "REJECTED"}.get(accepted, "no decision")
+    reason = metrics.get(acceptance.DECISION) or ""
+    line = "; ".join(parts) + f" | {verdict}" + (f": {reason}" if reason else "") + "."
+    return line + (f" Stopping: {stop_reason}." if stop_reason else "")
 
 
 def model_card_section(state: SOFTState, settings: dict[str, Any]) -> str:
     """The model card's SOFT part: the round table, the stop, the engine, the settings, the behaviour verdict and
     the premise check."""
-    rendered = ", ".join(f"`{k}={v}`" for k, v in settings.items() if v is not None)
+    rendered = ", ".join(f"`{k}={redact_text(str(v))}`" for k, v in settings.items() if v is not None)
     table = format_round_table(state.history, state.base_metrics)
     stop, verdict = format_stop_line(state), behaviour_verdict(state)
     premise = (state.base_metrics or {}).get("premise")
@@ -237,21 +387,37 @@ def model_card_section(state: SOFTState, settings: dict[str, Any]) -> str:
         f"\n## SOFT rounds\n\nTrained with trl-soft for {state.rounds_completed} round(s). Round 0 is "
         "the starting model; `val NLL` is the mean negative log-likelihood per token of the reference answers of "
         f"the validation set (lower is better).\n\n{table}\n\n{stop + chr(10) + chr(10) if stop else ''}"
-        f"Generation engine: {state.engine}\n\nSettings: {rendered}\n{behaviour}"
+        f"Generation engine: {redact_text(state.engine)}\n\nSettings: {rendered}\n{behaviour}"
     )
 
 
-def plot_rounds(state: SOFTState, path: str) -> None:
-    """One panel per available metric over rounds (round 0 = the starting model); the final round is starred."""
+def every_panel(state: SOFTState) -> list[tuple[str, str]]:
+    """`PLOT_PANELS`, then every other numeric per-round metric (not an interval bound, a count, a standard error
+    or a timing): what the HTML report plots."""
+    rows = ([state.base_metrics] if state.base_metrics else []) + list(state.history)
+    known = {key for key, _ in PLOT_PANELS}
+    skip = ("_low", "_high", "_n", "_se", "_positions")
+    extra = sorted({
+        key for row in rows for key, value in row.items()
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and key not in known and key != "round"
+        and not key.endswith(skip) and not key.startswith(("seconds_", f"{acceptance.VS_START}_p_", FEWSHOT_PREFIX))
+    })  # the few-shot rates are drawn in their zero-shot panel
+    return [*PLOT_PANELS, *((key, key.replace("_", " ")) for key in extra)]
+
+
+def plot_rounds(state: SOFTState, path: Any, panels: Sequence[tuple[str, str]] = PLOT_PANELS) -> None:
+    """One panel per available metric over rounds (round 0 = the starting model), its 95% interval shaded where the
+    run has one; the final round is starred. `path`: a file name or a binary file object (PNG)."""
     try:
         import matplotlib
     except ImportError as err:
         raise ImportError("Plotting needs matplotlib: pip install 'trl-soft[plot]'.") from err
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     rows = ([state.base_metrics] if state.base_metrics else []) + list(state.history)
-    panels = [(key, title) for key, title in PLOT_PANELS if any(key in row for row in rows)]
+    panels = [(key, title) for key, title in panels if any(isinstance(row.get(key), (int, float)) for row in rows)]
     if not panels:
         raise ValueError("The run has no per-round metrics to plot yet.")
     columns = min(3, len(panels))
@@ -278,18 +444,19 @@ def plot_rounds(state: SOFTState, path: str) -> None:
             if marked:
                 axis.scatter(*zip(*marked), marker=marker, s=90, facecolors="none" if verdict else colour,
                              edgecolors=colour, zorder=3, label=label)
-        if key in METRICS or any(v is not None for v in decided.values()):
+        if (key in METRICS or any(v is not None for v in decided.values())) and axis.get_legend_handles_labels()[0]:
             axis.legend(fontsize=7)
         final = [value for round_index, value in points if round_index == state.final_round]
         if final:
             axis.plot(state.final_round, final[0], marker="*", markersize=14, label="final model")
         axis.set_title(title)
         axis.set_xlabel("round")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.grid(alpha=0.3)
     for axis in list(axes.flat)[len(panels):]:
         axis.set_visible(False)
     if state.stopped_early:
         figure.suptitle(f"stopped after round {state.rounds_completed}; final model: round {state.final_round}")
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    figure.tight_layout(rect=(0, 0, 1, 0.97) if state.stopped_early else None)  # room for the title
+    figure.savefig(path, dpi=110, format="png")
     plt.close(figure)

@@ -4,10 +4,18 @@
   host and start time into it. A second run (or a second `--resume`) on the same folder is refused naming the holder.
   The kernel drops the lock when its process dies, so a lock left by a `kill -9` is stale by construction: the next
   run takes it over (and says so). `flock` is per machine: two machines sharing a network folder are not excluded.
+- **Only a run's own folder.** A run starts in a folder that does not exist, an empty one, or one a trl-soft run
+  began in (it holds the manifest `soft_state.json` or the lock record `.soft.lock`). A folder with anything else and
+  neither is refused before the lock is taken, listing what is in the way, and nothing in it is touched
+  (`check_run_folder`): a mistyped `output_dir` must not cost a user's files.
 - **Leftovers.** Every file is written to a temporary name and renamed, every model into `<name>.partial` and renamed;
-  a kill between the two leaves the temporary behind. `clean_leftovers` removes them when a run starts.
-- **What a run owns** (`RUN_FILES` and the `round_*` folders): `--overwrite_output_dir` clears all of it, not only
-  the rounds, so an old final model or summary never sits beside a new manifest.
+  a kill between the two leaves the temporary behind. `clean_leftovers` removes them when a run starts: only names
+  the run writes (`.<run file>.<random>.tmp` and `<run file>.partial` at the top, write probes, and in `round_<n>/`
+  folders their temporaries, partial models and unmarked checkpoints), and only in a folder that holds a manifest or
+  a lock record.
+- **What a run owns** (`RUN_FILES`, the manifest and the `round_<n>` folders): `--overwrite_output_dir` clears all of
+  it, not only the rounds, so an old final model or summary never sits beside a new manifest; anything else in the
+  folder (a user's notes, a `checkpoints/` of their own) stays.
 - **Resume.** `check_output_dir` refuses, before any model loads, a folder holding a run made with settings that
   change the weights (naming each difference), and a `--resume` with nothing to resume. A run killed after it took
   the lock but before its manifest was written completed nothing: its `--resume` starts from the beginning (the
@@ -24,6 +32,7 @@ import shutil
 import socket
 import time
 from collections.abc import Callable
+from glob import escape as glob_escape
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +60,10 @@ class SOFTResumeError(ValueError):
     """The run in `output_dir` cannot be continued as asked (nothing to resume, damaged files, changed settings)."""
 
 
+class SOFTFolderError(ValueError):
+    """`output_dir` holds files no trl-soft run wrote (no manifest, no lock record): nothing is started or deleted."""
+
+
 # ---- the lock --------------------------------------------------------------------------------------------------------
 class RunLock:
     """An exclusive lock on a run folder, held from the trainer's construction to the end of `train()`.
@@ -75,6 +88,7 @@ class RunLock:
         if self.key in _HELD:  # this process holds it for an older trainer: take it over
             _HELD[self.key] = (_HELD[self.key][0], self)
             return self
+        check_run_folder(self.path.parent)  # before the lock record exists: it would make any folder look like a run's
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -113,9 +127,49 @@ def _read_holder(fd: int) -> str:
         return "holder unknown"
 
 
+# ---- whose folder -----------------------------------------------------------------------------------------------------
+WRITE_PROBE = ".write-test-"  # + the PID: `check_writable`'s probe
+SHOWN_ENTRIES = 10  # entries named in the error for a folder that is not a run's
+
+
+def is_run_folder(output_dir: Path) -> bool:
+    """Whether a trl-soft run began in `output_dir`: it holds the manifest or the lock record."""
+    return (output_dir / MANIFEST_NAME).is_file() or (output_dir / LOCK_NAME).is_file()
+
+
+def _is_probe(name: str) -> bool:
+    return name.startswith(WRITE_PROBE) and name[len(WRITE_PROBE):].isdigit()
+
+
+def check_run_folder(output_dir: Path) -> None:
+    """`output_dir` does not exist, is empty, or is a run's (`is_run_folder`); otherwise `SOFTFolderError` listing
+    what is in it. Deletes nothing."""
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir() or is_run_folder(output_dir):
+        return
+    entries = sorted(p.name + ("/" if p.is_dir() else "") for p in output_dir.iterdir() if not _is_probe(p.name))
+    if not entries:
+        return
+    shown = ", ".join(entries[:SHOWN_ENTRIES]) + (f" (and {len(entries) - SHOWN_ENTRIES} more)"
+                                                  if len(entries) > SHOWN_ENTRIES else "")
+    raise SOFTFolderError(
+        f"`output_dir`: {str(output_dir)!r} holds files no trl-soft run wrote (no {MANIFEST_NAME}, no {LOCK_NAME}): "
+        f"{shown}. A run deletes only what it wrote and does not mix its files into others, with or without "
+        "`--overwrite_output_dir`: choose a new or empty `output_dir`, or move those files away. Nothing was changed."
+    )
+
+
 # ---- leftovers and overwrite -----------------------------------------------------------------------------------------
-def _owned_folders(output_dir: Path) -> list[Path]:
-    return [output_dir, *round_dirs(output_dir)]
+def _top_leftovers(output_dir: Path) -> list[Path]:
+    """The temporaries and partial models of the run's own top-level names, and write probes."""
+    found: list[Path] = []
+    for name in (MANIFEST_NAME, *RUN_FILES):
+        found += [p for p in output_dir.glob(f".{glob_escape(name)}.*.tmp") if p.is_file()]
+        partial = output_dir / f"{name}.partial"
+        if partial.is_dir():
+            found.append(partial)
+    found += [p for p in output_dir.glob(f"{WRITE_PROBE}*") if p.is_file() and _is_probe(p.name)]
+    return found
 
 
 def incomplete_checkpoints(checkpoints: Path) -> list[Path]:
@@ -142,12 +196,15 @@ def checkpoint_loss_sum(checkpoint: str | None) -> float:
 
 
 def leftovers(output_dir: Path) -> list[Path]:
-    """What interrupted writes left: temporary files, `.partial` models, write probes, half-written checkpoints."""
-    found: list[Path] = []
-    for folder in _owned_folders(output_dir):
+    """What interrupted writes of a run left (see the module docstring): temporary files and `.partial` models of the
+    run's own names, write probes, half-written checkpoints in its round folders. None outside a run's folder."""
+    output_dir = Path(output_dir)
+    if not is_run_folder(output_dir):
+        return []
+    found = _top_leftovers(output_dir)
+    for folder in round_dirs(output_dir):  # a round folder is the run's: all of it
         found += [p for p in folder.glob(".*.tmp") if p.is_file()]
         found += [p for p in folder.glob("*.partial") if p.is_dir()]
-        found += [p for p in folder.glob(".write-test-*") if p.is_file()]
         found += incomplete_checkpoints(folder / "checkpoints")
     return found
 
@@ -165,7 +222,12 @@ def clean_leftovers(output_dir: Path) -> list[Path]:
 
 
 def clear_run(output_dir: Path) -> None:
-    """Everything a run owns in `output_dir`, removed (for `overwrite_output_dir`); the manifest goes last."""
+    """Everything a run owns in `output_dir`, removed (for `overwrite_output_dir`); the manifest goes last. Refused
+    (`SOFTFolderError`, nothing removed) in a folder no run began in."""
+    output_dir = Path(output_dir)
+    if not is_run_folder(output_dir):
+        check_run_folder(output_dir)  # lists what is in the way
+        return  # an empty folder: nothing to clear
     clean_leftovers(output_dir)
     for folder in round_dirs(output_dir):
         shutil.rmtree(folder)
@@ -297,6 +359,7 @@ def open_state(
     clears everything an earlier run left); an earlier run that may be neither continued nor replaced is an error."""
     from .distributed import is_main_process, wait_for_everyone
 
+    check_run_folder(output_dir)  # the trainer checked it before taking the lock; a direct call is checked here
     existing = None if overwrite else load_manifest(output_dir)
     if resume and existing is not None:
         existing.num_rounds, existing.fingerprint = num_rounds, fingerprint  # `num_rounds` may have been raised
@@ -318,6 +381,7 @@ def open_state(
 
 
 __all__ = [
-    "CHECKPOINT_DONE", "FINAL_MODEL", "LOCK_NAME", "RunLock", "SOFTLockError", "SOFTResumeError", "check_output_dir",
-    "clean_leftovers", "clear_run", "has_run", "last_complete_checkpoint", "leftovers", "open_state",
+    "CHECKPOINT_DONE", "FINAL_MODEL", "LOCK_NAME", "RunLock", "SOFTFolderError", "SOFTLockError", "SOFTResumeError",
+    "check_output_dir", "check_run_folder", "clean_leftovers", "clear_run", "has_run", "is_run_folder",
+    "last_complete_checkpoint", "leftovers", "open_state",
 ]

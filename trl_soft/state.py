@@ -21,16 +21,20 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .security import redact_text
+
 MANIFEST_NAME = "soft_state.json"
 MANIFEST_VERSION = 2  # 2: the manifest lists the settings it was made with (`fingerprint`)
 # What a run writes at the top of `output_dir` besides the manifest and the `round_*` folders (all of it is the run's:
 # `overwrite_output_dir` removes it).
 SUMMARY_NAME = "summary.md"
+REPORT_NAME = "report.html"  # written with the plots when matplotlib is installed (`report_html.py`)
+PLOT_NAME = "rounds.png"
 FINAL_MODEL = "final_model"
 ENGINE_WEIGHTS = "engine_weights"
 SERVER_LOG = "vllm_server.log"
 JUDGE_CACHE = "judge_cache.jsonl"  # verdicts survive a resume
-RUN_FILES = (FINAL_MODEL, SUMMARY_NAME, ENGINE_WEIGHTS, SERVER_LOG, JUDGE_CACHE)
+RUN_FILES = (FINAL_MODEL, SUMMARY_NAME, REPORT_NAME, PLOT_NAME, ENGINE_WEIGHTS, SERVER_LOG, JUDGE_CACHE)
 
 
 def _file_mode() -> int:
@@ -153,7 +157,10 @@ class SOFTState:
 
     def save(self, output_dir: str | Path) -> None:
         self.updated = time.time()
-        atomic_write_json(self.path(output_dir), asdict(self))
+        record = asdict(self)
+        for name in ("engine", "stop_reason", "unmeasured"):  # free text that may quote a URL (a server's)
+            record[name] = redact_text(record[name])
+        atomic_write_json(self.path(output_dir), record)
 
     def record_round(self, metrics: dict[str, Any]) -> None:
         self.history = [m for m in self.history if m.get("round") != metrics["round"]] + [metrics]
@@ -162,8 +169,8 @@ class SOFTState:
 
 # ---- the run's folder ------------------------------------------------------------------------------------------------
 def round_dirs(output_dir: str | Path) -> list[Path]:
-    """The `round_*` folders of a run, sorted."""
-    return sorted(p for p in Path(output_dir).glob("round_*") if p.is_dir())
+    """The `round_<n>` folders of a run, sorted (only the names a run writes: a `round_notes/` is not one)."""
+    return sorted(p for p in Path(output_dir).glob("round_*") if p.is_dir() and p.name[len("round_"):].isdigit())
 
 
 def _plain(value: Any) -> Any:

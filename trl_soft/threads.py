@@ -7,7 +7,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import TypeVar
 
-from tqdm.auto import tqdm
+from .progress import bar as phase_bar  # inside a phase: its one bar
 
 R = TypeVar("R")
 
@@ -20,7 +20,7 @@ def map_in_flight(
     if count == 0:
         return []
     results: list[R | None] = [None] * count
-    with ThreadPoolExecutor(max_workers=min(max_in_flight, count)) as pool, tqdm(
+    with ThreadPoolExecutor(max_workers=min(max_in_flight, count)) as pool, phase_bar(
         total=count, desc=desc, unit=unit, disable=not progress
     ) as bar:
         futures = {pool.submit(fn, i): i for i in range(count)}

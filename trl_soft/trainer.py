@@ -35,19 +35,24 @@ from .config import SOFTConfig, SOFTSettings
 from .curriculum import Scorer, ScoringContext
 from .data import ValidationPair, check_prompt_column, load_validation_set
 from .distributed import is_main_process, wait_for_everyone
-from .engines import SYNC_METRIC
+from .engines import SYNC_METRIC, EngineChoice
 from .engines.session import EngineSession
 from .evaluation.suite import RoundEvaluator
 from .interrupts import SOFTInterrupted, StopRequests
 from .models import (
+    EMBEDDED_HUB_ID,
+    EMBEDDED_SOURCE_NOTE,
+    base_model_of,
     check_model_path,
     ensure_pad_token,
+    hub_id_of,
     peft_fingerprint,
     resolve_model_path,
     restore_trainable,
     tied_parameter_names,
     trainable_snapshot,
 )
+from .progress import RunProgress, quiet_third_party
 from .prompting import (
     Exemplar,
     ExemplarSampler,
@@ -57,9 +62,11 @@ from .prompting import (
     load_exemplars,
     load_principles,
     model_context_length,
+    prompt_bound,
 )
 from .quantization import check_kbit_supported, wants_kbit
-from .reporting import SOFT_CITATION, model_card_section, printed_summary, write_summary
+from .report_html import write_reports
+from .reporting import SOFT_CITATION, finish_model_card, model_card_section, printed_summary, round_line
 from .rounds import Round, SOFTRoundError
 from .run_folder import (
     CHECKPOINT_DONE,
@@ -97,15 +104,17 @@ class SOFTTrainer(SFTTrainer):
 
     Args:
         model: as for `SFTTrainer` (hub id, local folder, `"embedded"`, a model or a `PeftModel`).
-        args: a [`SOFTConfig`].
+        args: a [`SOFTConfig`][trl_soft.SOFTConfig].
         train_dataset: the **prompt** dataset: a `Dataset` with a text column `args.prompt_column`. The training
             examples of each round are generated from it.
-        principles, exemplars, validation_set: override the files named in `args` (default: the shipped assets).
+        principles: overrides the file named in `args` (default: the shipped principles).
+        exemplars: overrides the file named in `args` (default: the shipped exemplar pool).
+        validation_set: overrides the file named in `args` (default: the shipped validation set).
         difficulty_scorer: with `args.curriculum='custom'`, a callable `(prompts, responses, context) -> scores`
             (higher = harder; `context` is a `trl_soft.curriculum.ScoringContext`) that orders each round's data.
         callbacks: as for `SFTTrainer`; `SOFTCallback`s also get the round events. Unless one is given, an
             `EarlyCollapseCallback` is added from the `collapse_*` fields of `args`.
-        Everything else is passed to `SFTTrainer`.
+        **kwargs: passed to `SFTTrainer`, as the arguments not listed here are (`eval_dataset`, `peft_config`, ...).
     """
 
     _tag_names = ["trl", "sft", "soft", "self-alignment"]
@@ -140,6 +149,7 @@ class SOFTTrainer(SFTTrainer):
         if "formatting_func" in kwargs:
             raise ValueError("`formatting_func` is not supported: SOFT builds each round's training examples itself.")
         settings = args.settings
+        quiet_third_party(args.log_level)  # harmless third-party noise, unless asked for (`trl_soft.progress`)
 
         # Everything that can be wrong with the inputs is checked here, before any model is loaded.
         check_prompt_column(train_dataset, settings.rounds.prompt_column, settings.rounds.num_rounds)
@@ -188,7 +198,7 @@ class SOFTTrainer(SFTTrainer):
         )
         self.sampling = replace(settings.generation, stop_strings=self.formatter.stop_strings)
         self.engraving_shot = self.exemplars[0] if settings.prompts.engraving_shots == 1 else None
-        self._check_lengths(args, model, engine_choice)
+        engine_choice = self._check_lengths(args, model, engine_choice)
         self.behaviour.attach(
             self.formatter,
             lambda position: self.exemplar_sampler.sample(0, position),  # round 0: no round's prompts use it
@@ -222,6 +232,7 @@ class SOFTTrainer(SFTTrainer):
         self._resumed_loss_sum = 0.0  # the training loss summed up to the checkpoint a round resumed from
         self._current_round = 0  # whose weights the model holds (0: the starting model)
         self.add_callback(_RoundProgress(self))
+        self.progress = RunProgress(settings.rounds.num_rounds, show_bars=not args.disable_tqdm)
 
     @property
     def settings(self) -> SOFTSettings:
@@ -248,6 +259,7 @@ class SOFTTrainer(SFTTrainer):
         first = self.settings.rounds.num_rounds + 1 if state.stopped_early else state.rounds_completed + 1
         for index in range(first, self.settings.rounds.num_rounds + 1):
             self.stops.check(f"before round {index}")
+            self.progress.round_start(index, self.sampling.per_prompt * len(self.round_prompt_indices[index - 1]))
             round_ = self.round = self._regenerate(index, resume)
             if not round_.resumed:  # an interrupted attempt filtered and ordered it already
                 self._filter(round_)
@@ -340,6 +352,7 @@ class SOFTTrainer(SFTTrainer):
         """Fine-tune on the kept answers without principles (in the curriculum's order), then save the round (its
         model, then its training figures); an interrupted attempt's checkpoints are resumed, its saved model reused."""
         round_.check_kept(self.soft_output_dir)
+        self.engine.sleep()  # a colocated engine on CUDA gives its GPU memory to training; it wakes to generate
         started, paths = time.perf_counter(), round_.paths
         trained = round_.read_training() if resume else None
         if trained is not None:  # the interrupted attempt trained and saved this round: only its evaluation remains
@@ -377,9 +390,10 @@ class SOFTTrainer(SFTTrainer):
     def _evaluate(self, round_: Round) -> None:
         """Validation, behaviour, diagnostics and benchmarks of the round's model (the engine has its weights)."""
         set_seed(round_.seed)
-        round_.metrics.update(self.evaluator.evaluate(
-            round_.index, self.model, self.accelerator, self.engine.generate, round_.paths.root
-        ))
+        with self.progress.phase(round_.index, "evaluate"):
+            round_.metrics.update(self.evaluator.evaluate(
+                round_.index, self.model, self.accelerator, self.engine.generate, round_.paths.root
+            ))
 
     def _decide(self, round_: Round, state: SOFTState, output: TrainOutput) -> RoundControl:
         """Accept or reject the round against the starting model (pooled paired behaviour items); then the callbacks,
@@ -411,10 +425,11 @@ class SOFTTrainer(SFTTrainer):
                 state.save(self.soft_output_dir)  # the decision is on disk before any weights are swapped
         wait_for_everyone()
         self.log({f"soft/{k}": v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
-        if is_main_process():
-            print(f"SOFT: {decision.line()}", flush=True)
-            if control.should_stop:
-                print(f"SOFT: stopping after round {round_.index}: {control.stop_reason}.", flush=True)
+        if is_main_process():  # one line: the round's figures and its decision (and the stop)
+            self.progress.round_end(round_.index, round_line(
+                metrics, state.base_metrics, control.stop_reason if control.should_stop else None,
+                self.settings.acceptance.watch,
+            ), round_.timings)
         return control
 
     def _accept(self, index: int, state: SOFTState, metrics: dict) -> Decision:
@@ -466,9 +481,10 @@ class SOFTTrainer(SFTTrainer):
                     save_atomically(self.save_model, start_dir)
             if self.evaluator.scores_start:
                 set_seed(self.args.seed)
-                state.base_metrics = {"round": 0, **self.evaluator.evaluate(
-                    0, self.model, self.accelerator, self.engine.generate, round_paths(self.soft_output_dir, 0).root
-                )}
+                with self.progress.phase(0, "evaluate (starting model)"):
+                    state.base_metrics = {"round": 0, **self.evaluator.evaluate(
+                        0, self.model, self.accelerator, self.engine.generate, round_paths(self.soft_output_dir, 0).root
+                    )}
                 if is_main_process():
                     state.save(self.soft_output_dir)
                 self.behaviour.check_premise(state.base_metrics.get("premise"))
@@ -489,8 +505,8 @@ class SOFTTrainer(SFTTrainer):
             state.save(self.soft_output_dir)
             with self._writing_to(final_dir):  # the model card belongs next to the final weights
                 self.create_model_card(model_name=self.soft_output_dir.name)
-            write_summary(self.soft_output_dir, state)
-            print(printed_summary(state, str(self.soft_output_dir)), flush=True)
+            reports = write_reports(self.soft_output_dir, state)  # summary.md; with matplotlib, plots and HTML
+            print(printed_summary(state, str(self.soft_output_dir), reports), flush=True)
         wait_for_everyone()
 
     def _soft_callback_list(self) -> list[SOFTCallback]:
@@ -518,6 +534,10 @@ class SOFTTrainer(SFTTrainer):
     def create_model_card(self, model_name=None, dataset_name=None, tags=None):
         """TRL's model card, plus the SOFT settings and the round table of this run."""
         super().create_model_card(model_name=model_name, dataset_name=dataset_name, tags=tags)
+        if self.is_world_process_zero():  # base_model, library_name, quick start, adapter base: see the function
+            base = hub_id_of(base_model_of(self.model))
+            finish_model_card(Path(self.args.output_dir), base, self.args.hub_model_id or self.args.output_dir,
+                              EMBEDDED_SOURCE_NOTE if base == EMBEDDED_HUB_ID else None)
         if self.is_world_process_zero() and getattr(self, "soft_state", None) is not None:
             with open(Path(self.args.output_dir) / "README.md", "a", encoding="utf-8") as handle:
                 handle.write(model_card_section(self.soft_state, self.settings.fingerprint()))
@@ -560,24 +580,33 @@ class SOFTTrainer(SFTTrainer):
             self.lock.release()
             raise
 
-    def _check_lengths(self, args: SOFTConfig, model, engine_choice) -> None:
-        """Every round's prompts fit the model's context (the engine's, when vLLM's `max_model_len` is lower) with
-        their answers, and `max_length` holds every prompt with room for an answer: counted with the tokenizer and the
-        model's config alone, so a prompt no round could use stops the run before any weights load."""
+    def _check_lengths(self, args: SOFTConfig, model, engine_choice: EngineChoice) -> EngineChoice:
+        """Every round's prompts fit the model's context (and an explicit `vllm_max_model_len`) with their answers,
+        and `max_length` holds every prompt with room for an answer: counted with the tokenizer and the model's config
+        alone, so a prompt no round could use stops the run before any weights load. Returns the engine choice with
+        its `max_model_len` sized to the longest prompt the engine will answer (the rounds', the behaviour sets',
+        the diagnostics samples') plus its answer."""
         settings = args.settings  # called from `__init__`, before the HF Trainer sets `self.args`
         context = model_context_length(model)
         engine_limit = settings.engine.max_model_len if engine_choice.backend == "vllm" else None
-        if engine_limit is not None:
-            context = min(context, engine_limit) if context is not None else engine_limit
         try:
-            check_lengths(
+            longest = check_lengths(
                 self.formatter, self.prompt_dataset[settings.rounds.prompt_column], self.round_prompt_indices,
                 self.exemplar_sampler, args.max_length, settings.generation.max_new_tokens, context,
-                self.engraving_shot,
+                self.engraving_shot, engine_limit,
             )
         except ValueError:
             self.lock.release()
             raise
+        sampler, others = self.exemplar_sampler, (  # bounded, not counted one by one
+            ([i.prompt for items in self.behaviour.sets.items.values() for i in items], settings.behaviour.max_new_tokens),
+            ([p.prompt for p in (self.validation_set or [])[: settings.diagnostics.num_prompts]], settings.diagnostics.max_new_tokens),
+        )
+        need = max([longest + settings.generation.max_new_tokens] + [
+            prompt_bound(self.formatter, prompts, sampler.pool, sampler.k, self.engraving_shot) + new
+            for prompts, new in others if prompts
+        ])
+        return engine_choice.with_lengths(need, context, engine_limit)
 
     def __del__(self):
         lock = self.__dict__.get("lock")

@@ -5,10 +5,14 @@
 - `hf.py`: transformers `generate` on the training model (the fallback, and the reference for equivalence tests);
 - `vllm_local.py`: a colocated `vllm.LLM`; `vllm_server.py`: an OpenAI-compatible vLLM server, started by trl-soft or
   reached at a URL; both load each round's saved weights from disk (`weights.py` merges LoRA for CPU engines);
-- `base.py`: the interface, the weights descriptor, the sampling parameters both vLLM engines send.
+- `base.py`: the interface, the weights descriptor, the sampling parameters both vLLM engines send;
+- `ranks.py`: with several processes, a colocated engine on every process (or tensor-parallel group of processes),
+  each answering its slice of the prompts (`PerRankEngine`, `vllm_colocate_ranks='all'`, the default).
 
-With several processes, a vLLM engine lives in the main process only: it generates every prompt, and the answers are
-broadcast to the other processes (`MainProcessEngine`).
+Otherwise, with several processes, a vLLM engine lives in the main process only (`vllm_colocate_ranks='main'`, and
+the server mode): it generates every prompt, and the answers are broadcast to the other processes
+(`MainProcessEngine`). Either way every process gets the same answers, in order, and they do not depend on the number
+of processes.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from ..state import ENGINE_WEIGHTS, SERVER_LOG
 from .base import EngineError, EngineWeights, GenerationEngine
 from .choice import EngineChoice, EngineUnavailable, ModelFacts, choose_engine, vllm_installed
 from .hf import HFEngine
+from .ranks import PerRankEngine, RankPlacement
 from .settings import SYNC_METRIC, EngineSettings
 
 __all__ = [
@@ -34,6 +39,8 @@ __all__ = [
     "HFEngine",
     "MainProcessEngine",
     "ModelFacts",
+    "PerRankEngine",
+    "RankPlacement",
     "SYNC_METRIC",
     "choose_engine",
     "make_vllm_engine",
@@ -42,9 +49,10 @@ __all__ = [
 
 
 def make_vllm_engine(
-    choice: EngineChoice, settings: EngineSettings, tokenizer, output_dir: Path, seed: int
+    choice: EngineChoice, settings: EngineSettings, tokenizer, output_dir: Path, seed: int,
+    placement: RankPlacement | None = None,
 ) -> GenerationEngine:
-    """Start the vLLM engine `choice` describes (this process only)."""
+    """Start the vLLM engine `choice` describes (this process only; `placement`: its place among per-rank engines)."""
     work_dir = Path(output_dir) / ENGINE_WEIGHTS
     if choice.mode == "server":
         from .vllm_server import VLLMServerEngine
@@ -52,7 +60,7 @@ def make_vllm_engine(
         return VLLMServerEngine(choice, settings, tokenizer, work_dir, seed, Path(output_dir) / SERVER_LOG)
     from .vllm_local import VLLMColocateEngine
 
-    return VLLMColocateEngine(choice, settings, tokenizer, work_dir, seed)
+    return VLLMColocateEngine(choice, settings, tokenizer, work_dir, seed, placement)
 
 
 class MainProcessEngine:

@@ -89,7 +89,12 @@ class StopRule:
 
 
 def prompt_seed(base_seed: int, index: int) -> int:
-    """The sampling seed of prompt `index` of a call: each prompt its own stream, whatever the batching."""
+    """The sampling seed of prompt `index` of a request: each prompt its own stream, whatever the batching.
+
+    `base_seed` is the request's seed (for a round, the run seed plus the round; the behaviour evaluation and the
+    diagnostics derive their own); `index` is the prompt's position in the whole request, also when several
+    processes each answer a slice of it (`ranks.py` passes each slice's offset), so a prompt gets the same seed,
+    and the same answer, whatever the number of processes."""
     return (base_seed * 100_003 + index) % 2**31
 
 

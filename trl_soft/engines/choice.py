@@ -3,16 +3,25 @@
 `generation_backend='auto'` (the default) takes vLLM when it can run this model here, and transformers otherwise;
 `'vllm'` insists and explains what stands in the way; `'hf'` is transformers. Whatever is chosen, `EngineChoice`
 carries the reason, which the trainer prints and records in the run manifest.
+
+The choice knows the installed engine rather than a version table: whether vLLM can load a bitsandbytes (4-bit) base
+is read from its quantization registry. Where it cannot, the engine serves the base unquantized (the base path is the
+un-quantized folder or hub id anyway) with each round's LoRA adapter, or quantized with a method the registry has
+(`vllm_quantization`). The engine's `max_model_len` is what the run needs (`fit_max_model_len`), never the model's
+whole context, and the colocated engine on CUDA sleeps while the model trains (`EngineChoice.sleep_mode`).
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import cache
 from pathlib import Path
 
+from ..security import redact_url
 from .settings import EngineSettings, resolve_dtype, smallest_lora_rank
 
 VLLM_INSTALL_HINT = (
@@ -76,15 +85,34 @@ class EngineChoice:
     dtype: str | None = None
     lora_mode: str | None = None  # 'adapter', 'merged', or None for full fine-tuning
     max_lora_rank: int | None = None
-    quantization: str | None = None
+    quantization: str | None = None  # the engine's quantization method (None: the base as saved, in `dtype`)
     base: str | None = None
     on_cuda: bool = False
+    max_model_len: int | None = None  # set once the prompts are counted (`with_lengths`); None: not yet known
+    sleep_mode: bool = False  # the colocated engine sleeps while the model trains and scores (CUDA only)
+
+    @property
+    def sleep_level(self) -> int:
+        """1 (weights offloaded to CPU memory, kept) when the base never changes (LoRA adapters); 2 (weights
+        discarded) when every round reloads them from its folder anyway (full or merged weights)."""
+        return 1 if self.lora_mode == "adapter" else 2
 
     def describe(self) -> str:
         if self.backend == "hf":
             return f"transformers (generate in the training process): {self.reason}"
         weights = {"adapter": "LoRA adapter per round", "merged": "LoRA merged per round", None: "full weights per round"}
-        return f"vLLM ({self.mode}, {self.dtype}, {weights[self.lora_mode]}): {self.reason}"
+        parts = [self.mode, self.dtype if self.quantization is None else f"{self.quantization} base", weights[self.lora_mode]]
+        if self.max_model_len is not None:
+            parts.append(f"max_model_len {self.max_model_len}")
+        if self.sleep_mode:
+            parts.append(f"sleeps at level {self.sleep_level} while the model trains")
+        return f"vLLM ({', '.join(str(p) for p in parts)}): {self.reason}"
+
+    def with_lengths(self, need: int, context: int | None, explicit: int | None) -> EngineChoice:
+        """This choice with the engine's `max_model_len` (`fit_max_model_len`); unchanged for transformers."""
+        if self.backend != "vllm":
+            return self
+        return replace(self, max_model_len=fit_max_model_len(need, context, explicit))
 
 
 class EngineUnavailable(ValueError):
@@ -109,6 +137,82 @@ def read_architecture(path: str | None) -> str | None:
     except Exception:  # no config to be had (offline, private): vLLM itself will say at start-up
         return None
     return architectures[0] if architectures else None
+
+
+# `max_model_len` is rounded up to a multiple of this (the KV cache is allocated in blocks anyway; a few prompts
+# longer than the ones counted, such as other exemplars' seams, still fit).
+MODEL_LEN_STEP = 256
+
+
+def fit_max_model_len(need: int, context: int | None, explicit: int | None) -> int | None:
+    """The engine's `max_model_len`: `vllm_max_model_len` when set (the prompt check has held it against the longest
+    round prompt already), else `need` (the longest prompt the engine will be sent plus its answer), rounded up to a
+    multiple of `MODEL_LEN_STEP` and capped by the model's context. Never the model's whole context by default: vLLM reserves
+    KV-cache memory for one sequence of `max_model_len`, which for a 131,072-token Llama-3.1 is ~16 GiB and stops it
+    from starting."""
+    if explicit is not None:
+        return explicit
+    if need <= 0:
+        return None  # nothing counted: vLLM's own default
+    fitted = math.ceil(need / MODEL_LEN_STEP) * MODEL_LEN_STEP
+    return min(fitted, context) if context is not None else fitted
+
+
+@cache
+def vllm_quantization_methods() -> tuple[str, ...]:
+    """The quantization methods the installed vLLM can load: its registry, read (not a table of versions)."""
+    from vllm.model_executor.layers.quantization import QUANTIZATION_METHODS
+
+    return tuple(QUANTIZATION_METHODS)
+
+
+def _check_quantization_hardware(method: str) -> None:
+    """A method the registry has but this GPU cannot run (e.g. fp8 below its minimum compute capability)."""
+    import torch
+    from vllm.model_executor.layers.quantization import get_quantization_config
+
+    try:
+        minimum = get_quantization_config(method).get_min_capability()
+    except Exception:  # a method that cannot say: vLLM says at start-up
+        return
+    major, minor = torch.cuda.get_device_capability()
+    if major * 10 + minor < minimum:
+        raise EngineUnavailable(
+            f"`vllm_quantization`={method!r} needs a GPU of compute capability {minimum / 10:.1f} or newer; this one is "
+            f"{major}.{minor}. Use 'none' (the base unquantized) or another method."
+        )
+
+
+def engine_quantization(settings: EngineSettings, facts: ModelFacts) -> tuple[str | None, str]:
+    """The engine's quantization method (None: the base as saved) and a note for the reason ('' when none is due).
+
+    Raises `EngineUnavailable` for a named method the installed vLLM does not have, whatever `generation_backend`
+    says: the name was asked for and would fail only when the engine starts, after the model has loaded and round 0
+    has been scored."""
+    asked = settings.quantization
+    if settings.external_server or not facts.local_vllm:
+        return None, ""  # a server somebody else runs serves what it was started with
+    if asked == "none":
+        return None, " (the 4-bit base served unquantized: `vllm_quantization='none'`)" if facts.kbit else ""
+    methods = vllm_quantization_methods()
+    if asked == "auto":
+        if not facts.kbit:
+            return None, ""
+        if "bitsandbytes" in methods:
+            return "bitsandbytes", ""
+        return None, (
+            "; the base is 4-bit but the installed vLLM has no bitsandbytes loader (not in its quantization "
+            "registry), so the engine serves the unquantized base with each round's adapter (`vllm_quantization` "
+            "can name a method it has, e.g. 'fp8'; docs/scaling.md weighs the two)"
+        )
+    if asked not in methods:
+        raise EngineUnavailable(
+            f"`vllm_quantization`={asked!r} is not a quantization method of the installed vLLM (its registry has "
+            f"{', '.join(sorted(methods))}). Use 'auto', 'none', or one of those."
+        )
+    if facts.on_cuda:
+        _check_quantization_hardware(asked)
+    return asked, ""
 
 
 def vllm_supports(architecture: str) -> bool:
@@ -153,8 +257,9 @@ def choose_engine(settings: EngineSettings, facts: ModelFacts) -> EngineChoice:
             lora_mode = "adapter" if facts.on_cuda or facts.kbit else "merged"
         if facts.kbit and lora_mode == "merged":
             raise EngineUnavailable(
-                "`vllm_lora_mode='merged'` cannot be used with a 4-bit base: the adapter was trained on quantized "
-                "weights. Use `vllm_lora_mode='adapter'` (vLLM quantizes the base the same way)."
+                "`vllm_lora_mode='merged'` cannot be used with a 4-bit base: the training model's packed 4-bit "
+                "weights cannot be merged into a folder vLLM reloads. Use `vllm_lora_mode='adapter'` (the engine "
+                "loads the base itself, see `vllm_quantization`)."
             )
         if lora_mode == "adapter":
             max_rank = settings.max_lora_rank or smallest_lora_rank(facts.lora_rank)
@@ -164,11 +269,15 @@ def choose_engine(settings: EngineSettings, facts: ModelFacts) -> EngineChoice:
                     "the adapters. Raise `vllm_max_lora_rank` (or leave it unset), lower `lora_r`, or set "
                     "`vllm_lora_mode='merged'`."
                 )
+    quantization, note = engine_quantization(settings, facts)
     how = "asked for" if settings.backend == "vllm" else "`generation_backend='auto'`: vLLM is installed"
     if settings.external_server:
-        how += f", server at {settings.server_base_url}"
+        servers = settings.server_base_url
+        servers = [servers] if isinstance(servers, str) else list(servers or ())
+        how += f", server{'s' if len(servers) > 1 else ''} at {', '.join(redact_url(u) for u in servers)}"
     elif facts.architecture:
         how += f" and supports {facts.architecture}"
+    how += note
     return EngineChoice(
         backend="vllm",
         reason=how,
@@ -176,7 +285,9 @@ def choose_engine(settings: EngineSettings, facts: ModelFacts) -> EngineChoice:
         dtype=resolve_dtype(settings.dtype, facts.on_cuda),
         lora_mode=lora_mode,
         max_lora_rank=max_rank,
-        quantization="bitsandbytes" if facts.kbit else None,
+        quantization=quantization,
         base=facts.path,
         on_cuda=facts.on_cuda,
+        # vLLM's CPU platform has no sleep mode (`is_sleep_mode_available()` is False there), nor does a server
+        sleep_mode=settings.sleep_mode and facts.on_cuda and settings.vllm_mode == "colocate",
     )

@@ -7,19 +7,21 @@ The trainer owns one `EngineSession`. It generates with the weights it was last 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from ..distributed import is_main_process
+from ..distributed import is_main_process, process_state
 from ..generation import GenerationResult, GenerationSettings
-from ..state import round_paths
-from . import MainProcessEngine, make_vllm_engine
+from ..state import ENGINE_WEIGHTS, round_paths
+from . import MainProcessEngine, PerRankEngine, RankPlacement, make_vllm_engine
 from .base import EngineWeights, GenerationEngine
 from .choice import EngineChoice, EngineUnavailable, choose_engine, read_model_facts
 from .hf import HFEngine
 from .settings import EngineSettings
+from .weights import prepare_merged_weights
 
 
 class EngineSession:
@@ -40,6 +42,8 @@ class EngineSession:
         self.engine: GenerationEngine | None = None
         self.weights = EngineWeights(base=choice.base or "")
         self.sync_seconds = 0.0  # running total of weight hand-overs to the engine
+        self.asleep = False  # sleep mode (`choice.sleep_mode`): the engine gave the GPU back while the model trains
+        self.switch_seconds = 0.0  # running total of sleeping and waking
 
     @staticmethod
     def choose(settings: EngineSettings, model, peft_config, kbit: bool, use_cpu: bool) -> EngineChoice:
@@ -50,6 +54,10 @@ class EngineSession:
             choice = choose_engine(settings, read_model_facts(model, peft_config, kbit, on_cuda))
         except EngineUnavailable as err:
             raise ValueError(str(err)) from None
+        if choice.backend == "vllm" and choice.mode == "server":
+            from .vllm_server import check_servers
+
+            check_servers(settings, on_cuda)  # devices that exist, servers that answer: before any weights load
         if is_main_process():
             print(f"SOFT: generation engine: {choice.describe()}", flush=True)
         return choice
@@ -66,24 +74,78 @@ class EngineSession:
         self.weights = EngineWeights.saved(model_dir, self.choice.base or "", f"round_{round_index}")
 
     def generate(self, texts: list[str], settings: GenerationSettings, desc: str) -> list[GenerationResult]:
-        """Continue every text on the current weights; the same ordered results on every process."""
+        """Continue every text on the current weights; the same ordered results on every process. Every caller goes
+        through here (the rounds, the behaviour evaluation, the diagnostics), each with its own `settings.seed`; with
+        an engine per process each answers a slice, its prompts seeded by their place in `texts` (`base.prompt_seed`)."""
         engine = self._started()
-        self.sync_seconds += engine.load(self.weights, self.accelerator.unwrap_model(self.model()))
+        self.wake()
+        model = self.accelerator.unwrap_model(self.model())
+        if self.choice.lora_mode == "merged":  # a collective under FSDP2/ZeRO-3: every process gathers, main writes
+            self.sync_seconds += prepare_merged_weights(
+                self.weights, model, self.output_dir / ENGINE_WEIGHTS, self.choice.dtype
+            )
+        self.sync_seconds += engine.load(self.weights, model)
         return engine.generate(texts, settings, desc)
 
     def _started(self) -> GenerationEngine:
         if self.engine is None:
             if self.choice.backend == "hf":
                 self.engine = HFEngine(self.model, self.tokenizer, self.accelerator)
+                return self.engine
+            if self.choice.mode == "colocate" and self.settings.per_rank_engines(process_state().num_processes):
+                placement = RankPlacement.here(self.settings.tensor_parallel_size, self.choice.on_cuda)
+                self.engine = PerRankEngine(
+                    lambda: make_vllm_engine(
+                        self.choice, self.settings, self.tokenizer, self.output_dir, self.seed, placement
+                    ),
+                    placement, self.choice, self.output_dir / ENGINE_WEIGHTS,
+                )
+                what = self.engine.describe()
             else:
                 self.engine = MainProcessEngine(
                     lambda: make_vllm_engine(self.choice, self.settings, self.tokenizer, self.output_dir, self.seed)
                 )
-                if is_main_process():
-                    print(f"SOFT: {self.engine.name} started in {self.engine.start_seconds:.1f} s", flush=True)
+                what = self.engine.name
+            if is_main_process():
+                print(f"SOFT: {what} started in {self.engine.start_seconds:.1f} s", flush=True)
         return self.engine
 
     def close(self) -> None:
         engine, self.engine = self.engine, None
         if engine is not None:
             engine.close()
+
+    # ---- sleep mode: the colocated engine on CUDA gives the GPU back while the model trains and scores ---------------
+    def _layers(self) -> list:
+        """The engine and, for a wrapper holding this process's engine (`MainProcessEngine`, `PerRankEngine`), the
+        engine inside it (None on a process that hosts none)."""
+        return [e for e in (self.engine, getattr(self.engine, "engine", None)) if e is not None]
+
+    def sleep(self) -> None:
+        """Before the model trains: the engine frees its GPU memory (level 1 with LoRA adapters, level 2 with full
+        or merged weights). Nothing happens without sleep mode (CPU, server, `vllm_sleep_mode=False`) or before the
+        engine has started; `generate` wakes it."""
+        if not self.choice.sleep_mode or self.engine is None or self.asleep:
+            return
+        started = time.perf_counter()
+        for layer in self._layers():  # the engines' own `sleep` is idempotent: a wrapper may forward it too
+            if hasattr(layer, "sleep"):
+                layer.sleep()
+        self.asleep = True
+        self.switch_seconds += time.perf_counter() - started
+
+    def wake(self) -> None:
+        """Before the engine generates. After a level-2 sleep its weights are gone: every layer's record of the
+        weights it holds is cleared, so the next `load` reloads the current round's (or the base's) from disk."""
+        if not self.asleep:
+            return
+        started = time.perf_counter()
+        for layer in self._layers():
+            if hasattr(layer, "wake"):
+                layer.wake()
+        if self.choice.sleep_level == 2:
+            for layer in self._layers():
+                if hasattr(layer, "current"):
+                    layer.current = None
+        self.asleep = False
+        self.switch_seconds += time.perf_counter() - started

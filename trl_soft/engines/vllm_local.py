@@ -2,8 +2,15 @@
 
 vLLM V1 runs the engine in child processes (started with `spawn` on CPUs and once CUDA is initialised): the training
 process keeps its own threads and memory, and the script that builds the engine must guard its entry point with
-`if __name__ == "__main__":` (checked here before anything starts). Memory: on a GPU the engine takes
-`vllm_gpu_memory_utilization` of it; on a CPU its KV cache takes `vllm_cpu_kv_cache_gb`.
+`if __name__ == "__main__":` (checked here before anything starts); on CUDA with an engine on every process
+(`ranks.py`, vLLM's external_launcher) it runs in the training process instead. Memory: on a GPU the engine takes
+`vllm_gpu_memory_utilization` of it; on a CPU its KV cache takes `vllm_cpu_kv_cache_gb`. Its `max_model_len` is
+what the run needs (`EngineChoice.max_model_len`), not the model's whole context.
+
+Sleep mode (CUDA only; vLLM's CPU platform has none): the engine is built with `enable_sleep_mode=True` and sleeps
+while the model trains (`sleep`), waking before it generates (`wake`). Level 1 with LoRA adapters (the base weights go
+to CPU memory and come back); level 2 with full or merged weights (they are discarded, and the weights the engine
+should hold are reloaded from their folder after waking: the next `load` does it, whatever it was last given).
 
 Weights, once per round, from the folder the round was saved to:
 - full fine-tuning: the engine reloads its weights in place from `round_t/model` (`reload_weights`), and its prefix
@@ -15,19 +22,21 @@ Weights, once per round, from the folder the round was saved to:
 
 from __future__ import annotations
 
-import functools
+import contextlib
+import gc
 import os
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from ..generation import GenerationResult, GenerationSettings
+from ..progress import bar_factory, show_load_bars  # inside a phase: its one bar, not one per call
 from .base import EngineError, EngineWeights, StopRule, encode_prompts, prompt_seed, result_from_vllm, sampling_fields
 from .choice import EngineChoice
+from .ranks import RankPlacement
 from .settings import EngineSettings
 from .weights import check_adapter_engine_weights, reload_folder
 
@@ -67,19 +76,39 @@ def engine_environment(settings: EngineSettings, on_cuda: bool) -> dict[str, str
     return {k: v for k, v in env.items() if k not in os.environ}
 
 
-def engine_arguments(settings: EngineSettings, on_cuda: bool) -> dict[str, object]:
-    """`vllm.LLM` / `vllm serve` settings that follow from the hardware (the same for both modes)."""
+def engine_arguments(settings: EngineSettings, on_cuda: bool, sleeps: bool = False) -> dict[str, object]:
+    """`vllm.LLM` / `vllm serve` settings that follow from the hardware (the same for both modes); `sleeps`: the
+    engine sleeps while the model trains, so it may take more of the GPU while awake."""
     arguments: dict[str, object] = {
         "enforce_eager": settings.enforce_eager if settings.enforce_eager is not None else not on_cuda,
         "enable_prefix_caching": True,  # the principles header is shared by every prompt of a round
     }
     if on_cuda:
-        arguments["gpu_memory_utilization"] = settings.gpu_memory_utilization
+        arguments["gpu_memory_utilization"] = settings.gpu_share(sleeps)
     else:
         # Per-prompt seeds and chunked prefill crash vLLM 0.31's CPU build ("CPU Generator does not use offset"):
         # prompts are prefilled whole instead.
         arguments["enable_chunked_prefill"] = False
+    if sleeps:
+        arguments["enable_sleep_mode"] = True
     return arguments
+
+
+def sleep_mode_available() -> bool:
+    """Whether the platform vLLM runs on here can sleep (CUDA and ROCm can, vLLM 0.31's CPU platform cannot)."""
+    from vllm.platforms import current_platform
+
+    return bool(current_platform.is_sleep_mode_available())
+
+
+def release_cached_memory() -> None:
+    """Return the blocks PyTorch's allocator caches in this process to the GPU (no-op without CUDA)."""
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        with contextlib.suppress(RuntimeError):
+            torch.cuda.empty_cache()
 
 
 class VLLMColocateEngine:
@@ -88,9 +117,12 @@ class VLLMColocateEngine:
     name = "vllm-colocate"
 
     def __init__(
-        self, choice: EngineChoice, settings: EngineSettings, tokenizer: PreTrainedTokenizerBase, work_dir: Path, seed: int
+        self, choice: EngineChoice, settings: EngineSettings, tokenizer: PreTrainedTokenizerBase, work_dir: Path, seed: int,
+        placement: RankPlacement | None = None,
     ):
-        check_main_guard()
+        """`placement`: this process's place when every process runs an engine (`ranks.py`); None for a lone one."""
+        if placement is None or not placement.on_cuda:  # external_launcher runs the engine in this process
+            check_main_guard()
         from vllm import LLM
 
         self.tokenizer = tokenizer
@@ -100,13 +132,17 @@ class VLLMColocateEngine:
         self.current = EngineWeights(base=choice.base)
         self.lora_request = None
         self._lora_ids = 0
+        self.sleeps = choice.sleep_mode and sleep_mode_available()
+        self.sleep_level = choice.sleep_level
+        self.asleep = False
         kwargs = dict(
             model=choice.base,
             dtype=choice.dtype,
             seed=seed,
-            max_model_len=settings.max_model_len,
+            max_model_len=choice.max_model_len or settings.max_model_len,
             tensor_parallel_size=settings.tensor_parallel_size,
-            **engine_arguments(settings, choice.on_cuda),
+            **engine_arguments(settings, choice.on_cuda, self.sleeps),
+            use_tqdm_on_load=show_load_bars(),  # the shards bar at every start and weight reload: off unless verbose
         )
         if choice.quantization:
             kwargs["quantization"] = choice.quantization
@@ -114,6 +150,9 @@ class VLLMColocateEngine:
             kwargs.update(enable_lora=True, max_lora_rank=choice.max_lora_rank, max_loras=1)
         started = time.perf_counter()
         environment = engine_environment(settings, choice.on_cuda)
+        if placement is not None:
+            kwargs.update(placement.engine_arguments())
+            environment.update({k: v for k, v in placement.environment().items() if k not in os.environ})
         os.environ.update(environment)  # the engine's processes inherit it when they start
         try:
             self.llm = LLM(**kwargs)
@@ -144,8 +183,10 @@ class VLLMColocateEngine:
         return time.perf_counter() - started
 
     def generate(
-        self, prompts: Sequence[str], settings: GenerationSettings, desc: str = "Generating"
+        self, prompts: Sequence[str], settings: GenerationSettings, desc: str | None = "Generating", first_index: int = 0
     ) -> list[GenerationResult]:
+        """`prompts` are items `first_index`, `first_index + 1`, ... of the whole request (a process answering a
+        slice passes its position), which fixes each one's sampling seed; `desc` None: no progress bar."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
@@ -153,14 +194,35 @@ class VLLMColocateEngine:
             return []
         stop = StopRule.build(self.tokenizer, settings.stop_strings)
         inputs = [TokensPrompt(prompt_token_ids=ids) for ids in encode_prompts(self.tokenizer, prompts)]
-        params = [SamplingParams(**sampling_fields(settings, stop, prompt_seed(settings.seed, i))) for i in range(len(prompts))]
-        outputs = self.llm.generate(
-            inputs, params, lora_request=self.lora_request, use_tqdm=functools.partial(tqdm, desc=desc)
-        )
+        params = [
+            SamplingParams(**sampling_fields(settings, stop, prompt_seed(settings.seed, first_index + i)))
+            for i in range(len(prompts))
+        ]
+        progress = bar_factory(desc) if desc is not None else False
+        outputs = self.llm.generate(inputs, params, lora_request=self.lora_request, use_tqdm=progress)
         return [
             result_from_vllm(o.outputs[0].text, o.outputs[0].token_ids, o.outputs[0].finish_reason, stop)
             for o in outputs
         ]
+
+    def sleep(self) -> None:
+        """Free the GPU for training and scoring (no-op without sleep mode, or asleep already)."""
+        if not self.sleeps or self.asleep:
+            return
+        self.llm.sleep(level=self.sleep_level)
+        self.asleep = True
+        release_cached_memory()  # what this process cached while the engine was awake goes back to the GPU
+
+    def wake(self) -> None:
+        """Take the GPU back before generating. After a level-2 sleep the weights are gone: the next `load`
+        reloads the ones the engine should hold (its record of what it holds is cleared)."""
+        if not self.asleep:
+            return
+        release_cached_memory()  # the training process's cached blocks go back first, or the engine's do not fit
+        self.llm.wake_up()
+        self.asleep = False
+        if self.sleep_level == 2:
+            self.current = None  # type: ignore[assignment]  # holds nothing usable: the next `load` reloads
 
     def close(self) -> None:
         llm = self.__dict__.pop("llm", None)

@@ -25,12 +25,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..distributed import is_main_process, map_sharded
 from ..generation import expanded_cache, shared_prefix_cache
 from ..models import eval_mode, pad_id
+from ..progress import bar as phase_bar  # inside a phase: its one bar, not one per call
 
 
 @dataclass(frozen=True)
@@ -183,7 +183,7 @@ def _score_shard(
     prefix_len, prefix_cache = shared_prefix_cache(model, [r.context_ids for r in requests])
     results: list[list[float] | None] = [None] * len(requests)
     flat = [k for k, r in enumerate(requests) if len(r.context_ids) - prefix_len <= FLAT_CONTEXT_TOKENS]
-    progress = tqdm(
+    progress = phase_bar(
         total=sum(len(r.continuations) for r in requests), desc=desc, disable=not show_progress, unit="choice"
     )
     _score_flat(model, requests, flat, prefix_len, prefix_cache, pad_id, max_batch, results, progress)

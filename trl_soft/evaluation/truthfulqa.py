@@ -3,7 +3,8 @@
 - Prompt: lm-evaluation-harness's own `doc_to_text` template for the task (its 6-shot QA primer followed by
   `Q: <question>\\nA:`), read from the installed `lm-eval` package so the prompt is the harness's, character for
   character. `truthfulqa_template` points at a copy instead (a YAML with a `doc_to_text` key, or a Jinja file),
-  rendered in Jinja's immutable sandbox: a template can only format the question, never reach Python.
+  rendered in Jinja's immutable sandbox: a template can only format the question, never reach Python; and in a
+  separate process under memory, time and size limits (`trl_soft.sandbox`), so `'x' * 10**9` cannot exhaust the run.
 - Each choice is the continuation `" " + choice`, scored by summed log-likelihood.
 - MC1: accuracy of the highest-scoring choice among `mc1_targets` (the correct one is listed first).
 - MC2: probability mass of the true answers of `mc2_targets`, normalised over all its answers.
@@ -110,12 +111,11 @@ def _load_hub(name: str) -> tuple[list[dict], list[str]]:
 
 
 @lru_cache(maxsize=4)
-def prompt_template(path: str | None = None):
-    """lm-evaluation-harness's `doc_to_text` Jinja template for truthfulqa_mc1 (or the one in `path`), compiled in
-    Jinja's immutable sandbox with strict undefined names: a template may format `question`, and nothing else."""
-    import jinja2
+def prompt_template(path: str | None = None) -> str:
+    """The source of lm-evaluation-harness's `doc_to_text` Jinja template for truthfulqa_mc1 (or of the one in
+    `path`). It is compiled and rendered only by `render_prompts`: in Jinja's immutable sandbox with strict undefined
+    names (a template may format `question`, and nothing else), in a child process under limits."""
     import yaml
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     if path is None:
         import importlib.util
@@ -145,48 +145,48 @@ def prompt_template(path: str | None = None):
                 f"`truthfulqa_template`: {path} has no `doc_to_text` string (the Jinja template of the prompt, as in "
                 "lm-evaluation-harness's task YAML files)."
             )
-    environment = ImmutableSandboxedEnvironment(keep_trailing_newline=True, undefined=jinja2.StrictUndefined)
-    try:
-        return environment.from_string(source)
-    except jinja2.TemplateSyntaxError as err:
-        raise ValueError(
-            f"`truthfulqa_template`: {path} is not a valid Jinja template (template line {err.lineno}: {err.message})."
-        ) from err
+    return source
 
 
-def render_prompt(template, question: str, path: str | None = None) -> str:
-    """The prompt of one question; a template that reaches for anything but `question` (an unsafe attribute, a name
-    it is not given) is refused naming `truthfulqa_template`."""
-    from jinja2 import TemplateError
-    from jinja2.exceptions import SecurityError
+def render_prompts(template: str, questions: Sequence[str], path: str | None = None) -> list[str]:
+    """The prompts of `questions` (one child process for all, `trl_soft.sandbox`); a template that reaches for
+    anything but `question` (an unsafe attribute, a name it is not given), does not compile, or exceeds the limits is
+    refused naming `truthfulqa_template`."""
+    from ..sandbox import TemplateRenderError, render_bounded
 
     try:
-        return template.render(question=question)
-    except SecurityError as err:
+        return render_bounded(template, [{"question": q} for q in questions])
+    except TemplateRenderError as err:
+        if err.kind == "syntax":
+            raise ValueError(f"`truthfulqa_template`: {path} is not a valid Jinja template ({err}).") from None
+        if err.kind == "security":
+            raise ValueError(
+                f"`truthfulqa_template`: {path} tries to reach unsafe Python internals ({err}); it is rendered in a "
+                "sandbox. A TruthfulQA template may only format `question`."
+            ) from None
+        if err.kind in ("size", "memory", "time"):
+            raise ValueError(
+                f"`truthfulqa_template`: {path} cannot be rendered within the limits ({err}). A TruthfulQA prompt is "
+                "a few thousand characters: the template must format `question`, not build large texts."
+            ) from None
         raise ValueError(
-            f"`truthfulqa_template`: {path} tries to reach unsafe Python internals ({err}); it is rendered in a "
-            "sandbox. A TruthfulQA template may only format `question`."
-        ) from err
-    except TemplateError as err:
-        raise ValueError(
-            f"`truthfulqa_template`: {path} cannot be rendered ({type(err).__name__}: {err}). A TruthfulQA template "
-            "is given `question` only."
-        ) from err
+            f"`truthfulqa_template`: {path} cannot be rendered ({err}). A TruthfulQA template is given `question` "
+            "only."
+        ) from None
 
 
 def check_template(path: str | None = None) -> None:
     """Compile the template and render it once, so that a broken or unsafe one fails before any model work."""
-    render_prompt(prompt_template(path), "What is the capital of France?", path)
+    render_prompts(prompt_template(path), ["What is the capital of France?"], path)
 
 
 def build_requests(items: Sequence[TruthfulQAItem], template_path: str | None = None):
     """One request per question over the union of its MC1 and MC2 choices, and where each list's scores sit."""
-    template = prompt_template(template_path)
+    contexts = render_prompts(prompt_template(template_path), [item.question for item in items], template_path)
     requests, layout = [], []
-    for item in items:
+    for item, context in zip(items, contexts):
         union = list(dict.fromkeys(item.mc1_choices + item.mc2_choices))
         index = {choice: k for k, choice in enumerate(union)}
-        context = render_prompt(template, item.question, template_path)
         requests.append(ChoiceRequest(context=context, continuations=tuple(" " + c for c in union)))
         layout.append(([index[c] for c in item.mc1_choices], [index[c] for c in item.mc2_choices]))
     return requests, layout

@@ -2,10 +2,11 @@
 second evaluation of the same answers) does not ask the judge again.
 
 The cache is a JSONL file, one verdict a line, keyed by the sha256 of (judge name, criterion or "pairwise", prompt,
-answers): a judge whose `name` changes (another model, another prompt version) misses every old entry. Only the
-misses go to the wrapped judge, in one call per `judge` / `compare`; its verdicts are appended and the file is
-flushed and fsync'ed before they are returned, so an interruption loses at most the call in progress. A truncated or
-unreadable line (the write an interruption cut short) is skipped when the file is read, and the file need not exist.
+answers): a judge whose `name` changes (another model, another prompt version) misses every old entry. The name shows
+the judge's URL redacted (`trl_soft.security.redact_url`), so no credential is written here. Only the misses go to the
+wrapped judge, in one call per `judge` / `compare`; its verdicts are appended and the file is flushed and fsync'ed
+before they are returned, so an interruption loses at most the call in progress. A truncated or unreadable line (the
+write an interruption cut short) is skipped when the file is read, and the file need not exist.
 """
 
 from __future__ import annotations

@@ -14,9 +14,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from ..models import pad_id
+from ..progress import bar as phase_bar  # inside a phase: its one bar, not one per call
 from .base import CRITERIA, JudgeError, Verdict, check_criterion, check_lengths
 from .prompts import (
     FIRST_VARIANTS,
@@ -132,7 +132,7 @@ class HFJudge:
         order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
         results: list[tuple[float, str]] = [(0.0, "")] * len(encoded)
         device = next(self.model.parameters()).device
-        with torch.inference_mode(), tqdm(
+        with torch.inference_mode(), phase_bar(
             total=len(encoded), desc=desc, unit="item", disable=len(encoded) < PROGRESS_MIN_ITEMS
         ) as progress:
             for start in range(0, len(order), self.batch_size):

@@ -9,8 +9,10 @@ endpoint returns no log-probabilities, or none of its candidates is such a word,
 timeouts, HTTP 429 and 5xx are retried with exponential backoff (honouring `Retry-After`), other errors are not.
 
 `base_url` is the API root, as OpenAI's clients take it ("https://api.openai.com/v1"); a bare server address
-("http://127.0.0.1:8000") gets "/v1". The API key is read from the environment variable named `api_key_env`; with no
-key no Authorization header is sent (a local vLLM server needs none).
+("http://127.0.0.1:8000") gets "/v1". The API key is read from the environment variable `judge_key` (settings.py)
+picks: the one `api_key_env` names, sent only over https or to a loopback address (`allow_insecure_key` for anything
+else); unset, `$OPENAI_API_KEY` for api.openai.com only. With no key no Authorization header is sent (a local vLLM
+server needs none). The judge's `name` (the verdict cache's key), its messages and its errors show the URL redacted.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from urllib.parse import urlsplit
 
 import requests
 
+from ..security import redact_url, url_credentials_error
 from ..threads import map_in_flight
 from .base import CRITERIA, JudgeError, Verdict, check_criterion, check_lengths
 from .prompts import (
@@ -64,23 +67,31 @@ class OpenAIJudge:
         base_url: str,
         model: str | None = None,
         *,
-        api_key_env: str = "OPENAI_API_KEY",
+        api_key_env: str | None = None,
         timeout: float = 60.0,
         max_retries: int = 3,
         max_in_flight: int = MAX_IN_FLIGHT,
         backoff: float = 1.0,
+        allow_insecure_key: bool = False,
     ):
-        if not base_url.startswith(("http://", "https://")):
+        from .settings import judge_key
+
+        credentials = url_credentials_error("judge_base_url", base_url, "give the key through `judge_api_key_env`")
+        if credentials is not None:
+            raise credentials
+        if not base_url.startswith(("http://", "https://")) or urlsplit(base_url).query:
             raise ValueError(
-                f"`judge_base_url` must be an http(s) URL such as 'http://127.0.0.1:8000/v1'; got {base_url!r}."
+                "`judge_base_url` must be an http(s) URL without a query, such as 'http://127.0.0.1:8000/v1'; got "
+                f"{redact_url(base_url)!r}."
             )
         self.base_url = api_root(base_url)
         self.timeout = timeout
         self.max_retries = max_retries
         self.max_in_flight = max_in_flight
         self.backoff = backoff
-        self.api_key_env = api_key_env
-        key = os.environ.get(api_key_env) if api_key_env else None
+        variable, _ = judge_key(self.base_url, api_key_env, allow_insecure_key)
+        self.api_key_env = variable or api_key_env or "OPENAI_API_KEY"  # named in the hint of an HTTP 401
+        key = os.environ.get(variable) if variable else None
         self.headers = {"Authorization": f"Bearer {key}"} if key else {}
         self._model = model
         self._lock = threading.Lock()
@@ -100,7 +111,7 @@ class OpenAIJudge:
 
     @property
     def name(self) -> str:
-        return f"openai-{PROMPT_VERSION}:{self.base_url}:{self.model}"
+        return f"openai-{PROMPT_VERSION}:{redact_url(self.base_url)}:{self.model}"
 
     def criteria(self) -> tuple[str, ...]:
         return tuple(CRITERIA)

@@ -4,20 +4,58 @@
 `SOFTConfig` keeps them as flat `judge_*` fields; `JudgeSettings.from_config` builds one object from them, and every
 check here names the `SOFTConfig` field and the fix. `JudgeSettings.CONFIG_FIELDS` is the one list of that mapping. Nothing is
 loaded or contacted until `build_pointwise` / `build_pairwise` / `check_reachable` are called.
+
+The key of an 'openai' judge (`judge_key`): the value of the environment variable `judge_api_key_env` names, sent to
+`judge_base_url` only over https or to a loopback address unless `judge_allow_insecure_key` says otherwise. Left unset,
+`judge_api_key_env` means `$OPENAI_API_KEY` for OpenAI's own API (`api.openai.com`) and no key for any other host: a
+key made for one service never goes to another unless the config names its variable. A URL holding credentials is
+refused (`trl_soft.security`).
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from ..security import host_of, is_env_name, key_may_travel, redact_url, url_credentials_error
 from ..settings import ConcernSettings
 from .base import PairwiseJudge, PointwiseJudge
 
 POINTWISE_JUDGES = ("rules", "hf", "openai")
 PAIRWISE_JUDGES = ("none", "hf", "openai")
+# With `judge_api_key_env` unset: this variable's key, for these hosts only (the service that issues it).
+DEFAULT_KEY_ENV = "OPENAI_API_KEY"
+DEFAULT_KEY_HOSTS = ("api.openai.com",)
+
+
+def judge_key(base_url: str, api_key_env: str | None, allow_insecure: bool = False) -> tuple[str | None, str]:
+    """(the environment variable whose value is sent to `base_url` as the judge's key, or None; why, for the log).
+
+    Raises `ValueError` naming the field when the key would cross the network unencrypted (plain http to a host that
+    is not this machine) without `judge_allow_insecure_key`. Decided from the settings alone, whether or not the
+    variable is set, so a config is refused or accepted the same on every machine."""
+    host = (urlsplit(base_url).hostname or "").lower()
+    if api_key_env is None:
+        if host not in DEFAULT_KEY_HOSTS:
+            return None, (f"none (`judge_api_key_env` is unset: ${DEFAULT_KEY_ENV} goes only to "
+                          f"{', '.join(DEFAULT_KEY_HOSTS)})")
+        api_key_env = DEFAULT_KEY_ENV
+    if not api_key_env:
+        return None, "none (`judge_api_key_env` is '')"
+    if not key_may_travel(base_url) and not allow_insecure:
+        raise ValueError(
+            f"`judge_base_url` is plain http to {host_of(base_url)}, which is not this machine: the key in "
+            f"${api_key_env} (`judge_api_key_env`) would cross the network unencrypted. Use an https:// URL or a "
+            "loopback address (127.0.0.1), set `judge_api_key_env=''` to send no key, or set "
+            "`judge_allow_insecure_key=True` (a network you trust)."
+        )
+    how = "https" if urlsplit(base_url).scheme == "https" else "plain http, loopback" if key_may_travel(base_url) \
+        else "plain http, `judge_allow_insecure_key`"
+    return api_key_env, f"${api_key_env} ({how})"
+
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
@@ -33,18 +71,22 @@ class JudgeSettings(ConcernSettings):
         "model": "judge_model",
         "base_url": "judge_base_url",
         "api_key_env": "judge_api_key_env",
+        "allow_insecure_key": "judge_allow_insecure_key",
         "timeout": "judge_timeout",
         "max_retries": "judge_max_retries",
         "batch_size": "judge_batch_size",
     }
     # How a judge is reached, not what it decides.
-    NOT_FINGERPRINTED = frozenset({"base_url", "api_key_env", "timeout", "max_retries", "batch_size"})
+    NOT_FINGERPRINTED = frozenset(
+        {"base_url", "api_key_env", "allow_insecure_key", "timeout", "max_retries", "batch_size"}
+    )
 
     pointwise: str = "rules"
     pairwise: str = "none"
     model: str | None = None
     base_url: str | None = None
-    api_key_env: str = "OPENAI_API_KEY"
+    api_key_env: str | None = None  # None: $OPENAI_API_KEY for api.openai.com only (see `judge_key`)
+    allow_insecure_key: bool = False
     timeout: float = 60.0
     max_retries: int = 3
     batch_size: int = 8
@@ -75,14 +117,30 @@ class JudgeSettings(ConcernSettings):
                     "base_url", "is needed by the 'openai' judge: the API root of an OpenAI-compatible server, such "
                     "as 'http://127.0.0.1:8000/v1' (a vLLM server) or 'https://api.openai.com/v1'."
                 )
+            credentials = url_credentials_error(
+                self.CONFIG_FIELDS["base_url"], self.base_url, "give the key through `judge_api_key_env` (the name of "
+                "the environment variable that holds it)"
+            )
+            if credentials is not None:
+                raise credentials
             parts = urlsplit(self.base_url)
-            if parts.scheme not in ("http", "https") or not parts.netloc:
+            if parts.scheme not in ("http", "https") or not parts.hostname:
                 raise self.field_error(
                     "base_url", f"must be an http:// or https:// URL such as 'http://127.0.0.1:8000/v1'; got "
-                    f"{self.base_url!r}."
+                    f"{redact_url(self.base_url)!r}."
                 )
-        if not isinstance(self.api_key_env, str):
-            raise self.field_error("api_key_env", f"must be the name of an environment variable; got {self.api_key_env!r}.")
+            if parts.query or parts.fragment:
+                raise self.field_error(
+                    "base_url", f"must be the API root, without a query or fragment (a key goes in "
+                    f"`judge_api_key_env`); got {redact_url(self.base_url)!r}."
+                )
+        if self.api_key_env and not is_env_name(self.api_key_env):
+            raise self.field_error(
+                "api_key_env", f"must be the name of an environment variable (letters, digits, '_'), or '' for no key; "
+                f"got {self.api_key_env!r}."
+            )
+        if "openai" in kinds:
+            judge_key(self.base_url, self.api_key_env, self.allow_insecure_key)  # a key only where it is safe
         if not _is_number(self.timeout) or self.timeout <= 0:
             raise self.field_error("timeout", f"must be a positive number of seconds; got {self.timeout!r}.")
         if not isinstance(self.max_retries, int) or isinstance(self.max_retries, bool) or self.max_retries < 0:
@@ -99,7 +157,7 @@ class JudgeSettings(ConcernSettings):
         if kind == "hf":
             return f"hf ({self.model})"
         if kind == "openai":
-            return f"openai ({self.base_url}, {self.model or 'first served model'})"
+            return f"openai ({redact_url(self.base_url)}, {self.model or 'first served model'})"
         return kind
 
     def judge_names(self) -> dict[str, str]:
@@ -140,9 +198,18 @@ class JudgeSettings(ConcernSettings):
 
         return CachedJudge(cache_path, pairwise=judge)
 
+    def key_plan(self) -> str:
+        """Which environment variable's value goes to which host as the judge's key: names only, never the value."""
+        variable, how = judge_key(self.base_url, self.api_key_env, self.allow_insecure_key)
+        unset = variable is not None and not os.environ.get(variable)
+        return (f"judge key -> {host_of(self.base_url)}: {how}"
+                + (f"; ${variable} is not set, so no key is sent" if unset else ""))
+
     def check_reachable(self) -> None:
-        """For 'openai' judges, one quick request to the endpoint (`JudgeError` if it does not answer); else nothing."""
+        """For 'openai' judges, print where the key goes (`key_plan`) and make one quick request to the endpoint
+        (`JudgeError` if it does not answer); else nothing."""
         if "openai" in self.kinds():
+            print(f"trl-soft: {self.key_plan()}", flush=True)
             judge = self._model_judge("openai", {})
             try:
                 judge.check_reachable()
@@ -162,6 +229,6 @@ class JudgeSettings(ConcernSettings):
 
                 made[kind] = OpenAIJudge(
                     self.base_url, self.model, api_key_env=self.api_key_env, timeout=self.timeout,
-                    max_retries=self.max_retries,
+                    max_retries=self.max_retries, allow_insecure_key=self.allow_insecure_key,
                 )
         return made[kind]

@@ -1,0 +1,210 @@
+"""Secrets and what a config may make the run do (`trl_soft.security`, docs/security.md): a judge key goes only over
+https or to this machine, and `$OPENAI_API_KEY` only to OpenAI unless named; credentials in a URL are refused without
+being echoed; `to_dict()`, `str()`, the pickled config and every file of a real run carry no token and no credential;
+a YAML `env:` block cannot set loader variables without `--allow_loader_env`; a user's template is rendered under
+size, time and memory bounds. No request leaves this machine: the key checks happen before any request is made."""
+
+from __future__ import annotations
+
+import copy
+import io
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+
+from trl_soft import SOFTConfig
+from trl_soft.cli import ConfigEnvError, check_config_env, main
+from trl_soft.judges.openai import OpenAIJudge
+from trl_soft.judges.settings import JudgeSettings, judge_key
+from trl_soft.sandbox import TemplateRenderError, render_bounded
+from trl_soft.security import (
+    is_loopback,
+    key_may_travel,
+    loader_variables,
+    redact_text,
+    redact_url,
+    url_credentials_error,
+)
+
+from .conftest import make_tiny_llama, prompt_dataset, tiny_config
+
+SECRET = "s3cretPW9"
+TOKEN = "hf_secretTOKEN4242"
+
+
+# ---- URLs ------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("https://api.openai.com/v1", "https://api.openai.com/v1"),
+        (f"https://user:{SECRET}@judge.example/v1", "https://***@judge.example/v1"),
+        (f"http://{SECRET}@10.0.0.2:8000", "http://***@10.0.0.2:8000"),
+        (f"https://h/v1?api_key={SECRET}&v=2", "https://h/v1?api_key=***&v=***"),
+        (f"user:{SECRET}@host/v1", "***@host/v1"),
+        ("unix:/tmp/vllm.sock", "unix:/tmp/vllm.sock"),
+        ("not a url", "not a url"),
+    ],
+)
+def test_redact_url_hides_credentials_and_query_values(url, shown):
+    assert redact_url(url) == shown
+    if "://" in url:  # in free text a URL is found by its scheme
+        assert SECRET not in redact_text(f"the server at {url} (`vllm_server_base_url`) does not answer")
+
+
+def test_a_url_with_credentials_is_refused_without_echoing_them():
+    error = url_credentials_error("judge_base_url", ["http://a:8000", f"https://me:{SECRET}@b/v1"], "use the key env")
+    assert error is not None and "`judge_base_url`" in str(error) and SECRET not in str(error)
+    assert url_credentials_error("judge_base_url", "https://b/v1") is None
+    for kw in (
+        {"judge_base_url": f"https://me:{SECRET}@judge.example/v1", "behaviour_judge": "openai"},
+        {"vllm_server_base_url": f"http://me:{SECRET}@10.0.0.2:8000", "vllm_mode": "server"},
+        {"hub_model_id": f"https://me:{SECRET}@example.org/org/name"},  # any field: the check is the config's
+    ):
+        field = next(iter(kw))
+        with pytest.raises(ValueError, match=rf"`{field}` holds credentials") as info:
+            SOFTConfig(output_dir="unused", report_to="none", **kw)
+        assert SECRET not in str(info.value)
+    with pytest.raises(ValueError, match="`judge_base_url` holds credentials") as info:
+        OpenAIJudge(f"https://me:{SECRET}@judge.example/v1")
+    assert SECRET not in str(info.value)
+
+
+# ---- where a judge key goes ------------------------------------------------------------------------------------------
+def test_loopback_and_tls():
+    assert is_loopback("127.0.0.1") and is_loopback("127.8.9.1") and is_loopback("::1") and is_loopback("[::1]")
+    assert is_loopback("localhost") and not is_loopback("10.0.0.2") and not is_loopback("example.org")
+    assert key_may_travel("https://example.org/v1") and key_may_travel("http://127.0.0.1:8000/v1")
+    assert key_may_travel("http://[::1]:8000") and not key_may_travel("http://10.0.0.2:8000/v1")
+
+
+def test_a_judge_key_is_not_sent_over_plain_http_to_another_host_without_the_opt_in(monkeypatch):
+    """Checked from the settings, before any request: a plain-http URL of another host with a named key is refused
+    (whether or not the variable is set); the opt-in accepts it; https and loopback need none."""
+    monkeypatch.setenv("MY_JUDGE_KEY", SECRET)
+    remote = "http://10.0.0.2:8000/v1"
+    with pytest.raises(ValueError, match=r"`judge_base_url` is plain http to 10\.0\.0\.2:8000.*\$MY_JUDGE_KEY") as info:
+        SOFTConfig(output_dir="unused", report_to="none", behaviour_judge="openai", judge_base_url=remote,
+                   judge_api_key_env="MY_JUDGE_KEY")
+    assert SECRET not in str(info.value)
+    with pytest.raises(ValueError, match="plain http"):
+        OpenAIJudge(remote, api_key_env="MY_JUDGE_KEY")  # the judge itself refuses too
+    insecure = OpenAIJudge(remote, api_key_env="MY_JUDGE_KEY", allow_insecure_key=True)
+    assert insecure.headers == {"Authorization": f"Bearer {SECRET}"}
+    config = SOFTConfig(output_dir="unused", report_to="none", behaviour_judge="openai", judge_base_url=remote,
+                        judge_api_key_env="MY_JUDGE_KEY", judge_allow_insecure_key=True)
+    assert "plain http, `judge_allow_insecure_key`" in config.settings.judges.key_plan()
+    for url in ("https://judge.example/v1", "http://127.0.0.1:8000/v1", "http://localhost:8000"):
+        assert OpenAIJudge(url, api_key_env="MY_JUDGE_KEY").headers == {"Authorization": f"Bearer {SECRET}"}
+    assert OpenAIJudge(remote, api_key_env="").headers == {}  # '' sends no key, so plain http is fine
+
+
+def test_openai_api_key_goes_only_to_openai_unless_named(monkeypatch, capsys):
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    for url in ("http://10.0.0.2:8000/v1", "https://other-provider.example/v1", "http://127.0.0.1:8000/v1"):
+        assert OpenAIJudge(url).headers == {}, url
+        assert judge_key(url, None)[0] is None
+    assert OpenAIJudge("https://api.openai.com/v1").headers == {"Authorization": f"Bearer {SECRET}"}
+    named = OpenAIJudge("https://other-provider.example/v1", api_key_env="OPENAI_API_KEY")
+    assert named.headers == {"Authorization": f"Bearer {SECRET}"}
+    # what the run prints at the start: the variable and the host, never the value
+    settings = JudgeSettings(pointwise="openai", base_url="https://other-provider.example/v1", api_key_env="OPENAI_API_KEY")
+    plan = settings.key_plan()
+    assert plan == "judge key -> other-provider.example: $OPENAI_API_KEY (https)" and SECRET not in plan
+    unset = JudgeSettings(pointwise="openai", base_url="http://10.0.0.2:8000/v1").key_plan()
+    assert "none" in unset and "api.openai.com" in unset
+    monkeypatch.delenv("OPENAI_API_KEY")
+    assert "is not set, so no key is sent" in JudgeSettings(pointwise="openai", base_url="https://api.openai.com/v1").key_plan()
+
+
+# ---- the config as it is recorded ------------------------------------------------------------------------------------
+def test_the_config_records_no_token_and_no_credential(tmp_path):
+    config = tiny_config(tmp_path / "out", hub_token=TOKEN)
+    assert TOKEN not in str(config) and TOKEN not in repr(config) and TOKEN not in str(config.to_dict())
+    stored = io.BytesIO()
+    torch.save(config, stored)  # what the HF Trainer writes as training_args.bin
+    assert TOKEN.encode() not in stored.getvalue() and TOKEN.encode() not in pickle.dumps(config)
+    stored.seek(0)
+    loaded = torch.load(stored, weights_only=False)
+    assert loaded.hub_token is None and config.hub_token == TOKEN  # pickling leaves the live config alone
+    assert loaded.settings.fingerprint() == config.settings.fingerprint()  # the run it describes is the same run
+    assert loaded.output_dir == config.output_dir and loaded.num_rounds == config.num_rounds
+    assert copy.deepcopy(config).hub_token == TOKEN and copy.copy(config).hub_token == TOKEN  # in-process copies
+    # a URL set after the checks ran is still never recorded with its credentials
+    config.judge_base_url = f"https://me:{SECRET}@judge.example/v1"
+    assert config.to_dict()["judge_base_url"] == "https://***@judge.example/v1"
+    assert SECRET not in str(config) and SECRET.encode() not in pickle.dumps(config)
+
+
+def test_no_file_of_a_real_run_holds_the_hub_token(tmp_path, tokenizer):
+    """One short round on the tiny Llama with `hub_token` set: no file under `output_dir` (models, their pickled
+    `training_args.bin`, manifest, summary, generations) holds it, and the unpickled args carry none."""
+    from trl_soft import SOFTTrainer
+
+    out = tmp_path / "out"
+    config = tiny_config(out, num_rounds=1, hub_token=TOKEN, evaluate_start=False, validation_path="none",
+                         diagnostics_num_prompts=0)
+    trainer = SOFTTrainer(model=make_tiny_llama(tokenizer), args=config, train_dataset=prompt_dataset(4),
+                          processing_class=tokenizer)
+    trainer.train()
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert any(p.name == "training_args.bin" for p in files)
+    assert [str(p) for p in files if TOKEN.encode() in p.read_bytes()] == []
+    args = torch.load(out / "final_model" / "training_args.bin", weights_only=False)
+    assert args.hub_token is None and TOKEN not in str(vars(args))
+
+
+# ---- a YAML config's env: block --------------------------------------------------------------------------------------
+def test_a_config_env_block_may_not_set_loader_variables(tmp_path, monkeypatch, capsys):
+    assert loader_variables(["LD_PRELOAD", "PYTHONPATH", "HF_HOME", "ld_library_path", "DYLD_INSERT_LIBRARIES"]) == [
+        "LD_PRELOAD", "PYTHONPATH", "ld_library_path", "DYLD_INSERT_LIBRARIES"]
+    monkeypatch.delenv("LD_PRELOAD", raising=False)
+    path = tmp_path / "shared.yaml"
+    path.write_text("num_rounds: 1\nenv:\n  LD_PRELOAD: /tmp/evil.so\n  HF_HOME: /tmp/hf\n")
+    with pytest.raises(ConfigEnvError, match="LD_PRELOAD.*--allow_loader_env"):
+        check_config_env(["--config", str(path)])
+    assert main(["train", "--config", str(path), "--output_dir", str(tmp_path / "out")]) == 2
+    assert "LD_PRELOAD" in capsys.readouterr().err
+    import os
+
+    assert "LD_PRELOAD" not in os.environ and not (tmp_path / "out").exists()  # refused before TRL applied it
+    # the person running the command may opt in; the flag is consumed here, not passed to the parser
+    assert check_config_env(["--config", str(path), "--allow_loader_env", "--seed", "1"]) == [
+        "--config", str(path), "--seed", "1"]
+    (tmp_path / "plain.yaml").write_text("num_rounds: 1\nenv:\n  HF_HOME: /tmp/hf\n")
+    assert check_config_env(["--config", str(tmp_path / "plain.yaml")]) == ["--config", str(tmp_path / "plain.yaml")]
+
+
+# ---- a user's template -----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("source", "kind"),
+    [
+        ("{{ 'x' * 10**7 }}", "size"),
+        ("{{ 'x'.ljust(10**6) }}", "size"),
+        ("{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}", "time"),
+        ("{{ ''.__class__.__mro__ }}", "security"),
+    ],
+)
+def test_a_template_render_is_bounded(source, kind):
+    with pytest.raises(TemplateRenderError) as info:
+        render_bounded(source, [{"question": "Why?"}], time_limit=3)
+    assert info.value.kind == kind
+
+
+def test_a_template_that_would_take_the_memory_is_stopped():
+    with pytest.raises(TemplateRenderError) as info:
+        render_bounded("{% set s = 'x' * 10**8 %}{{ [s, s, s, s, s, s] | join | length }}", [{"question": "q"}],
+                       time_limit=10, memory_limit=256 << 20)
+    assert info.value.kind in ("memory", "time")
+    assert render_bounded("Q: {{ question }}", [{"question": "a"}, {"question": "b"}]) == ["Q: a", "Q: b"]
+
+
+def test_truthfulqa_names_its_field_for_a_template_past_the_bounds(tmp_path):
+    from trl_soft.evaluation import truthfulqa
+
+    path = tmp_path / "t.jinja"
+    path.write_text("{{ question * 10**6 }}")
+    with pytest.raises(ValueError, match=r"`truthfulqa_template`: \S*t\.jinja cannot be rendered within the limits"):
+        truthfulqa.check_template(str(path))
+    assert Path(path).is_file()
