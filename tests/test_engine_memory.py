@@ -225,4 +225,4 @@ def test_a_long_context_model_starts_in_a_small_kv_cache_because_the_run_length_
         assert len(results) == 1 and results[0].num_tokens > 0
     finally:
         trainer.engine.close()
-        trainer.lock.release()
+        trainer.folder.release()

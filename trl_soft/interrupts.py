@@ -17,6 +17,8 @@ import sys
 import threading
 from pathlib import Path
 
+from transformers import TrainerCallback
+
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
@@ -97,3 +99,25 @@ def stop_at_once():
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+
+
+class RoundStops(TrainerCallback):
+    """Inside a round's HF training loop: restore the loss summed before the checkpoint a round resumed from, and on
+    SIGTERM / Ctrl-C save a checkpoint at the end of the current step, then stop."""
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.trainer._total_loss_scalar = self.trainer._resumed_loss_sum  # the Trainer has just zeroed it
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.trainer.stops.requested:
+            control.should_save = True
+        return control
+
+    def on_save(self, args, state, control, **kwargs):
+        round_ = self.trainer.round
+        self.trainer.stops.check(f"in round {round_.index if round_ else '?'}'s training, at step {state.global_step} "
+                                 "(checkpoint saved)")
+

@@ -327,3 +327,17 @@ def peft_fingerprint(peft_config, model) -> dict | None:
         return None
     values = config.to_dict() if hasattr(config, "to_dict") else dict(config)
     return {k: v for k, v in values.items() if k not in {"base_model_name_or_path", "revision", "inference_mode"}}
+
+
+def check_load_result(model, load_result) -> None:
+    """Saved weights loaded into `model` must cover it whole: a missing (untied) or unexpected key means the folder
+    was saved from a different model or PEFT setup (`SOFTResumeError`)."""
+    from .run_folder import SOFTResumeError
+
+    missing = [k for k in load_result.missing_keys if k not in tied_parameter_names(model)]
+    if missing or load_result.unexpected_keys:
+        raise SOFTResumeError(
+            f"Loading saved weights into the model left {len(missing)} missing and "
+            f"{len(load_result.unexpected_keys)} unexpected key(s) (e.g. {(missing or load_result.unexpected_keys)[:3]}): "
+            "they were saved from a different model or PEFT setup. Resume with the settings the run was made with."
+        )

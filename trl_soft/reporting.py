@@ -460,3 +460,15 @@ def plot_rounds(state: SOFTState, path: Any, panels: Sequence[tuple[str, str]] =
     figure.tight_layout(rect=(0, 0, 1, 0.97) if state.stopped_early else None)  # room for the title
     figure.savefig(path, dpi=110, format="png")
     plt.close(figure)
+
+
+def complete_model_card(folder: Path, model, ref: str, state: SOFTState | None, fingerprint: dict) -> None:
+    """The card TRL wrote in `folder`, made to load (`finish_model_card`: the base model's hub id, `library_name`, the
+    quick start, the adapter's base) and, for a run, followed by its SOFT settings and round table."""
+    from .models import EMBEDDED_HUB_ID, EMBEDDED_SOURCE_NOTE, base_model_of, hub_id_of
+
+    base = hub_id_of(base_model_of(model))
+    finish_model_card(folder, base, ref, EMBEDDED_SOURCE_NOTE if base == EMBEDDED_HUB_ID else None)
+    if state is not None:
+        with open(folder / "README.md", "a", encoding="utf-8") as handle:
+            handle.write(model_card_section(state, fingerprint))

@@ -9,6 +9,7 @@ written from it, a resumed round is read back into it, and the training sampler 
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .data import split_rounds
+from .engines.settings import SYNC_METRIC
 from .filters import Candidate
 from .generation import GenerationResult
 from .prompting import Exemplar
@@ -153,6 +155,27 @@ class Round:
             figures["prompts_with_passing_sample"] = len({k // n for k in kept})
         return figures
 
+    def final_metrics(self, train_loss: float, train_steps: int, engine_sync_seconds: float) -> dict[str, Any]:
+        """Everything the round measured, in the order its `metrics.json` shows it: data figures, training, the
+        evaluation, the phase timings, and the seconds the engine spent taking the round's weights."""
+        return {
+            **self.summary_metrics(), "train_loss": train_loss, "train_steps": train_steps, **self.metrics,
+            **{k: round(v, 3) for k, v in self.timings.items()},
+            SYNC_METRIC: round(engine_sync_seconds - self.engine_sync_start, 3),
+        }
+
+    def timed(self, phase: str, started: float) -> Round:
+        """Record `phase`'s seconds (`timings`), from `started` (a `time.perf_counter()`) to now."""
+        self.timings[phase] = time.perf_counter() - started
+        return self
+
+    def set_difficulty(self, scores: Sequence[float], order: Sequence[int]) -> None:
+        """The curriculum's scores of the kept answers (in `kept` order) and its training order (indices into them)."""
+        kept = self.kept
+        for k, score in zip(kept, scores):
+            self.difficulty[k] = score
+        self.train_order = [kept[j] for j in order]
+
     def choose_best(self) -> None:
         """Best-of-n: per prompt, keep the passing sample with the lowest difficulty score (the easiest, as SOFT trains
         easy to hard; without a curriculum, the first passing one) and mark the other passing ones `not_best`. The
@@ -170,6 +193,8 @@ class Round:
             for k in passing:
                 if k != best:
                     self.filter_reasons[k] = NOT_BEST
+        if self.train_order is not None:
+            self.train_order = [k for k in self.train_order if self.filter_reasons[k] is None]
 
     def candidates(self) -> list[Candidate]:
         """What the filters judge, one per answer (a fresh round only: it needs the exemplars themselves)."""

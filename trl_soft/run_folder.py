@@ -20,6 +20,8 @@
   change the weights (naming each difference), and a `--resume` with nothing to resume. A run killed after it took
   the lock but before its manifest was written completed nothing: its `--resume` starts from the beginning (the
   stale lock record says a run began there; a folder no run began in is refused, a mistyped path most likely).
+- **`RunFolder`** is all of this as one object, the one the trainer holds: it locks and checks, cleans and opens the
+  manifest, saves models atomically and marks checkpoints, and names the round folders.
 """
 
 from __future__ import annotations
@@ -41,9 +43,12 @@ from .state import (
     MANIFEST_NAME,
     RUN_FILES,
     SOFTState,
+    atomic_write_json,
     fingerprint_changes,
     round_dirs,
     round_paths,
+    save_atomically,
+    saving,
 )
 
 LOCK_NAME = ".soft.lock"
@@ -380,8 +385,133 @@ def open_state(
     return state
 
 
+# ---- the folder as one object ----------------------------------------------------------------------------------------
+class RunFolder:
+    """One run's `output_dir`: its lock, the checks of what it holds, the cleaning of what an interrupted attempt
+    left, the saving of models and marks, and the round folders. The trainer owns one and calls it; everything here
+    acts only in a folder the run owns (`check_run_folder`)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.lock = RunLock(self.path)  # one run per folder, from the trainer's construction to the end of `train()`
+        self._announced_restart = False
+        self.rounds_done = 0  # what a failed save names as safe
+
+    def check(
+        self, fingerprint: dict[str, Any], run_config_hash: str, overwrite: bool, resume: bool,
+        same_prompts: Callable[[dict, int], bool],
+    ) -> SOFTState | None:
+        """Lock the folder and check what it holds against this run: before any model loads when called from the
+        trainer's `__init__`, and again when `train()` starts, which knows whether it resumes. Any error releases the
+        lock."""
+        from .distributed import is_main_process
+
+        check_writable(self.path)
+        main = is_main_process()
+        with self.released_on_error():
+            if main and not self.lock.held:
+                self.lock.acquire()
+                if self.lock.stale_holder:
+                    print(f"SOFT: took over the lock of an interrupted run ({self.lock.stale_holder}).", flush=True)
+            existing = check_output_dir(
+                self.path, fingerprint, run_config_hash, overwrite, resume, same_prompts,
+                killed_run=self.lock.stale_holder if main else True,
+            )
+            if resume and existing is None and main and self.lock.stale_holder and not self._announced_restart:
+                print(f"SOFT: the run killed in {str(self.path)!r} ({self.lock.stale_holder}) had not completed its "
+                      "start (no soft_state.json): --resume starts it from the beginning.", flush=True)
+                self._announced_restart = True
+        return existing
+
+    @contextlib.contextmanager
+    def released_on_error(self):
+        """Checks that may refuse the run: the lock is not kept by a trainer that will never train."""
+        try:
+            yield
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def release(self) -> None:
+        self.lock.release()
+
+    def open(self, fingerprint: dict[str, Any], run_config_hash: str, num_rounds: int, resume: bool,
+             overwrite: bool) -> SOFTState:
+        """Remove an interrupted attempt's leftovers (saying which), then open the manifest (`open_state`)."""
+        from .distributed import is_main_process, wait_for_everyone
+
+        if is_main_process():
+            removed = clean_leftovers(self.path)
+            if removed:
+                print(f"SOFT: removed {len(removed)} leftover(s) of an interrupted run: "
+                      f"{', '.join(str(p.relative_to(self.path)) for p in removed)}", flush=True)
+        wait_for_everyone()
+        state = open_state(self.path, fingerprint, run_config_hash, num_rounds, resume, overwrite)
+        self.rounds_done = state.rounds_completed
+        return state
+
+    def round(self, index: int):
+        """The paths of round `index` (0: the starting model's evaluation and weights)."""
+        return round_paths(self.path, index)
+
+    def saved_model(self, index: int) -> Path:
+        """Round `index`'s saved model folder, which must exist (the manifest says the round is complete)."""
+        folder = self.round(index).model
+        if not folder.is_dir():
+            raise FileNotFoundError(
+                f"Cannot resume: the manifest says round {index} is complete but {folder} is missing."
+            )
+        return folder
+
+    @contextlib.contextmanager
+    def saving(self, what: str):
+        """A failed write (full disk, lost mount) raises `SOFTSaveError` naming `what`, the rounds done and --resume."""
+        with saving(what, self.path, self.rounds_done):
+            yield
+
+    def save_model(self, save: Callable[[str], None], folder: Path, what: str) -> None:
+        """`save(folder)` (every process calls it), written atomically; a failure is a `SOFTSaveError`."""
+        with self.saving(what):
+            save_atomically(save, folder)
+
+    def write(self, what: str, write: Callable[[], object], rounds_done: int | None = None) -> None:
+        """`write()` on the main process (a failure is a `SOFTSaveError` naming `what`), then every process waits
+        for it; `rounds_done`: the rounds complete once it is written."""
+        from .distributed import is_main_process, wait_for_everyone
+
+        if is_main_process():
+            with self.saving(what):
+                write()
+        if rounds_done is not None:
+            self.rounds_done = rounds_done
+        wait_for_everyone()
+
+    def hf_output(self, args, folder: Path):
+        """The HF Trainer writes into `folder` for the duration (`writing_to`)."""
+        return writing_to(args, self.path, folder)
+
+    def mark_checkpoint(self, folder: Path, global_step: int, loss_sum: float) -> None:
+        """A Trainer checkpoint is complete: a checkpoint a kill interrupted has no mark and is removed at resume."""
+        atomic_write_json(Path(folder) / CHECKPOINT_DONE, {"global_step": global_step, "loss_sum": loss_sum})
+
+    def drop_checkpoints(self, index: int) -> None:
+        """A trained round's checkpoints (its saved model is all a resume needs now); main process only."""
+        shutil.rmtree(self.round(index).checkpoints, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def writing_to(args, home: Path, folder: Path):
+    """`args.output_dir` is where the HF Trainer writes (checkpoints, the model card): point it at `folder` for the
+    duration, and back at the run's folder (`home`) after."""
+    args.output_dir = str(folder)
+    try:
+        yield
+    finally:
+        args.output_dir = str(home)
+
+
 __all__ = [
-    "CHECKPOINT_DONE", "FINAL_MODEL", "LOCK_NAME", "RunLock", "SOFTFolderError", "SOFTLockError", "SOFTResumeError",
+    "CHECKPOINT_DONE", "FINAL_MODEL", "LOCK_NAME", "RunFolder", "RunLock", "SOFTFolderError", "SOFTLockError", "SOFTResumeError",
     "check_output_dir", "check_run_folder", "clean_leftovers", "clear_run", "has_run", "is_run_folder",
-    "last_complete_checkpoint", "leftovers", "open_state",
+    "last_complete_checkpoint", "leftovers", "open_state", "writing_to",
 ]

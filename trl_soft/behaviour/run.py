@@ -54,6 +54,17 @@ class BehaviourRun:
         self._pairwise = None
         self._evaluator: BehaviourEvaluator | None = None
 
+    @classmethod
+    def for_run(cls, settings, output_dir: Path, prompt_columns: Sequence[str]) -> BehaviourRun:
+        """The behaviour run of a SOFT run (`settings`: its `SOFTSettings`), with the principle gate as its filter
+        settings ask."""
+        filters = settings.filters
+        return cls(
+            settings.behaviour, settings.judges, output_dir, gate=filters.gate_on, gate_column=filters.gate_column,
+            gate_values=filters.gate_values, prompt_columns=prompt_columns,
+            honesty_values=filters.honesty_values if filters.honesty_on else (),
+        )
+
     @property
     def enabled(self) -> bool:
         return bool(self.sets)
@@ -97,6 +108,18 @@ class BehaviourRun:
     def inventions(self, prompts: Sequence[str], answers: Sequence[str], column_values: Sequence[object]) -> list[bool]:
         """Which answers invent facts where the request calls for an admission (the honesty side of the gate)."""
         return run_on_main(lambda: self._gate().inventions(prompts, answers, column_values))
+
+    def judge_candidates(self, candidates: list, column_values: Sequence[object] | None, honesty: bool) -> list:
+        """`candidates` (`filters.Candidate`s) marked by the principle gate (when on) and, with `honesty`, its
+        honesty side; returned for the filters to judge."""
+        prompts, answers = [c.prompt for c in candidates], [c.response for c in candidates]
+        if self.gate_on:
+            for candidate, violates in zip(candidates, self.gate_violations(prompts, answers, column_values)):
+                candidate.violates_principles = violates
+        if honesty:
+            for candidate, invents in zip(candidates, self.inventions(prompts, answers, column_values)):
+                candidate.invents_facts = invents
+        return candidates
 
     def _gate(self) -> PrincipleGate:
         return PrincipleGate(self._pointwise(), self.gate_column, self.gate_values, self.honesty_values)
