@@ -22,11 +22,13 @@ Continue an interrupted run with `--resume`; `--config file.yaml` takes any of t
 import sys
 
 from trl_soft import SOFTInterrupted
+from trl_soft.cli import check_config_env
 from trl_soft.scripts.train import main, make_parser
 
 if __name__ == "__main__":
     parser = make_parser()
-    script_args, training_args, model_args = parser.parse_args_and_config()
+    # A shared YAML's `env:` block may not set LD_PRELOAD, PYTHONPATH, ... unless `--allow_loader_env` is given.
+    script_args, training_args, model_args = parser.parse_args_and_config(args=check_config_env(sys.argv[1:]))
     try:
         main(script_args, training_args, model_args)
     except SOFTInterrupted as stop:  # SIGTERM / Ctrl-C: stopped at a safe point; `--resume` continues

@@ -174,6 +174,12 @@ def test_a_config_env_block_may_not_set_loader_variables(tmp_path, monkeypatch, 
         "--config", str(path), "--seed", "1"]
     (tmp_path / "plain.yaml").write_text("num_rounds: 1\nenv:\n  HF_HOME: /tmp/hf\n")
     assert check_config_env(["--config", str(tmp_path / "plain.yaml")]) == ["--config", str(tmp_path / "plain.yaml")]
+    # the scripts' own entry point (the one examples/ and `python -m trl_soft.scripts.train` use) refuses it too
+    from trl_soft.scripts.train import run
+
+    with pytest.raises(ConfigEnvError, match="LD_PRELOAD"):
+        run(["--config", str(path), "--output_dir", str(tmp_path / "out")])
+    assert "LD_PRELOAD" not in os.environ and not (tmp_path / "out").exists()
 
 
 # ---- a user's template -----------------------------------------------------------------------------------------------

@@ -76,6 +76,11 @@ def main(script_args: SOFTScriptArguments, training_args: SOFTConfig, model_args
 
 
 def run(argv: Sequence[str] | None = None, prog: str | None = None) -> None:
+    import sys
+
+    from ..cli import check_config_env  # a YAML `env:` block may not set loader variables without the opt-in
+
     parser = make_parser(prog)
+    argv = check_config_env(sys.argv[1:] if argv is None else argv)
     script_args, training_args, model_args = parser.parse_args_and_config(args=argv)
     main(script_args, training_args, model_args)
