@@ -121,7 +121,7 @@ class SOFTTrainer(SFTTrainer):
         self.prompt_dataset, self.exemplars, self.validation_set = inputs.prompts, inputs.exemplars, inputs.validation_set
         self.soft_output_dir = Path(args.output_dir)
         self.behaviour = BehaviourRun.for_run(settings, self.soft_output_dir, train_dataset.column_names)
-        self.difficulty_scorer = settings.curriculum.scorer(train_dataset, difficulty_scorer)
+        benchmarks, self.difficulty_scorer = settings.benchmarks.load(), settings.curriculum.scorer(train_dataset, difficulty_scorer)
         callbacks = with_collapse_callback(callbacks, settings, bool(self.validation_set))
         if isinstance(model, str):
             check_model_path(model)
@@ -149,7 +149,7 @@ class SOFTTrainer(SFTTrainer):
             settings.generation.batch_size, args.seed,
         )
         self.evaluator = RoundEvaluator(
-            settings.validation, settings.diagnostics, self.sampling, self.validation_set, settings.benchmarks.load(),
+            settings.validation, settings.diagnostics, self.sampling, self.validation_set, benchmarks,
             self.behaviour, self.formatter,
         )
         super().__init__(  # the training set stands in until the first round replaces it (`RunInputs.placeholder`)
