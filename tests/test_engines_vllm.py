@@ -85,7 +85,7 @@ def test_colocated_engine_generates_each_round_with_the_previous_rounds_lora(tmp
     summary = (tmp_path / "out" / "summary.md").read_text()
     assert summary.startswith("The final model ") or summary.startswith("WARNING: the final model")
     assert "vs start" in summary and ("accepted" in summary or "REJECTED" in summary)
-    assert state.engine.startswith("vLLM (colocate, float32, LoRA merged per round)")
+    assert state.engine.startswith("vLLM (colocate, float32, LoRA merged per round, max_model_len ")
     round_1, round_2 = state.history
     # each round's weights are merged and handed over once, for its diagnostics; round 2 generates with round 1's
     assert round_1["seconds_engine_sync"] > 0 and round_2["seconds_engine_sync"] > 0
