@@ -23,8 +23,9 @@ from dataclasses import replace
 import psutil
 import pytest
 
+from trl_soft.distributed import even_slices as slices
 from trl_soft.engines import EngineChoice, EngineError, EngineSettings, EngineWeights, make_vllm_engine, vllm_installed
-from trl_soft.engines.vllm_server import ManagedVLLMServer, group_members, server_environment, slices
+from trl_soft.engines.vllm_server import ManagedVLLMServer, group_members, server_environment
 from trl_soft.generation import GenerationSettings
 
 FAKE_TOKEN = "hf_not_for_the_server_123"

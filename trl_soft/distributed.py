@@ -46,6 +46,16 @@ def shard_bounds(num_items: int, num_processes: int, process_index: int) -> tupl
     return start, min(start + per_process, num_items), per_process
 
 
+def even_slices(count: int, parts: int) -> list[range]:
+    """`count` indices in `parts` contiguous slices, as equal as possible (the first ones one longer): for work that is
+    not a collective, so slices need no padding (one engine per rank group, several servers)."""
+    size, extra = divmod(count, parts)
+    bounds = [0]
+    for part in range(parts):
+        bounds.append(bounds[-1] + size + (part < extra))
+    return [range(bounds[i], bounds[i + 1]) for i in range(parts)]
+
+
 def map_sharded(items: Sequence[T], fn: Callable[[list[T]], list[R]]) -> list[R]:
     """`fn(items)`, computed slice by slice on every process; the same ordered result on every rank."""
     state = process_state()
@@ -92,7 +102,8 @@ def map_by_group(items: Sequence[T], fn: Callable[[list[T], int], list[R]], grou
     if state.num_processes % group_size:
         raise ValueError(f"Groups of {group_size} ranks do not divide {state.num_processes} processes.")
     group, member = divmod(state.process_index, group_size)
-    start, stop, _ = shard_bounds(len(items), state.num_processes // group_size, group)
+    share = even_slices(len(items), state.num_processes // group_size)[group]
+    start, stop = share.start, share.stop
 
     def answer() -> list[R]:
         results = list(fn(list(items[start:stop]), start))

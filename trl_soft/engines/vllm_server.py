@@ -53,6 +53,7 @@ from urllib.parse import urlsplit
 
 from transformers import PreTrainedTokenizerBase
 
+from ..distributed import even_slices
 from ..generation import GenerationResult, GenerationSettings
 from ..security import is_loopback, key_may_travel, redact_url
 from ..threads import map_in_flight
@@ -477,15 +478,6 @@ def group_members(pgid: int) -> list[int]:
     return members
 
 
-def slices(count: int, parts: int) -> list[range]:
-    """`count` indices in `parts` contiguous slices, as equal as possible (the first ones one longer)."""
-    size, extra = divmod(count, parts)
-    bounds = [0]
-    for part in range(parts):
-        bounds.append(bounds[-1] + size + (part < extra))
-    return [range(bounds[i], bounds[i + 1]) for i in range(parts)]
-
-
 class VLLMServerEngine:
     """Generates through vLLM servers' `/v1/completions`, one request per prompt, many in flight; with several
     servers each answers a contiguous slice of the prompts."""
@@ -629,7 +621,7 @@ class VLLMServerEngine:
         stop = StopRule.build(self.tokenizer, settings.stop_strings)
         encoded = encode_prompts(self.tokenizer, prompts)
         server_of = [0] * len(prompts)
-        for number, part in enumerate(slices(len(prompts), len(self.endpoints))):
+        for number, part in enumerate(even_slices(len(prompts), len(self.endpoints))):
             for index in part:
                 server_of[index] = number
 
