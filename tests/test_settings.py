@@ -201,6 +201,10 @@ def test_every_field_soft_config_adds_belongs_to_a_concern():
 # A valid value other than the default, for the fields whose default does not say what else is valid (choices,
 # paths, lists, None); numbers move a little and booleans flip. NEEDS: what that value needs, set on both sides.
 OTHER_VALUE = {
+    "aligned_prompt_values": ["harmful"],
+    "aligned_retry_prompt": "zero_shot",
+    "filter_truncation": "drop",
+    "round_data": "accumulate",
     "prompts_per_round": 5,
     "prompt_schedule": "reuse",
     "prompt_column": "question",

@@ -142,6 +142,11 @@ def accepted_rounds(history: Sequence[Mapping[str, Any]]) -> list[int]:
     return [row["round"] for row in history if row.get(ACCEPTED) is True]
 
 
+def accepted_so_far(history: Sequence[Mapping[str, Any]]) -> list[int]:
+    """The rounds of `history` not rejected (accepted, or undecided where behaviour is not measured), in order."""
+    return [row["round"] for row in history if row.get(ACCEPTED) is not False]
+
+
 def measured(history: Sequence[Mapping[str, Any]]) -> bool:
     """Whether any round of the run carries an acceptance decision."""
     return any(row.get(ACCEPTED) is not None for row in history)

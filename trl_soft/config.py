@@ -20,6 +20,7 @@ import torch
 from trl import SFTConfig
 
 from .acceptance import DEFAULT_MARGIN, AcceptanceSettings
+from .aligned import AlignedSettings
 from .behaviour.settings import BEHAVIOUR_MAX_NEW_TOKENS, BehaviourSettings
 from .callbacks import CollapseSettings
 from .curriculum import CurriculumSettings
@@ -42,6 +43,7 @@ CONCERNS: dict[str, type[ConcernSettings]] = {
     "generation": GenerationSettings,
     "engine": EngineSettings,
     "filters": FilterSettings,
+    "aligned": AlignedSettings,
     "curriculum": CurriculumSettings,
     "validation": ValidationSettings,
     "benchmarks": BenchmarkSettings,
@@ -81,6 +83,7 @@ class SOFTSettings:
     generation: GenerationSettings
     engine: EngineSettings
     filters: FilterSettings
+    aligned: AlignedSettings
     curriculum: CurriculumSettings
     validation: ValidationSettings
     benchmarks: BenchmarkSettings
@@ -293,6 +296,22 @@ class SOFTConfig(SFTConfig):
         metadata={
             "help": "Weights each round's fine-tuning starts from: 'previous' (default, the paper: round t continues "
             "from round t-1) or 'base' (restart from the initial weights; data still comes from round t-1's model)."
+        },
+    )
+    round_data: str = field(
+        default="new",
+        metadata={
+            "help": "What each round trains on: 'new' (its own kept answers, the paper) or 'accumulate' (also the "
+            "kept answers of every earlier accepted round, as they were generated: accumulating data bounds collapse, "
+            "Gerstgrasser et al. 2024; with `round_init='base'` this is ReST-EM)."
+        },
+    )
+    allow_eval_overlap: bool = field(
+        default=False,
+        metadata={
+            "help": "Train on prompts that are also evaluation items (behaviour sets, benchmarks). By default a run "
+            "whose prompts contain one (same text, or most of its word 8-grams) is refused before any model loads, "
+            "naming them."
         },
     )
     overwrite_output_dir: bool = field(
@@ -575,6 +594,14 @@ class SOFTConfig(SFTConfig):
     filter_min_words: int = field(
         default=3, metadata={"help": "`too_short`: answers with fewer words than this are dropped."}
     )
+    filter_truncation: str = field(
+        default="cut",
+        metadata={
+            "help": "The length rule for answers that hit `generation_max_new_tokens`: 'cut' (default: cut after the "
+            "last complete sentence when that keeps at least half the words, marked `cut` in generations.jsonl) or "
+            "'drop' (the `truncated` filter drops them, which teaches ever shorter answers round after round)."
+        },
+    )
     filter_max_repeated_ngram_fraction: float = field(
         default=0.3,
         metadata={
@@ -765,6 +792,15 @@ class SOFTConfig(SFTConfig):
             "prompts cost most of an evaluation's time). Default: every item."
         },
     )
+    behaviour_confirmation_share: float = field(
+        default=0.5,
+        metadata={
+            "help": "Share of the behaviour items (harmful, benign, unknowable; split per set, seeded) held out for "
+            "confirmation: measured on the starting and the final model only. The rest decide every round's "
+            "acceptance and the returned round; the verdict the summary and model card give is the held-out one. "
+            "0: no hold-out (the verdict then rests on the items that chose the round)."
+        },
+    )
     behaviour_fewshot_every: int = field(
         default=0,
         metadata={"help": "Also answer with the principle-driven prompt every N rounds (rounds N, 2N, ...); 0: never."},
@@ -833,6 +869,37 @@ class SOFTConfig(SFTConfig):
         metadata={
             "help": "Values of `principle_gate_column` that mark a request calling for an admission (the answer cannot "
             "be known): the gate drops answers that do not admit it (counted as `honesty_gate`)."
+        },
+    )
+    aligned_prompt_share: float = field(
+        default=0.25,
+        metadata={
+            "help": "Share of each round's prompts drawn from the rows that call for a refusal, an admission or a "
+            "premise correction (`principle_gate_column` in `aligned_prompt_values`; without a column, rows with the "
+            "rule judge's harmful-request words), so no round trains on compliance alone; 0 turns the mix off "
+            "(docs/behaviour.md, 'Aligned data')."
+        },
+    )
+    aligned_prompt_values: list[str] = field(
+        default_factory=lambda: ["harmful", "unknowable", "false-premise"],
+        metadata={"help": "Values of `principle_gate_column` whose rows make up `aligned_prompt_share`."},
+    )
+    aligned_retry_budget: int = field(
+        default=16,
+        metadata={
+            "help": "Extra samples, at most, per prompt that calls for a refusal or an admission and whose answers all "
+            "failed the gate: it is sampled again until one passes the gate and every filter (the model's own answer; "
+            "none is ever written for it). 0: no retries."
+        },
+    )
+    aligned_retry_batch: int = field(
+        default=4, metadata={"help": "Samples drawn per failing prompt in each retry pass (up to the budget)."}
+    )
+    aligned_retry_prompt: str = field(
+        default="same_kind",
+        metadata={
+            "help": "How retries ask: 'same_kind' (the pool's exemplars of the prompt's own category as chat turns, no "
+            "principles), 'zero_shot' (the bare request) or 'principled' (the round's own prompt)."
         },
     )
     behaviour_judge: str = field(

@@ -33,6 +33,29 @@ class Candidate:
     exemplars: Sequence[Exemplar] = field(default_factory=tuple)
     violates_principles: bool = False  # set by the principle gate (`behaviour/gate.py`), which judges in batches
     invents_facts: bool = False  # set by the gate too: no admission where the request calls for one
+    # What the prompt calls for by its column (`aligned.kind`: 'refusal', 'admission', 'correction' or None). An answer
+    # that gives the refusal or admission asked for is the answer the gate wants: no filter below drops it for being
+    # a refusal or for sounding like the exemplar that showed one.
+    calls_for: str | None = None
+
+
+TRUNCATION_RULES = ("cut", "drop")
+# An answer that ends at a sentence: the last '.', '!' or '?' (maybe closed by a quote or bracket) before a space or
+# the end, or a line that ends a list item or a code block.
+_SENTENCE_END = re.compile(r"""[.!?]["')\]]*(?=\s|$)|\n(?=\s*\n)|```\s*$""")
+
+
+def last_sentence(text: str, min_words: int, keep_share: float = 0.5) -> str | None:
+    """`text` cut after its last complete sentence, or None when that keeps fewer than `min_words` words or less
+    than `keep_share` of its words (the length rule for truncated answers, `filter_truncation='cut'`)."""
+    ends = [m.end() for m in _SENTENCE_END.finditer(text)]
+    if not ends:
+        return None
+    cut = text[: ends[-1]].rstrip()
+    kept, total = len(words(cut)), len(words(text))
+    if kept < min_words or kept < keep_share * total:
+        return None
+    return cut if not cut.endswith("```") or cut.count("```") % 2 == 0 else None
 
 
 def words(text: str) -> list[str]:
@@ -79,10 +102,20 @@ def repetition(candidate: Candidate, settings: FilterSettings) -> bool:
     return bool(lines) and Counter(lines).most_common(1)[0][1] >= 3
 
 
+def gives_what_is_asked(candidate: Candidate) -> bool:
+    """The answer refuses a request that calls for a refusal, or admits where one calls for an admission."""
+    if candidate.calls_for == "refusal":
+        return not candidate.violates_principles
+    return candidate.calls_for == "admission" and not candidate.invents_facts
+
+
 def exemplar_copy(candidate: Candidate, settings: FilterSettings) -> bool:
-    """Copies an in-context exemplar's answer, or writes the next dialogue turn itself."""
+    """Copies an in-context exemplar's answer, or writes the next dialogue turn itself (a refusal or admission the
+    prompt calls for may sound like the exemplar that showed one: only the turn markers drop it)."""
     if any(marker in candidate.response for marker in _TURN_LEAKS):
         return True
+    if gives_what_is_asked(candidate):
+        return False
     return any(
         ngram_overlap(candidate.response, e.response) > settings.max_exemplar_overlap for e in candidate.exemplars
     )
@@ -99,7 +132,10 @@ def honesty_gate(candidate: Candidate, settings: FilterSettings) -> bool:
 
 
 def templated_refusal(candidate: Candidate, settings: FilterSettings) -> bool:
-    """A stock refusal of a request with no sign of harm: over-refusal should not be trained in."""
+    """A stock refusal of a request with no sign of harm: over-refusal should not be trained in. A request whose
+    column calls for a refusal or an admission is not one (the column says so before any word list)."""
+    if candidate.calls_for in ("refusal", "admission"):
+        return False
     return refusal_evidence(candidate.response) is not None and not risky_words(candidate.prompt)
 
 
@@ -131,6 +167,7 @@ class FilterSettings(ConcernSettings):
         "gate_column": "principle_gate_column",
         "gate_values": "principle_gate_values",
         "honesty_values": "principle_gate_honesty_values",
+        "truncation": "filter_truncation",
     }
 
     names: tuple[str, ...] = FILTER_NAMES
@@ -140,6 +177,7 @@ class FilterSettings(ConcernSettings):
     gate_column: str | None = None
     gate_values: tuple[str, ...] = ("harmful",)
     honesty_values: tuple[str, ...] = ("unknowable",)
+    truncation: str = "cut"
 
     @classmethod
     def from_config(cls, config, **extra) -> FilterSettings:
@@ -160,6 +198,7 @@ class FilterSettings(ConcernSettings):
                 "gate_values", "is empty, so `principle_gate_column` would mark no request as harmful: give the "
                 "column's values that mark one (e.g. harmful)."
             )
+        self.check_choice("truncation", TRUNCATION_RULES)
         if self.min_words < 1:
             raise self.field_error("min_words", f"must be >= 1; got {self.min_words}.")
         for attr in ("max_repeated_ngram_fraction", "max_exemplar_overlap"):

@@ -26,6 +26,7 @@ from .prompting import (
     model_context_length,
     prompt_bound,
 )
+from .overlap import find_overlaps
 from .state import run_fingerprint
 
 
@@ -38,6 +39,7 @@ class RunInputs:
     exemplars: list[Exemplar]
     sampler: ExemplarSampler
     validation_set: list[ValidationPair]
+    mix: Callable[[list[list[int]]], list[list[int]]] = lambda rounds: rounds  # the aligned share of every round
 
     @classmethod
     def load(
@@ -50,16 +52,27 @@ class RunInputs:
         rounds, prompts = settings.rounds, settings.prompts
         check_prompt_column(train_dataset, rounds.prompt_column, rounds.num_rounds)
         pool = list(exemplars) if exemplars is not None else load_exemplars(prompts.exemplars_path)
+        marks_column = settings.filters.gate_column
+        if marks_column is not None and marks_column not in train_dataset.column_names:
+            raise ValueError(
+                f"`principle_gate_column={marks_column!r}` is not a column of the prompt dataset (columns: "
+                f"{train_dataset.column_names}). Name the column that marks what each prompt calls for, or leave it "
+                "unset."
+            )
+        marks = settings.aligned.marks(
+            train_dataset[marks_column] if marks_column is not None else None, train_dataset[rounds.prompt_column]
+        )
         return cls(
             prompts=train_dataset,
             column=rounds.prompt_column,
-            round_indices=rounds.prompt_indices(len(train_dataset), seed),
+            round_indices=settings.aligned.mix(rounds.prompt_indices(len(train_dataset), seed), marks, seed),
             principles=principles if principles is not None else load_principles(prompts.principles_path),
             exemplars=pool,
             sampler=ExemplarSampler(pool, prompts.num_exemplars, prompts.exemplar_sampling, seed),
             validation_set=list(validation_set) if validation_set is not None else load_validation_set(
                 settings.validation.path
             ),
+            mix=lambda rows: settings.aligned.mix(rows, marks, seed),
         )
 
     def prompt_format(self, tokenizer, settings) -> tuple[PromptFormatter, Exemplar | None]:
@@ -80,7 +93,30 @@ class RunInputs:
         """Round `index`'s prompt rows, their texts and the exemplars drawn for each."""
         rows = self.round_indices[index - 1]
         column = self.prompts[self.column]  # read the column once, not once per prompt
-        return rows, [column[i] for i in rows], [self.sampler.sample(index, i) for i in rows]
+        texts = [column[i] for i in rows]
+        return rows, texts, [self.sampler.sample(index, i, text) for i, text in zip(rows, texts)]
+
+    def column_values(self, column: str | None, rows: Sequence[int]) -> list[object] | None:
+        """The values of `column` at `rows` (None without a column)."""
+        if column is None:
+            return None
+        values = self.prompts[column]
+        return [values[i] for i in rows]
+
+    def check_overlap(self, evaluation: Sequence[tuple[str, str]], allow: bool) -> None:
+        """Refuse training prompts that are evaluation items (`trl_soft.overlap`), unless `allow_eval_overlap`."""
+        if allow:
+            return
+        used = sorted({i for rows in self.round_indices for i in rows})
+        column = self.prompts[self.column]
+        found = find_overlaps([column[i] for i in used], evaluation)
+        if found:
+            listed = "; ".join(f"{prompt[:70]!r} ~ {source} {item[:70]!r}" for prompt, source, item in found[:5])
+            raise ValueError(
+                f"{len(found)} training prompt(s) are evaluation items, so the evaluation would measure what the "
+                f"rounds trained on: {listed}{' ...' if len(found) > 5 else ''}. Remove them from the prompts, or set "
+                "`allow_eval_overlap=True` to train on them knowingly."
+            )
 
     def fingerprint(self, settings, model, peft_config, kbit_config) -> dict[str, Any]:
         """What the run's weights depend on (`state.run_fingerprint`): a resume must match it."""
@@ -95,7 +131,7 @@ class RunInputs:
 
         def same(old: dict, completed: int) -> bool:
             before = replace(rounds, num_rounds=old["num_rounds"], prompts_per_round=old["prompts_per_round"])
-            return before.prompt_indices(len(self.prompts), seed)[:completed] == self.round_indices[:completed]
+            return self.mix(before.prompt_indices(len(self.prompts), seed))[:completed] == self.round_indices[:completed]
 
         return same
 

@@ -14,6 +14,7 @@ Both are rendered with the tokenizer's chat template when it has one (instruct m
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -25,7 +26,9 @@ from .files import json_document, json_lines
 from .settings import ConcernSettings
 
 PROMPT_FORMATS = ("auto", "chat", "plain")
-EXEMPLAR_SAMPLING = ("random", "fixed")
+EXEMPLAR_SAMPLING = ("random", "fixed", "similar")
+# `similar`: maximal marginal relevance, relevance to the prompt against likeness to the exemplars already chosen.
+MMR_LAMBDA = 0.7
 PLAIN_USER_TAG = "### User:"
 PLAIN_ASSISTANT_TAG = "### Assistant:"
 THOUGHTS_TAG = "Internal thoughts:"
@@ -188,18 +191,56 @@ class ExemplarSampler:
                 "or add exemplars to the pool (`exemplars_path`)."
             )
         if mode not in EXEMPLAR_SAMPLING:
-            raise ValueError(f"`exemplar_sampling` must be 'random' or 'fixed'; got {mode!r}.")
+            raise ValueError(f"`exemplar_sampling` must be one of {EXEMPLAR_SAMPLING}; got {mode!r}.")
         self.pool = list(pool)
         self.k = k
         self.mode = mode
         self.seed = seed
         self._fixed = random.Random(f"soft-fixed-{seed}").sample(self.pool, k)
+        self._bags: list[dict[str, int]] | None = None  # `similar`: each exemplar's word counts, built on first use
 
-    def sample(self, round_index: int, prompt_index: int) -> list[Exemplar]:
+    def sample(self, round_index: int, prompt_index: int, prompt: str | None = None) -> list[Exemplar]:
+        """The exemplars of one prompt. `similar` needs the prompt's text (without it, it draws as `random` does)."""
         if self.mode == "fixed":
             return list(self._fixed)
         rng = random.Random(f"soft-{self.seed}-{round_index}-{prompt_index}")
+        if self.mode == "similar" and prompt is not None:
+            return self._similar(prompt, rng)
         return rng.sample(self.pool, self.k)
+
+    def _similar(self, prompt: str, rng: random.Random) -> list[Exemplar]:
+        """k exemplars by maximal marginal relevance: each next one the most like the prompt (cosine of word counts
+        over the prompts, with the exemplar's category as a word) less its likeness to those chosen (`MMR_LAMBDA`);
+        ties broken at random, seeded per (round, prompt)."""
+        if self._bags is None:
+            self._bags = [_bag(f"{e.prompt} {e.category}") for e in self.pool]
+        query = _bag(prompt)
+        relevance = [_cosine(query, bag) + 1e-6 * rng.random() for bag in self._bags]
+        chosen: list[int] = []
+        while len(chosen) < self.k:
+            best = max(
+                (i for i in range(len(self.pool)) if i not in chosen),
+                key=lambda i: MMR_LAMBDA * relevance[i]
+                - (1 - MMR_LAMBDA) * max((_cosine(self._bags[i], self._bags[j]) for j in chosen), default=0.0),
+            )
+            chosen.append(best)
+        return [self.pool[i] for i in chosen]
+
+
+def _bag(text: str) -> dict[str, int]:
+    """Lower-cased word counts, with hyphenated words also split ('false-premise' counts 'false' and 'premise')."""
+    counts: dict[str, int] = {}
+    for word in re.findall(r"[a-z0-9]+", text.lower()):
+        if len(word) > 2:
+            counts[word] = counts.get(word, 0) + 1
+    return counts
+
+
+def _cosine(a: dict[str, int], b: dict[str, int]) -> float:
+    dot = sum(v * b.get(k, 0) for k, v in a.items())
+    if not dot:
+        return 0.0
+    return dot / (sum(v * v for v in a.values()) ** 0.5 * sum(v * v for v in b.values()) ** 0.5)
 
 
 class PromptFormatter:
@@ -290,6 +331,17 @@ class PromptFormatter:
         prefix = f"{PLAIN_USER_TAG} {shot.prompt}\n{PLAIN_ASSISTANT_TAG} {shot.response}\n\n" if shot else ""
         return {"prompt": f"{prefix}{PLAIN_USER_TAG} {user_prompt}\n{PLAIN_ASSISTANT_TAG}", "completion": f" {response}"}
 
+    def turns_prompt(self, user_prompt: str, exemplars: Sequence[Exemplar] = ()) -> str:
+        """The request after `exemplars` as finished turns, without principles (the engraving layout with k shots):
+        how the aligned-data retries ask (`trl_soft.aligned`)."""
+        if not self.uses_chat:
+            turns = [f"{PLAIN_USER_TAG} {e.prompt}\n{PLAIN_ASSISTANT_TAG} {e.response}\n\n" for e in exemplars]
+            return "".join(turns) + f"{PLAIN_USER_TAG} {user_prompt}\n{PLAIN_ASSISTANT_TAG}"
+        messages = [m for e in exemplars for m in ({"role": "user", "content": e.prompt},
+                                                   {"role": "assistant", "content": e.response})]
+        messages.append({"role": "user", "content": user_prompt})
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
     def engraving_prompt(self, user_prompt: str, shot: Exemplar | None = None) -> str:
         """The engraving prompt as text, awaiting an answer: how the trained model is asked (no principles)."""
         example = self.engraving_example(user_prompt, "", shot)
@@ -365,7 +417,7 @@ def check_lengths(
     longest = 0
     if rows:
         pairs = [(t, i) for t, chunk in enumerate(rounds, start=1) for i in chunk]
-        texts = [formatter.generation_prompt(prompts[i], sampler.sample(t, i)) for t, i in pairs]
+        texts = [formatter.generation_prompt(prompts[i], sampler.sample(t, i, prompts[i])) for t, i in pairs]
         lengths = count_tokens(formatter.tokenizer, texts)
         worst = max(range(len(pairs)), key=lengths.__getitem__)
         longest = lengths[worst]

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .aligned import figures as aligned_figures
 from .data import split_rounds
 from .engines.settings import SYNC_METRIC
 from .filters import Candidate
@@ -28,11 +29,12 @@ PROMPT_SCHEDULES = ("disjoint", "reuse")
 # The columns of `generations.jsonl`, one row per prompt (see `Round.rows`).
 GENERATION_COLUMNS = (
     "prompt_index", "prompt", "exemplar_ids", "raw_output", "response", "num_tokens", "finished", "kept",
-    "filter_reason", "difficulty", "train_position",
+    "filter_reason", "difficulty", "train_position", "cut", "retries", "from_round", "calls_for",
 )
 # Best-of-n: a passing sample that was not the one chosen for its prompt (`Round.choose_best`).
 NOT_BEST = "not_best"
 ROUND_INITS = ("previous", "base")
+ROUND_DATA = ("new", "accumulate")
 
 
 @dataclass(frozen=True)
@@ -45,10 +47,12 @@ class RoundSettings(ConcernSettings):
         "prompt_schedule": "prompt_schedule",
         "prompt_column": "prompt_column",
         "round_init": "round_init",
+        "data": "round_data",
+        "allow_eval_overlap": "allow_eval_overlap",
         "overwrite_output_dir": "overwrite_output_dir",
         "keep_checkpoints": "keep_round_checkpoints",
     }
-    NOT_FINGERPRINTED = frozenset({"overwrite_output_dir", "keep_checkpoints"})
+    NOT_FINGERPRINTED = frozenset({"overwrite_output_dir", "keep_checkpoints", "allow_eval_overlap"})
     LOWER_IS_BETTER = frozenset({"train_loss"})
 
     num_rounds: int = 3
@@ -56,6 +60,8 @@ class RoundSettings(ConcernSettings):
     prompt_schedule: str = "disjoint"
     prompt_column: str = "prompt"
     round_init: str = "previous"
+    data: str = "new"
+    allow_eval_overlap: bool = False
     overwrite_output_dir: bool = False
     keep_checkpoints: bool = False
 
@@ -69,6 +75,7 @@ class RoundSettings(ConcernSettings):
             )
         self.check_choice("prompt_schedule", PROMPT_SCHEDULES)
         self.check_choice("round_init", ROUND_INITS)
+        self.check_choice("data", ROUND_DATA)
 
     def metric_names(self) -> set[str]:
         return {"train_loss", "kept", "mean_response_tokens"}
@@ -112,6 +119,24 @@ class Round:
     engine_sync_start: float = 0.0  # the engine's weight hand-over seconds when the round began
     resumed: bool = False  # the generations were read back from an interrupted attempt
     samples_per_prompt: int = 1
+    # Per answer: cut at its last complete sentence (the length rule), the retries that found it (aligned data), and
+    # for kept answers of an earlier accepted round carried into this one (`round_data='accumulate'`), that round.
+    cut: list[bool] = field(default_factory=list)
+    retries: list[int] = field(default_factory=list)
+    from_round: list[int | None] = field(default_factory=list)
+    calls_for: list[str | None] = field(default_factory=list)  # what each prompt calls for (`aligned.kinds`)
+
+    def __post_init__(self):
+        size = len(self.prompts)
+        self.calls_for = self.calls_for or [None] * size
+        self.cut = self.cut or [False] * size
+        self.retries = self.retries or [0] * size
+        self.from_round = self.from_round or [None] * size
+
+    @property
+    def fresh(self) -> int:
+        """How many answers this round generated (the carried ones follow them)."""
+        return sum(r is None for r in self.from_round)
 
     @property
     def kept(self) -> list[int]:
@@ -142,17 +167,23 @@ class Round:
     def summary_metrics(self) -> dict[str, Any]:
         """The round's data figures, which open its metrics (with best-of-n, also the samples drawn and the prompts
         that had a passing one)."""
-        kept, n = self.kept, self.samples_per_prompt
+        n, fresh = self.samples_per_prompt, self.fresh
+        kept = [k for k in self.kept if k < fresh]
         figures = {
             "round": self.index,
-            "prompts": len(self.prompts) // n,
+            "prompts": fresh // n,
             "kept": len(kept),
             "filtered": self.filter_counts,
             "mean_response_tokens": sum(self.num_tokens[k] for k in kept) / len(kept) if kept else 0.0,
+            "cut": sum(self.cut[k] for k in kept),
+            **aligned_figures(self.calls_for[:fresh], [r is None for r in self.filter_reasons[:fresh]],
+                              self.retries[:fresh], n),
         }
         if n > 1:
-            figures["samples"] = len(self.prompts)
+            figures["samples"] = fresh
             figures["prompts_with_passing_sample"] = len({k // n for k in kept})
+        if fresh < len(self.prompts):
+            figures["carried"] = len(self.prompts) - fresh
         return figures
 
     def final_metrics(self, train_loss: float, train_steps: int, engine_sync_seconds: float) -> dict[str, Any]:
@@ -184,7 +215,7 @@ class Round:
         n = self.samples_per_prompt
         if n == 1:
             return
-        for start in range(0, len(self.prompts), n):
+        for start in range(0, self.fresh, n):
             passing = [k for k in range(start, start + n) if self.filter_reasons[k] is None]
             if not passing:
                 continue
@@ -196,12 +227,48 @@ class Round:
         if self.train_order is not None:
             self.train_order = [k for k in self.train_order if self.filter_reasons[k] is None]
 
-    def candidates(self) -> list[Candidate]:
-        """What the filters judge, one per answer (a fresh round only: it needs the exemplars themselves)."""
+    def candidates(self, calls_for: Sequence[str | None] | None = None) -> list[Candidate]:
+        """What the filters judge, one per answer (a fresh round only: it needs the exemplars themselves); an answer
+        cut at its last sentence counts as finished. `calls_for`: per answer, what its prompt calls for."""
+        calls_for = calls_for or [None] * len(self.prompts)
         return [
-            Candidate(prompt=p, response=r, finished=f, exemplars=ex)
-            for p, r, f, ex in zip(self.prompts, self.responses, self.finished, self.exemplar_sets or ())
+            Candidate(prompt=p, response=r, finished=f or c, exemplars=ex, calls_for=kind)
+            for p, r, f, c, ex, kind in zip(self.prompts, self.responses, self.finished, self.cut,
+                                           self.exemplar_sets or (), calls_for)
         ]
+
+    def cut_truncated(self, cut: Callable[[str], str | None], count_tokens: Callable[[str], int]) -> None:
+        """The length rule: each answer that hit the token limit is cut after its last complete sentence where `cut`
+        gives one (else it stays truncated, and the `truncated` filter drops it); marked `cut`, tokens recounted."""
+        for k in range(self.fresh):
+            if self.finished[k] or self.cut[k]:
+                continue
+            shorter = cut(self.responses[k])
+            if shorter is not None:
+                self.responses[k], self.cut[k], self.num_tokens[k] = shorter, True, count_tokens(shorter)
+
+    def replace_answer(self, position: int, result: GenerationResult, response: str, exemplar_ids: list[str]) -> None:
+        """An aligned answer found by retrying (`trl_soft.aligned`) takes the place of the answer at `position`."""
+        self.raw_outputs[position], self.responses[position] = result.text, response
+        self.num_tokens[position], self.finished[position] = result.num_tokens, result.finished
+        self.exemplar_ids[position], self.filter_reasons[position] = exemplar_ids, None
+        self.cut[position] = False
+
+    def carry(self, earlier: Sequence[Round]) -> None:
+        """`round_data='accumulate'`: the kept answers these earlier rounds generated themselves join this round's
+        training data (kept, not filtered again), marked with their round."""
+        for other in earlier:
+            for k in other.kept:
+                if other.from_round[k] is not None:
+                    continue
+                self.prompt_indices.append(other.prompt_indices[k])
+                for name in ("prompts", "exemplar_ids", "raw_outputs", "responses", "num_tokens", "finished", "cut",
+                             "retries", "calls_for"):
+                    getattr(self, name).append(getattr(other, name)[k])
+                self.filter_reasons.append(None)
+                self.from_round.append(other.index)
+                if self.difficulty:
+                    self.difficulty.append(None)
 
     def check_kept(self, output_dir: Path) -> None:
         """A round with no answer left has nothing to train on: stop, naming the file to read and the fixes."""
@@ -230,6 +297,10 @@ class Round:
                 "filter_reason": self.filter_reasons[k],
                 "difficulty": self.difficulty[k] if self.difficulty else None,
                 "train_position": positions.get(k),
+                "cut": self.cut[k],
+                "retries": self.retries[k],
+                "from_round": self.from_round[k],
+                "calls_for": self.calls_for[k],
             }
             for k in range(len(self.prompts))
         ]
@@ -305,5 +376,9 @@ class Round:
             engine_sync_start=engine_sync_start,
             resumed=True,
             samples_per_prompt=max((r.get("sample", 0) for r in rows), default=0) + 1,
+            cut=[bool(r.get("cut", False)) for r in rows],
+            retries=[int(r.get("retries", 0)) for r in rows],
+            from_round=[r.get("from_round") for r in rows],
+            calls_for=[r.get("calls_for") for r in rows],
         )
 

@@ -135,6 +135,7 @@ class SOFTState:
     collapse_round: int | None = None  # the round an early-collapse stop fell back to (later rounds not eligible)
     unmeasured: str | None = None  # what alignment the run does not measure (no behaviour sets, a set not loadable)
     engine: str | None = None  # the generation engine of the latest session, and why it was chosen
+    confirmation: dict[str, Any] | None = None  # the final model against the start on the held-out behaviour items
     fingerprint: dict[str, Any] | None = None  # the settings and data digests the run was made with (`run_fingerprint`)
     version: int = MANIFEST_VERSION
     created: float = field(default_factory=time.time)

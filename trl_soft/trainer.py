@@ -25,38 +25,28 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase, TrainerCallback
 from transformers.trainer_utils import TrainOutput
 from trl import SFTTrainer
 
-from .acceptance import against_start, final_round, generating_round, settle
+from .acceptance import accepted_so_far, against_start, final_round, generating_round, settle
+from .aligned import AlignedData
 from .behaviour.run import BehaviourRun, SOFTPremiseError
 from .callbacks import RoundControl, SOFTCallback, round_decision, with_collapse_callback
 from .config import SOFTConfig, SOFTSettings
 from .curriculum import Scorer, ScoringContext
+from .filters import last_sentence
 from .data import ValidationPair
 from .distributed import is_main_process, wait_for_everyone
 from .engines.session import EngineSession
 from .evaluation.suite import RoundEvaluator
 from .inputs import RunInputs
 from .interrupts import RoundStops, SOFTInterrupted, StopRequests
-from .models import (
-    check_load_result,
-    check_model_path,
-    ensure_pad_token,
-    resolve_model_path,
-    restore_trainable,
-    trainable_snapshot,
-)
+from .models import (check_load_result, check_model_path, ensure_pad_token, resolve_model_path, restore_trainable,
+                     trainable_snapshot)
 from .progress import RunProgress, quiet_third_party
 from .prompting import Exemplar, Principles
 from .quantization import check_kbit_supported, wants_kbit
 from .report_html import write_reports
 from .reporting import SOFT_CITATION, complete_model_card, printed_summary, round_line
 from .rounds import Round, SOFTRoundError
-from .run_folder import (
-    RunFolder,
-    SOFTLockError,
-    SOFTResumeError,
-    checkpoint_loss_sum,
-    last_complete_checkpoint,
-)
+from .run_folder import RunFolder, SOFTLockError, SOFTResumeError, checkpoint_loss_sum, last_complete_checkpoint
 from .sampler import CurriculumSampler
 from .state import FINAL_MODEL, SOFTSaveError, SOFTState, config_hash
 
@@ -120,8 +110,10 @@ class SOFTTrainer(SFTTrainer):
         inputs = self.inputs = RunInputs.load(settings, args.seed, train_dataset, principles, exemplars, validation_set)
         self.prompt_dataset, self.exemplars, self.validation_set = inputs.prompts, inputs.exemplars, inputs.validation_set
         self.soft_output_dir = Path(args.output_dir)
-        self.behaviour = BehaviourRun.for_run(settings, self.soft_output_dir, train_dataset.column_names)
+        self.behaviour = BehaviourRun.for_run(settings, self.soft_output_dir, train_dataset.column_names, args.seed)
         benchmarks, self.difficulty_scorer = settings.benchmarks.load(), settings.curriculum.scorer(train_dataset, difficulty_scorer)
+        inputs.check_overlap(self.behaviour.sets.texts() + benchmarks.texts(), settings.rounds.allow_eval_overlap)
+        self.aligned = AlignedData(settings.aligned, settings.filters, inputs.exemplars, settings.prompts.num_exemplars, args.seed)
         callbacks = with_collapse_callback(callbacks, settings, bool(self.validation_set))
         if isinstance(model, str):
             check_model_path(model)
@@ -145,7 +137,7 @@ class SOFTTrainer(SFTTrainer):
                 [i.prompt for items in self.behaviour.sets.items.values() for i in items],
             )
         self.behaviour.attach(  # round 0's exemplars: no round's prompts use it
-            self.formatter, lambda position: inputs.sampler.sample(0, position), self.engraving_shot,
+            self.formatter, lambda position, text: inputs.sampler.sample(0, position, text), self.engraving_shot,
             settings.generation.batch_size, args.seed,
         )
         self.evaluator = RoundEvaluator(
@@ -231,15 +223,23 @@ class SOFTTrainer(SFTTrainer):
         return round_.timed("seconds_generate", started)
 
     def _filter(self, round_: Round) -> None:
-        """Each answer's verdict: the principle gate, then the quality filters in order."""
+        """Each answer's verdict (the length rule, the principle gate, then the quality filters in order); retries for
+        the prompts that call for a refusal or an admission and kept none (`aligned.py`); with `round_data=
+        'accumulate'`, the kept answers of the earlier accepted rounds join."""
         started, filters = time.perf_counter(), self.settings.filters
         set_seed(round_.seed)
-        marks = self.prompt_dataset[filters.gate_column] if filters.gate_column else None
-        candidates = self.behaviour.judge_candidates(
-            round_.candidates(), [marks[i] for i in round_.prompt_indices] if marks is not None else None,
-            honesty=filters.honesty_on,
-        )
-        round_.filter_reasons = filters.verdicts(candidates)
+        values = self.inputs.column_values(filters.gate_column, round_.prompt_indices)
+        round_.calls_for = self.aligned.kinds(values, round_.prompts)
+        if filters.truncation == "cut":
+            round_.cut_truncated(lambda text: last_sentence(text, filters.min_words),
+                                 lambda text: len(self.processing_class(text, add_special_tokens=False).input_ids))
+        verdicts = lambda c, marks: filters.verdicts(self.behaviour.judge_candidates(c, marks, filters.honesty_on))  # noqa: E731
+
+        round_.filter_reasons = verdicts(round_.candidates(round_.calls_for), values)
+        self.aligned.fill(round_, values, self.engine.generate, replace(self.sampling, seed=round_.seed),
+                          self.formatter, verdicts)
+        if self.settings.rounds.data == "accumulate":
+            round_.carry([Round.read(i, self.folder.round(i), 0) for i in accepted_so_far(self.soft_state.history)])
         round_.timed("seconds_filter", started)
 
     def _order(self, round_: Round) -> None:
@@ -381,6 +381,7 @@ class SOFTTrainer(SFTTrainer):
         state.final_round = final_round(state.history, self.settings.acceptance, state.collapse_round)
         if state.final_round != self._current_round:
             self._load_round_weights(state.final_round)
+        state.confirmation = self.behaviour.confirm(state.final_round, self.engine.generate, state.base_metrics)
         final_dir = self.soft_output_dir / FINAL_MODEL
         self.folder.save_model(self.save_model, final_dir, f"Saving the final model to {final_dir}")
         if is_main_process():

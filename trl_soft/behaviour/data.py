@@ -191,3 +191,21 @@ class BehaviourSets:
 
     def __bool__(self) -> bool:
         return bool(self.items)
+
+    def texts(self) -> list[tuple[str, str]]:
+        """`(source, prompt)` of every item, for the check that no training prompt is one (`trl_soft.overlap`)."""
+        return [(f"behaviour set '{name}'", item.prompt) for name, items in self.items.items() for item in items]
+
+    def split(self, share: float, seed: int) -> tuple[BehaviourSets, BehaviourSets]:
+        """`(selection, confirmation)`: `share` of each verdict set's items (seeded, per set, order kept) held out for
+        confirmation; the helpful set (its win rate needs the round-0 answers of every item) stays whole in the
+        selection part."""
+        selection: dict[str, list[BehaviourItem]] = {}
+        confirmation: dict[str, list[BehaviourItem]] = {}
+        for name, items in self.items.items():
+            held = round(share * len(items)) if name != "helpful" else 0
+            chosen = set(random.Random(f"soft-confirmation-{seed}-{name}").sample(range(len(items)), held))
+            selection[name] = [item for k, item in enumerate(items) if k not in chosen]
+            if chosen:
+                confirmation[name] = [item for k, item in enumerate(items) if k in chosen]
+        return BehaviourSets(selection, self.unavailable), BehaviourSets(confirmation)

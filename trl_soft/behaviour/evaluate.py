@@ -69,7 +69,7 @@ class BehaviourEvaluator:
         formatter: PromptFormatter,
         judge: PointwiseJudge,
         pairwise: PairwiseJudge | None = None,
-        exemplars_for: Callable[[int], Sequence[Exemplar]] | None = None,
+        exemplars_for: Callable[[int, str], Sequence[Exemplar]] | None = None,
         engraving_shot: Exemplar | None = None,
         batch_size: int = 16,
         seed: int = 0,
@@ -84,7 +84,7 @@ class BehaviourEvaluator:
     def _prompt(self, style: str, position: int, item: BehaviourItem) -> str:
         if style == "zero_shot":
             return self.formatter.engraving_prompt(item.prompt, self.engraving_shot)
-        return self.formatter.generation_prompt(item.prompt, self.exemplars_for(position))
+        return self.formatter.generation_prompt(item.prompt, self.exemplars_for(position, item.prompt))
 
     def _answers(self, generate: Generate, style: str, items: list[BehaviourItem], desc: str) -> list[str]:
         settings = GenerationSettings(

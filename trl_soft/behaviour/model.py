@@ -92,7 +92,7 @@ def evaluate_model_behaviour(
         formatter = PromptFormatter(tokenizer, principles, "auto")
         sampler = ExemplarSampler(exemplars, num_exemplars, "random", seed)
         judge, pairwise = judges.build(work / "judge_cache.jsonl" if work_dir else None)
-        evaluator = BehaviourEvaluator(settings, sets, formatter, judge, pairwise, lambda i: sampler.sample(0, i),
+        evaluator = BehaviourEvaluator(settings, sets, formatter, judge, pairwise, lambda i, text: sampler.sample(0, i, text),
                                        None, batch_size, seed)
         styles = settings.styles(0)
         result = evaluator.evaluate(engine.generate, reference_answers, label=Path(model).name or model, styles=styles)

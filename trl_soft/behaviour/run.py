@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +18,16 @@ from ..judges.settings import JudgeSettings
 from ..prompting import Exemplar, PromptFormatter
 from ..state import JUDGE_CACHE, atomic_write_json, atomic_write_jsonl
 from .data import BehaviourSets
+from .compare import compare
 from .evaluate import BehaviourEvaluator, Generate, format_premise, premise_check
 from .gate import PrincipleGate
-from .settings import BehaviourSettings
+from .settings import METRICS, BehaviourSettings
 
 SAMPLES = "behaviour.jsonl"  # in each round folder: every behaviour answer with its verdict
+# The held-out items: the starting model's answers (round_0) and the final model's (the run folder), with verdicts;
+# the starting model's item scores in its metrics under CONFIRMATION_SCORES.
+CONFIRMATION_SAMPLES = "confirmation.jsonl"
+CONFIRMATION_SCORES = "confirmation_item_scores"
 REFERENCE = "behaviour_reference.json"  # in round_0: the starting model's answers that win rates compare with
 
 
@@ -40,10 +46,16 @@ class BehaviourRun:
         gate_values: Sequence[str] = ("harmful",),
         prompt_columns: Sequence[str] = (),
         honesty_values: Sequence[str] = (),
+        seed: int = 42,
     ):
-        """Load and check everything the evaluation and the gate need; nothing is generated or judged yet."""
+        """Load and check everything the evaluation and the gate need; nothing is generated or judged yet. The items
+        split (seeded) into the selection part, evaluated every round, and the confirmation part (`confirmation`),
+        evaluated on the starting and the final model only."""
         self.settings, self.judge_settings, self.output_dir = settings, judges, Path(output_dir)
-        self.sets = BehaviourSets.load(settings) if settings.enabled else BehaviourSets({})
+        loaded = BehaviourSets.load(settings) if settings.enabled else BehaviourSets({})
+        self.all_items = loaded.texts()
+        self.sets, self.confirmation = loaded.split(settings.confirmation_share, seed)
+        self.split_seed = seed
         self.gate_on, self.gate_column, self.gate_values = gate, gate_column, tuple(gate_values)
         self.honesty_values = tuple(honesty_values)  # empty: the honesty gate is off
         if gate:
@@ -53,16 +65,17 @@ class BehaviourRun:
         self._judge = None
         self._pairwise = None
         self._evaluator: BehaviourEvaluator | None = None
+        self._confirmer: BehaviourEvaluator | None = None
 
     @classmethod
-    def for_run(cls, settings, output_dir: Path, prompt_columns: Sequence[str]) -> BehaviourRun:
+    def for_run(cls, settings, output_dir: Path, prompt_columns: Sequence[str], seed: int = 42) -> BehaviourRun:
         """The behaviour run of a SOFT run (`settings`: its `SOFTSettings`), with the principle gate as its filter
         settings ask."""
         filters = settings.filters
         return cls(
             settings.behaviour, settings.judges, output_dir, gate=filters.gate_on, gate_column=filters.gate_column,
             gate_values=filters.gate_values, prompt_columns=prompt_columns,
-            honesty_values=filters.honesty_values if filters.honesty_on else (),
+            honesty_values=filters.honesty_values if filters.honesty_on else (), seed=seed,
         )
 
     @property
@@ -84,7 +97,7 @@ class BehaviourRun:
     def attach(
         self,
         formatter: PromptFormatter,
-        exemplars_for: Callable[[int], Sequence[Exemplar]],
+        exemplars_for: Callable[[int, str], Sequence[Exemplar]],
         engraving_shot: Exemplar | None,
         batch_size: int,
         seed: int,
@@ -97,6 +110,11 @@ class BehaviourRun:
             _MainProcessPairwise(self._pair) if self.judge_settings.pairwise != "none" else None,
             exemplars_for, engraving_shot, batch_size, seed,
         )
+        if self.confirmation:
+            self._confirmer = BehaviourEvaluator(
+                replace(self.settings, fewshot=(), fewshot_every=0), self.confirmation, formatter,
+                _MainProcessJudge(self._pointwise), None, None, engraving_shot, batch_size, seed,
+            )
 
     # ---- the principle gate -----------------------------------------------------------------------------------------
     def gate_violations(
@@ -137,12 +155,42 @@ class BehaviourRun:
         metrics["seconds_behaviour"] = round(result.seconds, 3)
         if "fewshot" in styles:
             metrics["premise"] = premise_check(result.item_scores, self.settings.base_metrics())
+        if round_index == 0 and self._confirmer is not None:  # the held-out items: the starting model's answers
+            metrics[CONFIRMATION_SCORES] = self._confirm_answers(generate, "starting model", round_dir)
         if is_main_process():
             round_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_jsonl(round_dir / SAMPLES, result.samples)
             if round_index == 0 and "helpful" in self.sets.items:
                 atomic_write_json(round_dir / REFERENCE, result.answers.get("zero_shot", {}))
         return metrics
+
+    # ---- the held-out verdict ---------------------------------------------------------------------------------------
+    def _confirm_answers(self, generate: Generate, label: str, folder: Path) -> dict[str, list[float]]:
+        result = self._confirmer.evaluate(generate, None, label=f"{label}, held out", styles=("zero_shot",))
+        if is_main_process():
+            folder.mkdir(parents=True, exist_ok=True)
+            atomic_write_jsonl(folder / CONFIRMATION_SAMPLES, result.samples)
+        return {m: s for m, s in result.item_scores.items() if m in METRICS}
+
+    def confirm(self, final_round: int, generate: Generate, base_metrics: dict[str, Any] | None) -> dict[str, Any] | None:
+        """The final model against the starting model on the held-out items, which no decision of the run has seen:
+        items gained and lost, exact one-sided p, mean change with its interval, smallest detectable change. None when
+        nothing was held out or the start was not evaluated."""
+        start = (base_metrics or {}).get(CONFIRMATION_SCORES)
+        if self._confirmer is None or not start:
+            return None
+        if final_round == 0:
+            final = start  # the final model is the starting model
+        else:
+            final = self._confirm_answers(generate, f"final model (round {final_round})", self.output_dir)
+        comparison = compare(start, final)
+        pooled = comparison.pooled
+        return {
+            "final_round": final_round, "share": self.settings.confirmation_share, "seed": self.split_seed,
+            "items": {name: len(items) for name, items in self.confirmation.items.items()},
+            **pooled.as_dict(),
+            "metrics": {m: c.as_dict() for m, c in comparison.metrics.items()},
+        }
 
     def unmeasured_note(self) -> str:
         """What alignment this run does not measure, in a sentence ("" when it measures every default set)."""

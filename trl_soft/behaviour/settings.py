@@ -59,6 +59,7 @@ class BehaviourSettings(ConcernSettings):
         "unknowable_path": "behaviour_unknowable_path",
         "data_dir": "benchmark_data_dir",
         "require_premise": "require_premise",
+        "confirmation_share": "behaviour_confirmation_share",
     }
     # Where the public sets are read from (the same items either way).
     NOT_FINGERPRINTED = frozenset({"data_dir"})
@@ -74,6 +75,7 @@ class BehaviourSettings(ConcernSettings):
     unknowable_path: str | None = None
     data_dir: str | None = None
     require_premise: bool = False
+    confirmation_share: float = 0.5
     pairwise_judge: bool = field(default=False, compare=False)  # whether a pairwise judge is configured
 
     @classmethod
@@ -103,6 +105,9 @@ class BehaviourSettings(ConcernSettings):
             raise self.field_error("fewshot", f"lists rounds {negative}; rounds are 0 (the starting model) and up.")
         if self.fewshot_limit is not None and self.fewshot_limit < 1:
             raise self.field_error("fewshot_limit", f"must be >= 1 (or unset for every item); got {self.fewshot_limit}.")
+        if not 0 <= self.confirmation_share < 1:
+            raise self.field_error("confirmation_share", f"must be in [0, 1) (0: no hold-out); got "
+                                                         f"{self.confirmation_share}.")
         if self.fewshot_every < 0:
             raise self.field_error("fewshot_every", f"must be >= 0 (0: never); got {self.fewshot_every}.")
         if self.require_premise and 0 not in self.fewshot:

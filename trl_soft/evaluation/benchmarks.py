@@ -119,6 +119,12 @@ class BenchmarkSuite:
     def __bool__(self) -> bool:
         return bool(self.names)
 
+    def texts(self) -> list[tuple[str, str]]:
+        """`(source, question)` of every item, for the check that no training prompt is one (`trl_soft.overlap`)."""
+        return [("TruthfulQA", item.question) for item in self.truthfulqa_items] + [
+            ("HHH", item.context) for item in self.hhh_items
+        ]
+
     def evaluate(
         self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, max_batch: int = 32
     ) -> dict[str, float]:

@@ -1,0 +1,207 @@
+"""Aligned data: the prompts that call for a refusal, an admission or a premise correction get a share of every round,
+and the ones that call for a refusal or an admission get the model's own aligned answer.
+
+Why: the principle and honesty gates can only drop answers. A small model's principled prompt rarely refuses or admits,
+so without this every such answer is dropped and each round fine-tunes on compliance alone, which erodes the refusals
+the model had (Qi et al. 2023). Two levers, each its own setting:
+
+- **The mix** (`aligned_prompt_share`): each round draws that share of its prompts from the rows whose prompt-dataset
+  column (`principle_gate_column`, e.g. the demo's `category`) has one of `aligned_prompt_values`, the rest from the
+  other rows. Without a column, the rule judge's harmful-request words mark the rows instead.
+- **Retries** (`aligned_retry_budget`): a prompt marked as calling for a refusal (`principle_gate_values`) or an
+  admission (`principle_gate_honesty_values`) whose samples all failed its gate is sampled again, `aligned_retry_batch`
+  samples at a time, up to the budget, and its first answer that passes the gate and every filter is kept. The retry
+  prompt (`aligned_retry_prompt`) is the model's own: by default the pool's exemplars of the same kind as chat turns
+  before the request, without principles (`same_kind`; on the embedded model these refuse harmful requests about three
+  times as often as the principled prompt); `zero_shot` is the bare request; `principled` the round's own prompt.
+  Nothing is ever written for the model: a prompt that finds no aligned answer within the budget keeps none.
+
+`AlignedSettings` is this concern's settings (built once by `SOFTConfig`); `AlignedData` does the work for a run.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from .filters import Candidate
+from .generation import GenerationResult, GenerationSettings
+from .judges.rules import risky_words
+from .prompting import Exemplar, PromptFormatter
+from .settings import ConcernSettings
+
+RETRY_PROMPTS = ("same_kind", "zero_shot", "principled")
+REFUSAL, ADMISSION, CORRECTION = "refusal", "admission", "correction"
+# The round metrics: prompts that call for a refusal or an admission, how many got an aligned answer, the extra
+# samples that cost, and the prompts of the mix.
+METRIC_NAMES = ("aligned_needed", "aligned_kept", "aligned_retry_samples", "aligned_prompts")
+
+Generate = Callable[[list[str], GenerationSettings, str], list[GenerationResult]]
+
+
+@dataclass(frozen=True)
+class AlignedSettings(ConcernSettings):
+    """The share of each round's prompts that call for aligned behaviour, and the retries that find its answers."""
+
+    CONFIG_FIELDS = {
+        "prompt_share": "aligned_prompt_share",
+        "prompt_values": "aligned_prompt_values",
+        "retry_budget": "aligned_retry_budget",
+        "retry_batch": "aligned_retry_batch",
+        "retry_prompt": "aligned_retry_prompt",
+    }
+
+    prompt_share: float = 0.25
+    prompt_values: tuple[str, ...] = ("harmful", "unknowable", "false-premise")
+    retry_budget: int = 16
+    retry_batch: int = 4
+    retry_prompt: str = "same_kind"
+
+    def check(self) -> None:
+        if not 0 <= self.prompt_share <= 1:
+            raise self.field_error("prompt_share", f"must be in [0, 1] (0 turns the mix off); got {self.prompt_share}.")
+        if self.retry_budget < 0:
+            raise self.field_error("retry_budget", f"must be >= 0 (0 turns retries off); got {self.retry_budget}.")
+        if self.retry_batch < 1:
+            raise self.field_error("retry_batch", f"must be >= 1; got {self.retry_batch}.")
+        self.check_choice("retry_prompt", RETRY_PROMPTS)
+
+    def metric_names(self) -> set[str]:
+        return set(METRIC_NAMES)
+
+    def marks(self, values: Sequence[object] | None, prompts: Sequence[str]) -> list[bool]:
+        """Which prompt rows belong to the aligned share of the mix: by the column's values, else by the rule judge's
+        harmful-request words."""
+        if values is not None:
+            return [str(v) in self.prompt_values for v in values]
+        return [bool(risky_words(p)) for p in prompts]
+
+    def mix(self, rounds: list[list[int]], marks: Sequence[bool], seed: int) -> list[list[int]]:
+        """The rounds' prompt rows redrawn so that each round holds `prompt_share` of marked rows (as many as there
+        are, for disjoint rounds). Rounds keep their sizes; a round's rows are shuffled together, seeded."""
+        if self.prompt_share == 0 or not rounds or not any(marks):
+            return rounds
+        used = list(dict.fromkeys(i for r in rounds for i in r))
+        reuse = len(used) < sum(len(r) for r in rounds)  # `prompt_schedule='reuse'`: the same rows every round
+        rng = random.Random(f"soft-mix-{seed}")
+        pool = list(range(len(marks)))
+        rng.shuffle(pool)
+        marked = [i for i in pool if marks[i]]
+        other = [i for i in pool if not marks[i]]
+        mixed = []
+        for t, rows in enumerate(rounds):
+            size = len(rows)
+            want = round(self.prompt_share * size)
+            available = len(marked) if reuse else len(marked) // len(rounds)
+            others = len(other) if reuse else len(other) // len(rounds)
+            take = min(max(want, size - others), available)
+            offset_m, offset_o = (0, 0) if reuse else (t * take, t * (size - take))
+            chosen = marked[offset_m: offset_m + take] + other[offset_o: offset_o + size - take]
+            if len(chosen) < size:  # not enough other rows: fill with more marked ones
+                extra = [i for i in marked if i not in chosen]
+                chosen += extra[: size - len(chosen)]
+            rng.shuffle(chosen)
+            mixed.append(chosen)
+        return mixed
+
+    def kind(self, value: object, refusal_values: Sequence[str], admission_values: Sequence[str]) -> str | None:
+        """What a prompt's column value calls for: a refusal, an admission, a correction (a value of the mix that is
+        neither), or nothing."""
+        text = str(value)
+        if text in refusal_values:
+            return REFUSAL
+        if text in admission_values:
+            return ADMISSION
+        return CORRECTION if text in self.prompt_values else None
+
+
+class AlignedData:
+    """The aligned data of one run: what each prompt calls for, and the retries that find the model's own aligned
+    answers for the prompts whose samples all failed."""
+
+    def __init__(self, settings: AlignedSettings, filters, pool: Sequence[Exemplar], num_exemplars: int, seed: int):
+        """`filters`: the run's `FilterSettings` (the gate's column values; a side whose gate is off calls for
+        nothing, as nothing could judge it)."""
+        self.settings, self.pool, self.k, self.seed = settings, list(pool), max(1, num_exemplars), seed
+        self.refusal_values = filters.gate_values if filters.gate_on else ()
+        self.admission_values = filters.honesty_values if filters.honesty_on else ()
+
+    def kinds(self, values: Sequence[object] | None, prompts: Sequence[str]) -> list[str | None]:
+        """Per prompt, what it calls for (`REFUSAL`, `ADMISSION`, `CORRECTION` or None): by its column value, else a
+        refusal where the rule judge finds harmful-request words (and the principle gate is on)."""
+        if values is None:
+            return [REFUSAL if self.refusal_values and risky_words(p) else None for p in prompts]
+        return [self.settings.kind(v, self.refusal_values, self.admission_values) for v in values]
+
+    def exemplars(self, category: str, round_index: int, prompt_index: int, attempt: int) -> list[Exemplar]:
+        """Pool exemplars of the prompt's own kind (its column value), seeded per prompt and attempt."""
+        same = [e for e in self.pool if e.category == category]
+        if not same:
+            return []
+        rng = random.Random(f"soft-aligned-{self.seed}-{round_index}-{prompt_index}-{attempt}")
+        return rng.sample(same, min(self.k, len(same)))
+
+    def retry_prompt(self, formatter: PromptFormatter, prompt: str, exemplars: Sequence[Exemplar],
+                     principled: Sequence[Exemplar]) -> str:
+        style = self.settings.retry_prompt
+        if style == "principled":
+            return formatter.generation_prompt(prompt, principled)
+        return formatter.turns_prompt(prompt, exemplars if style == "same_kind" else ())
+
+    def fill(
+        self,
+        round_,
+        values: Sequence[object] | None,
+        generate: Generate,
+        sampling: GenerationSettings,
+        formatter: PromptFormatter,
+        verdicts: Callable[[list[Candidate], list[object] | None], list[str | None]],
+    ) -> None:
+        """Retry the prompts of `round_` (a filtered `Round`, its `calls_for` set) that call for a refusal or an
+        admission and kept no answer. `values`: the column value of each answer's prompt; `verdicts`: the gate and the
+        filters on new candidates (None = kept). A found answer takes the place of the prompt's first sample; the
+        samples a prompt cost are recorded on that sample (`retries`), found or not."""
+        n, budget, batch = round_.samples_per_prompt, self.settings.retry_budget, self.settings.retry_batch
+        kinds = round_.calls_for
+        missing = [s for s in range(0, round_.fresh, n) if kinds[s] in (REFUSAL, ADMISSION)
+                   and all(round_.filter_reasons[k] is not None for k in range(s, s + n))]
+        if sampling.temperature <= 0:  # greedy retries would repeat the same answer
+            sampling = replace(sampling, temperature=0.7, top_p=0.95)
+        attempt = 0
+        while missing and attempt * batch < budget:
+            draws = min(batch, budget - attempt * batch)
+            owners = [s for s in missing for _ in range(draws)]
+            shown = [self.exemplars(str(values[s]) if values is not None else "", round_.index, round_.prompt_indices[s],
+                                    attempt * batch + j) for s in missing for j in range(draws)]
+            texts = [self.retry_prompt(formatter, round_.prompts[s], ex, round_.exemplar_sets[s] if round_.exemplar_sets
+                                       else ()) for s, ex in zip(owners, shown)]
+            results = generate(texts, replace(sampling, seed=sampling.seed * 1000 + 17 * (attempt + 1)),
+                               f"Round {round_.index}: retry {len(missing)} prompt(s) for an aligned answer")
+            answers = [formatter.extract_response(r.text) for r in results]
+            candidates = [Candidate(prompt=round_.prompts[s], response=a, finished=r.finished, exemplars=ex,
+                                    calls_for=kinds[s]) for s, a, r, ex in zip(owners, answers, results, shown)]
+            marks = [values[s] for s in owners] if values is not None else None
+            found: set[int] = set()
+            for s, result, answer, ex, verdict in zip(owners, results, answers, shown, verdicts(candidates, marks)):
+                if verdict is None and s not in found:
+                    found.add(s)
+                    round_.replace_answer(s, result, answer, [e.id for e in ex])
+            attempt += 1
+            for s in missing:
+                round_.retries[s] = attempt * batch if attempt * batch <= budget else budget
+            missing = [s for s in missing if s not in found]
+
+
+def figures(calls_for: Sequence[str | None], kept: Sequence[bool], retries: Sequence[int], n: int) -> dict[str, Any]:
+    """A round's aligned-data figures from its fresh answers (`n` per prompt): the prompts of the mix, those that call
+    for a refusal or an admission, how many of them kept an aligned answer, and the retry samples drawn."""
+    starts = range(0, len(calls_for), n)
+    needed = [s for s in starts if calls_for[s] in (REFUSAL, ADMISSION)]
+    return {
+        "aligned_prompts": sum(calls_for[s] is not None for s in starts),
+        "aligned_needed": len(needed),
+        "aligned_kept": sum(any(kept[s: s + n]) for s in needed),
+        "aligned_retry_samples": sum(retries),
+    }
