@@ -21,6 +21,7 @@ import yaml
 from datasets import Dataset
 from peft import LoraConfig
 
+from trl_soft.prompting import asset_path
 from trl_soft.run_folder import SOFTResumeError
 
 from .conftest import DATA, UNLOADABLE, make_tiny_llama, prompt_dataset, tiny_config
@@ -370,6 +371,13 @@ CASES = [
     case("behaviour-benign-missing",
          lambda r: r.trainer(behaviour_eval=["benign"], behaviour_benign_path=str(r.tmp / "b.jsonl")),
          FileNotFoundError, r"`behaviour_benign_path`: no file at \S*b\.jsonl"),
+    # ---- training prompts that are evaluation items (`allow_eval_overlap`) -------------------------------------------
+    case("prompts-hold-a-behaviour-item",
+         lambda r: r.trainer(Dataset.from_list([{"prompt": f"A plain prompt number {k}."} for k in range(11)] + [
+             {"prompt": json.loads(asset_path("behaviour_benign.jsonl").read_text().splitlines()[3])["prompt"]}]),
+             behaviour_eval=["benign"], behaviour_confirmation_share=0.5),
+         ValueError, r"1 training prompt\(s\) are evaluation items", "behaviour set 'benign'",
+         "`allow_eval_overlap=True`"),
     # ---- TruthfulQA and HHH copies (`trl-soft eval --data_dir`, `benchmark_data_dir`) --------------------------------
     case("truthfulqa-bad-json", lambda r: r.eval("--benchmarks", TQA, "--data_dir", r.tqa(tq(), '{"question": ')),
          ValueError, r"TruthfulQA: \S*truthful_qa_mc\.jsonl:2 is not valid JSON", "one JSON object per line"),

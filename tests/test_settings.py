@@ -46,6 +46,13 @@ BAD_VALUES = [
     case("prompts_per_round", 0, "at least 1"),
     case("prompt_schedule", "sometimes", "one of 'disjoint', 'reuse'"),
     case("round_init", "random", "one of 'previous', 'base'"),
+    case("round_data", "replace", "one of 'new', 'accumulate'"),
+    case("aligned_prompt_share", 1.5, r"must be in \[0, 1\]"),
+    case("aligned_retry_budget", -1, ">= 0"),
+    case("aligned_retry_batch", 0, ">= 1"),
+    case("aligned_retry_prompt", "mine", "one of 'same_kind', 'zero_shot', 'principled'"),
+    case("filter_truncation", "keep", "one of 'cut', 'drop'"),
+    case("behaviour_confirmation_share", 1.0, r"must be in \[0, 1\)"),
     # prompts
     case("exemplar_sampling", "diverse", "one of 'random', 'fixed'"),
     case("prompt_format", "xml", "one of 'auto', 'chat', 'plain'"),

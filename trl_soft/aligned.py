@@ -90,8 +90,11 @@ class AlignedSettings(ConcernSettings):
         rng.shuffle(pool)
         marked = [i for i in pool if marks[i]]
         other = [i for i in pool if not marks[i]]
-        mixed = []
+        mixed: list[list[int]] = []
         for t, rows in enumerate(rounds):
+            if reuse and mixed:
+                mixed.append(list(mixed[0]))
+                continue
             size = len(rows)
             want = round(self.prompt_share * size)
             available = len(marked) if reuse else len(marked) // len(rounds)

@@ -40,6 +40,7 @@ class RunInputs:
     sampler: ExemplarSampler
     validation_set: list[ValidationPair]
     mix: Callable[[list[list[int]]], list[list[int]]] = lambda rounds: rounds  # the aligned share of every round
+    category_column: str | None = None  # what each prompt is (`principle_gate_column`): similar exemplars use it
 
     @classmethod
     def load(
@@ -73,6 +74,7 @@ class RunInputs:
                 settings.validation.path
             ),
             mix=lambda rows: settings.aligned.mix(rows, marks, seed),
+            category_column=marks_column,
         )
 
     def prompt_format(self, tokenizer, settings) -> tuple[PromptFormatter, Exemplar | None]:
@@ -94,7 +96,9 @@ class RunInputs:
         rows = self.round_indices[index - 1]
         column = self.prompts[self.column]  # read the column once, not once per prompt
         texts = [column[i] for i in rows]
-        return rows, texts, [self.sampler.sample(index, i, text) for i, text in zip(rows, texts)]
+        categories = self.column_values(self.category_column, rows) or [None] * len(rows)
+        return rows, texts, [self.sampler.sample(index, i, text, None if c is None else str(c))
+                             for i, text, c in zip(rows, texts, categories)]
 
     def column_values(self, column: str | None, rows: Sequence[int]) -> list[object] | None:
         """The values of `column` at `rows` (None without a column)."""
@@ -107,9 +111,7 @@ class RunInputs:
         """Refuse training prompts that are evaluation items (`trl_soft.overlap`), unless `allow_eval_overlap`."""
         if allow:
             return
-        used = sorted({i for rows in self.round_indices for i in rows})
-        column = self.prompts[self.column]
-        found = find_overlaps([column[i] for i in used], evaluation)
+        found = find_overlaps(self.prompts[self.column], evaluation)
         if found:
             listed = "; ".join(f"{prompt[:70]!r} ~ {source} {item[:70]!r}" for prompt, source, item in found[:5])
             raise ValueError(

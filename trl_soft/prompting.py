@@ -13,6 +13,7 @@ Both are rendered with the tokenizer's chat template when it has one (instruct m
 
 from __future__ import annotations
 
+import math
 import random
 import re
 from collections.abc import Sequence
@@ -197,25 +198,35 @@ class ExemplarSampler:
         self.mode = mode
         self.seed = seed
         self._fixed = random.Random(f"soft-fixed-{seed}").sample(self.pool, k)
-        self._bags: list[dict[str, int]] | None = None  # `similar`: each exemplar's word counts, built on first use
+        self._bags: list[dict[str, float]] | None = None  # `similar`: each exemplar's tf-idf words, built on first use
+        self._idf: dict[str, float] = {}
 
-    def sample(self, round_index: int, prompt_index: int, prompt: str | None = None) -> list[Exemplar]:
-        """The exemplars of one prompt. `similar` needs the prompt's text (without it, it draws as `random` does)."""
+    def sample(self, round_index: int, prompt_index: int, prompt: str | None = None,
+               category: str | None = None) -> list[Exemplar]:
+        """The exemplars of one prompt. `similar` needs the prompt's text (without it, it draws as `random` does) and
+        uses its category (the prompt dataset's `principle_gate_column` value) where there is one."""
         if self.mode == "fixed":
             return list(self._fixed)
         rng = random.Random(f"soft-{self.seed}-{round_index}-{prompt_index}")
         if self.mode == "similar" and prompt is not None:
-            return self._similar(prompt, rng)
+            return self._similar(prompt, category, rng)
         return rng.sample(self.pool, self.k)
 
-    def _similar(self, prompt: str, rng: random.Random) -> list[Exemplar]:
-        """k exemplars by maximal marginal relevance: each next one the most like the prompt (cosine of word counts
-        over the prompts, with the exemplar's category as a word) less its likeness to those chosen (`MMR_LAMBDA`);
-        ties broken at random, seeded per (round, prompt)."""
+    def _similar(self, prompt: str, category: str | None, rng: random.Random) -> list[Exemplar]:
+        """k exemplars by maximal marginal relevance: each next one the most relevant to the prompt (tf-idf cosine of
+        the words of the prompts, plus 1 for an exemplar of the prompt's own category) less its likeness to those
+        chosen already (`MMR_LAMBDA`); ties broken at random, seeded per (round, prompt)."""
         if self._bags is None:
-            self._bags = [_bag(f"{e.prompt} {e.category}") for e in self.pool]
-        query = _bag(prompt)
-        relevance = [_cosine(query, bag) + 1e-6 * rng.random() for bag in self._bags]
+            counts = [_bag(f"{e.prompt} {e.category}") for e in self.pool]
+            df: dict[str, int] = {}
+            for bag in counts:
+                for word in bag:
+                    df[word] = df.get(word, 0) + 1
+            self._idf = {w: math.log((1 + len(counts)) / (1 + d)) + 1 for w, d in df.items()}
+            self._bags = [{w: c * self._idf[w] for w, c in bag.items()} for bag in counts]
+        query = {w: c * self._idf.get(w, 0.0) for w, c in _bag(prompt).items()}
+        relevance = [_cosine(query, bag) + (1.0 if category and e.category == category else 0.0)
+                     + 1e-6 * rng.random() for bag, e in zip(self._bags, self.pool)]
         chosen: list[int] = []
         while len(chosen) < self.k:
             best = max(
@@ -227,16 +238,22 @@ class ExemplarSampler:
         return [self.pool[i] for i in chosen]
 
 
+_STOP_WORDS = frozenset(
+    "the and for are but not you your with this that what how can why who when where which was were will would could "
+    "should does did have has had from into about there their they them then than its it's our out all any one".split()
+)
+
+
 def _bag(text: str) -> dict[str, int]:
-    """Lower-cased word counts, with hyphenated words also split ('false-premise' counts 'false' and 'premise')."""
+    """Lower-cased word counts, stop words left out, hyphenated words split ('false-premise': 'false', 'premise')."""
     counts: dict[str, int] = {}
     for word in re.findall(r"[a-z0-9]+", text.lower()):
-        if len(word) > 2:
+        if len(word) > 2 and word not in _STOP_WORDS:
             counts[word] = counts.get(word, 0) + 1
     return counts
 
 
-def _cosine(a: dict[str, int], b: dict[str, int]) -> float:
+def _cosine(a: dict[str, float], b: dict[str, float]) -> float:
     dot = sum(v * b.get(k, 0) for k, v in a.items())
     if not dot:
         return 0.0

@@ -110,9 +110,9 @@ class SOFTTrainer(SFTTrainer):
         inputs = self.inputs = RunInputs.load(settings, args.seed, train_dataset, principles, exemplars, validation_set)
         self.prompt_dataset, self.exemplars, self.validation_set = inputs.prompts, inputs.exemplars, inputs.validation_set
         self.soft_output_dir = Path(args.output_dir)
-        self.behaviour = BehaviourRun.for_run(settings, self.soft_output_dir, train_dataset.column_names, args.seed)
+        self.behaviour = BehaviourRun.for_run(settings, self.soft_output_dir, train_dataset.column_names)
         benchmarks, self.difficulty_scorer = settings.benchmarks.load(), settings.curriculum.scorer(train_dataset, difficulty_scorer)
-        inputs.check_overlap(self.behaviour.sets.texts() + benchmarks.texts(), settings.rounds.allow_eval_overlap)
+        inputs.check_overlap(self.behaviour.all_items + benchmarks.texts(), settings.rounds.allow_eval_overlap)
         self.aligned = AlignedData(settings.aligned, settings.filters, inputs.exemplars, settings.prompts.num_exemplars, args.seed)
         callbacks = with_collapse_callback(callbacks, settings, bool(self.validation_set))
         if isinstance(model, str):

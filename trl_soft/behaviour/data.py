@@ -36,6 +36,7 @@ DNA_HUB_AREAS = {
 }
 VICUNA_FILE = "vicuna_bench/question.jsonl"
 SAMPLE_SEED = "trl-soft-behaviour-v1"  # fixes which harmful items are evaluated, independent of the run's seed
+SPLIT_SEED = "trl-soft-confirmation-v1"  # fixes which items are held out for confirmation (`BehaviourSets.split`)
 
 
 @dataclass(frozen=True)
@@ -196,10 +197,11 @@ class BehaviourSets:
         """`(source, prompt)` of every item, for the check that no training prompt is one (`trl_soft.overlap`)."""
         return [(f"behaviour set '{name}'", item.prompt) for name, items in self.items.items() for item in items]
 
-    def split(self, share: float, seed: int) -> tuple[BehaviourSets, BehaviourSets]:
+    def split(self, share: float, seed: str = SPLIT_SEED) -> tuple[BehaviourSets, BehaviourSets]:
         """`(selection, confirmation)`: `share` of each verdict set's items (seeded, per set, order kept) held out for
         confirmation; the helpful set (its win rate needs the round-0 answers of every item) stays whole in the
-        selection part."""
+        selection part. The seed is fixed, not the run's: every run holds out the same items, so a setting chosen on
+        the selection part of any run has never seen the confirmation part of another."""
         selection: dict[str, list[BehaviourItem]] = {}
         confirmation: dict[str, list[BehaviourItem]] = {}
         for name, items in self.items.items():

@@ -44,6 +44,9 @@ def _merged_copy(adapter_dir: str, into: Path) -> str:
     return str(into)
 
 
+PARTS = ("all", "selection", "confirmation")
+
+
 def evaluate_model_behaviour(
     model: str,
     settings: BehaviourSettings,
@@ -56,15 +59,22 @@ def evaluate_model_behaviour(
     batch_size: int = 16,
     reference_answers: dict[str, str] | None = None,
     work_dir: str | Path | None = None,
+    exemplar_sampling: str = "random",
+    part: str = "all",
 ) -> ModelBehaviour:
     """Answer the behaviour sets with `model` (zero-shot, and with the principle-driven prompt when
     `settings.behaviour_fewshot` has round 0), judge the answers and return rates with 95% intervals and, with few-shot on, the premise
-    check. Data and judges are checked before the model loads."""
+    check. Data and judges are checked before the model loads. `part`: every item ('all'), or the run's selection or
+    confirmation part (`behaviour_confirmation_share`): a setting is chosen on the selection part only."""
     from transformers import AutoTokenizer
 
     from ..prompting import load_exemplars, load_principles
 
     sets = BehaviourSets.load(settings)
+    if part not in PARTS:
+        raise ValueError(f"`part` must be one of {PARTS}; got {part!r}.")
+    if part != "all":
+        sets = sets.split(settings.confirmation_share)[PARTS.index(part) - 1]
     if not sets:
         raise ValueError("`behaviour_eval` names no set: choose from harmful, benign, unknowable, helpful.")
     judges.check_reachable()
@@ -90,7 +100,7 @@ def evaluate_model_behaviour(
         engine = HFEngine(lambda: hf_model, tokenizer, None)
     try:
         formatter = PromptFormatter(tokenizer, principles, "auto")
-        sampler = ExemplarSampler(exemplars, num_exemplars, "random", seed)
+        sampler = ExemplarSampler(exemplars, num_exemplars, exemplar_sampling, seed)
         judge, pairwise = judges.build(work / "judge_cache.jsonl" if work_dir else None)
         evaluator = BehaviourEvaluator(settings, sets, formatter, judge, pairwise, lambda i, text: sampler.sample(0, i, text),
                                        None, batch_size, seed)

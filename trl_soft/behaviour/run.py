@@ -17,7 +17,7 @@ from ..distributed import is_main_process, run_on_main
 from ..judges.settings import JudgeSettings
 from ..prompting import Exemplar, PromptFormatter
 from ..state import JUDGE_CACHE, atomic_write_json, atomic_write_jsonl
-from .data import BehaviourSets
+from .data import SPLIT_SEED, BehaviourSets
 from .compare import compare
 from .evaluate import BehaviourEvaluator, Generate, format_premise, premise_check
 from .gate import PrincipleGate
@@ -46,7 +46,6 @@ class BehaviourRun:
         gate_values: Sequence[str] = ("harmful",),
         prompt_columns: Sequence[str] = (),
         honesty_values: Sequence[str] = (),
-        seed: int = 42,
     ):
         """Load and check everything the evaluation and the gate need; nothing is generated or judged yet. The items
         split (seeded) into the selection part, evaluated every round, and the confirmation part (`confirmation`),
@@ -54,8 +53,7 @@ class BehaviourRun:
         self.settings, self.judge_settings, self.output_dir = settings, judges, Path(output_dir)
         loaded = BehaviourSets.load(settings) if settings.enabled else BehaviourSets({})
         self.all_items = loaded.texts()
-        self.sets, self.confirmation = loaded.split(settings.confirmation_share, seed)
-        self.split_seed = seed
+        self.sets, self.confirmation = loaded.split(settings.confirmation_share)
         self.gate_on, self.gate_column, self.gate_values = gate, gate_column, tuple(gate_values)
         self.honesty_values = tuple(honesty_values)  # empty: the honesty gate is off
         if gate:
@@ -68,14 +66,14 @@ class BehaviourRun:
         self._confirmer: BehaviourEvaluator | None = None
 
     @classmethod
-    def for_run(cls, settings, output_dir: Path, prompt_columns: Sequence[str], seed: int = 42) -> BehaviourRun:
+    def for_run(cls, settings, output_dir: Path, prompt_columns: Sequence[str]) -> BehaviourRun:
         """The behaviour run of a SOFT run (`settings`: its `SOFTSettings`), with the principle gate as its filter
         settings ask."""
         filters = settings.filters
         return cls(
             settings.behaviour, settings.judges, output_dir, gate=filters.gate_on, gate_column=filters.gate_column,
             gate_values=filters.gate_values, prompt_columns=prompt_columns,
-            honesty_values=filters.honesty_values if filters.honesty_on else (), seed=seed,
+            honesty_values=filters.honesty_values if filters.honesty_on else (),
         )
 
     @property
@@ -186,7 +184,7 @@ class BehaviourRun:
         comparison = compare(start, final)
         pooled = comparison.pooled
         return {
-            "final_round": final_round, "share": self.settings.confirmation_share, "seed": self.split_seed,
+            "final_round": final_round, "share": self.settings.confirmation_share, "seed": SPLIT_SEED,
             "items": {name: len(items) for name, items in self.confirmation.items.items()},
             **pooled.as_dict(),
             "metrics": {m: c.as_dict() for m, c in comparison.metrics.items()},

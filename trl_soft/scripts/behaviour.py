@@ -37,6 +37,11 @@ class BehaviourArguments:
         metadata={"help": "JSON {item id: answer} of the model to compare with for 'helpful' (a run writes it to "
                           "round_0/behaviour_reference.json)."},
     )
+    part: str = field(
+        default="all",
+        metadata={"help": "Which behaviour items: 'all', or a run's 'selection' or 'confirmation' part "
+                          "(`behaviour_confirmation_share`; choose settings on the selection part only)."},
+    )
     output_json: str | None = field(default=None, metadata={"help": "Also write the metrics (and premise) here."})
     samples_out: str | None = field(default=None, metadata={"help": "Write every answer and verdict here (JSONL)."})
 
@@ -66,7 +71,8 @@ def main(args: BehaviourArguments, config, check: bool = False) -> int:
     outcome = evaluate_model_behaviour(
         args.model, settings, config.settings.judges, config.settings.engine,
         load_principles(config.principles_path), load_exemplars(config.exemplars_path), config.num_exemplars,
-        config.seed, config.generation_batch_size, reference,
+        config.seed, config.generation_batch_size, reference, exemplar_sampling=config.exemplar_sampling,
+        part=args.part,
     )
     seconds = time.perf_counter() - started
     print(f"\n{args.model} ({outcome.engine})\n\n{_table(outcome.metrics)}")
@@ -75,7 +81,8 @@ def main(args: BehaviourArguments, config, check: bool = False) -> int:
     print(f"\nwall time: {seconds:.1f} s")
     if args.output_json:
         Path(args.output_json).write_text(json.dumps(
-            {"metrics": outcome.metrics, "premise": outcome.premise, "seconds": seconds}, indent=2) + "\n")
+            {"metrics": outcome.metrics, "premise": outcome.premise, "seconds": seconds,
+             "item_scores": outcome.result.item_scores}, indent=2) + "\n")
     if args.samples_out:
         atomic_write_jsonl(args.samples_out, outcome.result.samples)
     return 0 if not check or (outcome.premise or {}).get("verdict") == "holds" else 1
