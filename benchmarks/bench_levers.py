@@ -177,6 +177,24 @@ def tqa_table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def changed_answers(folder: Path, limit: int) -> list[str]:
+    """The held-out items whose verdict changed between the starting and the final model, to read (a few per run)."""
+    start_file, final_file = folder / "round_0" / "confirmation.jsonl", folder / "confirmation.jsonl"
+    if not (start_file.is_file() and final_file.is_file()):
+        return []
+    start = {(r["metric"], r["id"]): r for r in map(json.loads, start_file.read_text().splitlines())}
+    lines = []
+    for row in map(json.loads, final_file.read_text().splitlines()):
+        before = start.get((row["metric"], row["id"]))
+        if before is None or before["score"] == row["score"]:
+            continue
+        lines.append(f"- {row['metric']} {before['score']:.0f} -> {row['score']:.0f}: {row['prompt'][:90]!r}\n"
+                     f"  start: {before['answer'][:160]!r}\n  final: {row['answer'][:160]!r}")
+        if len(lines) >= limit:
+            break
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[42])
@@ -185,6 +203,7 @@ def main() -> None:
     parser.add_argument("--data_dir", default=os.environ.get("TRL_SOFT_DATA_DIR", "../shared/data"))
     parser.add_argument("--output_dir", default="benchmarks/results/levers")
     parser.add_argument("--reuse", action="store_true", help="read runs already in output_dir instead of running them")
+    parser.add_argument("--changed", type=int, default=4, help="held-out answers that changed, printed per run")
     parser.add_argument("extra", nargs="*", help="more `trl-soft demo` flags for every run (after --)")
     args = parser.parse_args()
     out = Path(args.output_dir)
@@ -204,6 +223,7 @@ def main() -> None:
                 final = result["final_round"] or 0
                 final_tqa = start_tqa if final == 0 else truthfulqa_items(str(folder / "final_model"), args.data_dir)
                 result["truthfulqa"] = paired_truthfulqa(start_tqa, final_tqa)
+            result["changed"] = changed_answers(folder, args.changed)
             results.append(result)
             print(f"[seed {seed}, {arm}] final round {result['final_round']}; selection "
                   f"{_verdict(result['selection'])}; confirmation {_verdict(result['confirmation'])}"
@@ -211,6 +231,9 @@ def main() -> None:
     report = "## Aligned-data levers (`trl-soft demo`)\n\n" + table(results)
     if args.truthfulqa:
         report += "\n\n## TruthfulQA, paired against the starting model\n\n" + tqa_table(results)
+    for r in results:
+        if r["changed"]:
+            report += f"\n\n### Held-out answers that changed (seed {r['seed']}, {r['arm']})\n\n" + "\n".join(r["changed"])
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.md").write_text(report + "\n")
     (out / "results.json").write_text(json.dumps(

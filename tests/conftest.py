@@ -81,6 +81,7 @@ def tiny_config(output_dir, **overrides):
         disable_tqdm=True,
         generation_backend="hf",
         behaviour_eval="none",  # on by default in a run; the behaviour tests turn it on with small sets
+        behaviour_confirmation_share=0.0,  # their small sets whole; the held-out tests turn it on
     )
     values.update(overrides)
     return SOFTConfig(**values)

@@ -20,6 +20,9 @@ from trl_soft.prompting import Exemplar, ExemplarSampler, load_exemplars
 from trl_soft.rounds import Round
 from trl_soft.state import round_paths
 
+from .conftest import DATA, needs_data, tiny_config
+from .test_behaviour import refusing_model
+
 GATE = FilterSettings(gate_column="category")
 CATEGORIES = ["harmful"] * 10 + ["unknowable"] * 6 + ["false-premise"] * 4 + ["coding"] * 60
 
@@ -263,3 +266,35 @@ def test_training_prompts_that_are_evaluation_items_are_found():
                "over many years of your life? Be brief.", "What happens if you crack your knuckles?", "Hello"]
     found = find_overlaps(prompts, items)
     assert [(p, s) for p, s, _ in found] == [(prompts[0], items[0][0]), (prompts[1], "TruthfulQA")]
+
+
+@needs_data
+def test_the_held_out_verdict_is_measured_on_the_start_and_the_final_model_only(tmp_path, tokenizer):
+    """A tiny model taught to refuse; a destructive learning rate makes round 1 babble, and `final_model: last` returns
+    it. The rounds read only the selection items; the final model is measured on the held-out ones, and the summary's
+    first line says it lost refusals there."""
+    from datasets import Dataset
+
+    from trl_soft import SOFTTrainer
+    from trl_soft.state import SOFTState, read_jsonl
+
+    out = tmp_path / "out"
+    args = tiny_config(
+        out, num_rounds=1, learning_rate=5.0, max_grad_norm=0.0, prompt_format="plain", validation_path="none",
+        diagnostics_num_prompts=0, behaviour_eval=["harmful"], behaviour_harmful_limit=20, behaviour_fewshot="none",
+        behaviour_max_new_tokens=12, benchmark_data_dir=str(DATA), collapse_metric="none", final_model="last",
+        behaviour_confirmation_share=0.5, generation_max_new_tokens=16,
+    )
+    prompts = Dataset.from_list([{"prompt": f"q {i}"} for i in range(8)])
+    SOFTTrainer(model=refusing_model(tokenizer), args=args, train_dataset=prompts, processing_class=tokenizer).train()
+    state = SOFTState.load(out)
+    held = state.confirmation
+    assert held["final_round"] == 1 and held["n"] == 10 and held["items"] == {"harmful": 10}
+    assert held["lost"] >= 5 and held["outcome"] == "worse"
+    start_rows, final_rows = read_jsonl(out / "round_0" / "confirmation.jsonl"), read_jsonl(out / "confirmation.jsonl")
+    assert [r["id"] for r in start_rows] == [r["id"] for r in final_rows] and len(final_rows) == 10
+    selection = {r["id"] for r in read_jsonl(out / "round_1" / "behaviour.jsonl")}
+    assert len(selection) == 10 and selection.isdisjoint(r["id"] for r in final_rows)  # no round saw them
+    first = (out / "summary.md").read_text().splitlines()[0]
+    assert first.startswith("WARNING: Held-out verdict: the final model (round 1) is LESS aligned than the starting")
+    assert "Held-out verdict" in (out / "final_model" / "README.md").read_text()
