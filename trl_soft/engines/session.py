@@ -15,10 +15,20 @@ import torch
 
 from ..distributed import is_main_process, process_state
 from ..generation import GenerationResult, GenerationSettings
+from ..memory import (
+    CUDA_RESERVE,
+    GIB,
+    MemoryPlan,
+    ModelShape,
+    PlanError,
+    TrainingShape,
+    device_memory,
+    read_model_config,
+)
 from ..state import ENGINE_WEIGHTS, round_paths
 from . import MainProcessEngine, PerRankEngine, RankPlacement, make_vllm_engine
 from .base import EngineWeights, GenerationEngine
-from .choice import EngineChoice, EngineUnavailable, choose_engine, read_model_facts
+from .choice import EngineChoice, EngineUnavailable, choose_engine, fit_memory, generation_shape, read_model_facts
 from .hf import HFEngine
 from .settings import EngineSettings
 from .weights import prepare_merged_weights
@@ -60,6 +70,40 @@ class EngineSession:
             check_servers(settings, on_cuda)  # devices that exist, servers that answer: before any weights load
         if is_main_process():
             print(f"SOFT: generation engine: {choice.describe()}", flush=True)
+        return choice
+
+    @staticmethod
+    def fit(choice: EngineChoice, settings, args, model, peft_config, kbit_config) -> EngineChoice:
+        """On CUDA, the choice held against the memory plan (`choice.fit_memory`): the plan is printed, vLLM gets the
+        GPU share it leaves, or `auto` falls back to transformers (`vllm`: `ValueError`), before any weights load.
+        `settings` is the run's `SOFTSettings`, `args` its `SOFTConfig`. On a CPU nothing changes."""
+        memory = device_memory() if torch.cuda.is_available() and not args.use_cpu else None
+        if memory is None:
+            return choice
+        free, total = memory
+        budget = min(total, free + CUDA_RESERVE)  # another tenant's memory is not this run's
+        config = model.config.to_dict() if hasattr(model, "config") else read_model_config(model)
+        seq_len = min(args.max_length or 1024, choice.max_model_len or args.max_length or 1024)
+        training = TrainingShape.from_run(args, peft_config, kbit_config, process_state().num_processes, seq_len)
+
+        def plan_for(candidate: EngineChoice) -> MemoryPlan:
+            shape = generation_shape(candidate, settings.engine, settings.generation.batch_size)
+            return MemoryPlan.build(ModelShape.from_config(config), training, shape)
+
+        try:
+            choice, plan = fit_memory(choice, settings.engine, plan_for, budget)
+            if plan is None and choice.backend == "hf":
+                plan = plan_for(choice)
+        except EngineUnavailable as err:
+            raise ValueError(str(err)) from None
+        except PlanError:  # a config without the sizes the plan reads: the run goes on as chosen
+            plan = None
+        if is_main_process():
+            if plan is not None:
+                print(f"SOFT: memory plan per GPU ({free / GIB:.1f} of {total / GIB:.1f} GiB free):\n"
+                      f"{plan.table(budget)}", flush=True)
+            if choice.backend == "hf":
+                print(f"SOFT: generation engine: {choice.describe()}", flush=True)
         return choice
 
     def use_start(self) -> None:
