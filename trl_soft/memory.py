@@ -46,7 +46,9 @@ BNB_CODE_BYTES = 256 * 4 + 4
 BNB_MIN_8BIT_SIZE = 4096
 # Optimizer state bytes per trainable parameter, by `optim` name (TrainingArguments' names); None: in the
 # parameter's own dtype (torch's AdamW keeps exp_avg and exp_avg_sq like the parameter).
-EIGHT_BIT_ADAM = 2  # two uint8 states (+ a block constant per 2048 values, below)
+EIGHT_BIT_ADAM = 2  # two uint8 states, an fp32 constant per 256 values for each, two 256-entry fp32 maps per tensor
+EIGHT_BIT_BLOCK = 256
+EIGHT_BIT_MAPS = 2 * 256 * 4
 DTYPE_BYTES = {"float32": 4, "float": 4, "bfloat16": 2, "float16": 2, "half": 2, "int8": 1, "float8_e4m3fn": 1}
 GATED_MLP_FREE = {"gpt2", "gpt_neox", "gptj", "opt", "bloom", "falcon", "phi"}  # two MLP matrices, not three
 ATTENTION_BIAS = {"qwen2": ("q_proj", "k_proj", "v_proj")}  # biases without `attention_bias` in config.json
@@ -360,7 +362,8 @@ class MemoryPlan:
         total = 0
         for n in self.trainable_tensors():
             if "8bit" in name:
-                total += 8 * n if n < BNB_MIN_8BIT_SIZE else EIGHT_BIT_ADAM * n + 2 * 4 * math.ceil(n / 2048)
+                small = n < BNB_MIN_8BIT_SIZE
+                total += 8 * n if small else EIGHT_BIT_ADAM * n + 2 * 4 * math.ceil(n / EIGHT_BIT_BLOCK) + EIGHT_BIT_MAPS
             elif name.startswith("sgd"):
                 total += 0
             elif name.startswith("adafactor"):
