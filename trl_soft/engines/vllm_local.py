@@ -155,15 +155,20 @@ class VLLMColocateEngine:
         environment = engine_environment(settings, choice.on_cuda)
         if placement is not None:
             kwargs.update(placement.engine_arguments())
-            environment.update({k: v for k, v in placement.environment().items() if k not in os.environ})
+            environment.update({k: v for k, v in placement.environment().items()
+                                if k not in os.environ or k in placement.FORCED})
+        previous = {name: os.environ.get(name) for name in environment}
         os.environ.update(environment)  # the engine's processes inherit it when they start
         try:
             self.llm = LLM(**kwargs)
         except Exception as err:
             raise EngineError(f"vLLM could not start on {choice.base!r} ({type(err).__name__}: {err}).") from err
         finally:
-            for name in environment:
-                os.environ.pop(name, None)
+            for name, value in previous.items():  # as it was: the launcher's own values come back
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
         self.start_seconds = time.perf_counter() - started
 
     def load(self, weights: EngineWeights, model=None) -> float:
