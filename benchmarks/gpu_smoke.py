@@ -148,13 +148,12 @@ def soft_run(model_dir: Path, out: Path, rounds: int, four_bit: bool = False, ba
 
 def plan_figures(trainer, peft, quantization) -> dict:
     """The run's memory plan, as the trainer makes it on CUDA (`EngineSession.fit`), for the engine it used."""
-    from trl_soft.engines.choice import generation_shape
-    from trl_soft.memory import CUDA_RESERVE, MemoryPlan, ModelShape, TrainingShape
+    from trl_soft.engines.session import run_planner
+    from trl_soft.memory import CUDA_RESERVE
 
-    args, settings, choice = trainer.args, trainer.args.settings, trainer.engine.choice
-    training = TrainingShape.from_run(args, peft, quantization, 1, min(args.max_length, choice.max_model_len or 1024))
-    plan = MemoryPlan.build(ModelShape.from_config(trainer.model.config.to_dict()), training,
-                            generation_shape(choice, settings.engine, settings.generation.batch_size))
+    choice = trainer.engine.choice
+    plan = run_planner(trainer.args.settings, trainer.args, trainer.model, peft, quantization,
+                       choice.max_model_len)(choice)
     # the plan's figures without its CUDA-context reserve, which max_memory_allocated does not see
     return {"training_peak_bytes": plan.training_bytes() - CUDA_RESERVE,
             "need_bytes": plan.verdict(1 << 50).need - CUDA_RESERVE, "table": plan.table()}

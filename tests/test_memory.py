@@ -159,6 +159,34 @@ def test_vllm_that_cannot_fit_is_refused_with_the_plan():
         fit_memory(candidate, small, lambda c: plan, 80 * GIB)
 
 
+def test_a_runs_plan_is_made_from_its_config_and_settings(tmp_path):
+    """What the trainer plans on CUDA (`EngineSession.fit` through `run_planner`): the model's config.json, the
+    SOFTConfig's batch sizes, lengths and dtype, the PEFT and bitsandbytes configs, the engine choice."""
+    from peft import LoraConfig
+
+    from trl_soft.engines.session import EngineSession, run_planner
+
+    from .conftest import tiny_config as soft_config
+
+    folder = tmp_path / "model"
+    LlamaForCausalLM(tiny_config()).save_pretrained(folder)
+    args = soft_config(tmp_path / "out", generation_batch_size=6, per_device_train_batch_size=3, max_length=256,
+                       model_init_kwargs={"dtype": "bfloat16"})
+    kbit = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True)
+    plan_for = run_planner(args.settings, args, str(folder), LoraConfig(r=8, target_modules=["q_proj", "v_proj"]),
+                           kbit, max_model_len=200)
+    choice = EngineChoice("vllm", "test", mode="colocate", dtype="bfloat16", lora_mode="adapter", max_lora_rank=8,
+                          on_cuda=True, max_model_len=512, sleep_mode=True)
+    plan = plan_for(choice)
+    assert plan.training == TrainingShape(
+        dtype="bfloat16", quantization="nf4", double_quant=True, lora_r=8, lora_targets=("q_proj", "v_proj"),
+        optimizer=str(args.optim).split(".")[-1].lower(), batch_size=3, seq_len=200, gradient_checkpointing=False)
+    assert (plan.generation.sequences, plan.generation.max_model_len, plan.generation.lora_rank) == (6, 512, 8)
+    assert plan.generation.sleep and plan.model.parameters == sum(
+        p.numel() for p in LlamaForCausalLM(tiny_config()).parameters())
+    assert EngineSession.fit(choice, args.settings, args, str(folder), None, kbit) is choice  # no CUDA: unchanged
+
+
 def test_nothing_changes_without_cuda_or_for_a_server_someone_else_runs():
     choice = EngineChoice("vllm", "asked for", mode="colocate", dtype="float32", on_cuda=False)
     never = lambda c: pytest.fail("planned without a GPU")  # noqa: E731

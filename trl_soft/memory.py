@@ -188,8 +188,14 @@ def read_model_config(name_or_path: str, revision: str | None = None) -> dict:
     else:
         from huggingface_hub import hf_hub_download
 
-        path = Path(hf_hub_download(name_or_path, "config.json", revision=revision))
-    return json.loads(path.read_text(encoding="utf-8"))
+        try:
+            path = Path(hf_hub_download(name_or_path, "config.json", revision=revision))
+        except Exception as err:  # offline, private, no such repository: the plan says so, the run goes on
+            raise PlanError(f"the config.json of {name_or_path!r} could not be read ({type(err).__name__}: {err})") from err
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise PlanError(f"{path} could not be read as JSON ({err})") from err
 
 
 # ---- the run ----------------------------------------------------------------------------------------------------------
@@ -432,8 +438,13 @@ class MemoryPlan:
             element = 2 if self.training.quantization else dtype_bytes(self.training.dtype)
             kv = g.sequences * g.max_model_len * m.kv_bytes_per_token(element)
             prefill = 2 * g.sequences * g.prompt_tokens * m.intermediate * element
-            return [Item("KV cache (transformers)", kv, f"{g.sequences} sequences x {g.max_model_len} tokens"),
-                    Item("prefill temporaries", prefill, "one MLP layer of the batch's prompts")]
+            items = [Item("KV cache (transformers)", kv, f"{g.sequences} sequences x {g.max_model_len} tokens"),
+                     Item("prefill temporaries", prefill, "one MLP layer of the batch's prompts")]
+            t = self.training
+            if t.sharding == "zero3" and t.processes > 1:  # generation gathers the whole model on every GPU
+                items.append(Item("weights gathered to generate", self.weight_bytes() - self._shard(
+                    self.weight_bytes(), "weights"), "ZeRO-3 gathers every layer for generate()"))
+            return items
         element = dtype_bytes(g.dtype)
         tp = g.tensor_parallel
         if g.quantization == "bitsandbytes":

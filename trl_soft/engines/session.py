@@ -82,15 +82,8 @@ class EngineSession:
             return choice
         free, total = memory
         budget = min(total, free + CUDA_RESERVE)  # another tenant's memory is not this run's
-        config = model.config.to_dict() if hasattr(model, "config") else read_model_config(model)
-        seq_len = min(args.max_length or 1024, choice.max_model_len or args.max_length or 1024)
-        training = TrainingShape.from_run(args, peft_config, kbit_config, process_state().num_processes, seq_len)
-
-        def plan_for(candidate: EngineChoice) -> MemoryPlan:
-            shape = generation_shape(candidate, settings.engine, settings.generation.batch_size)
-            return MemoryPlan.build(ModelShape.from_config(config), training, shape)
-
         try:
+            plan_for = run_planner(settings, args, model, peft_config, kbit_config, choice.max_model_len)
             choice, plan = fit_memory(choice, settings.engine, plan_for, budget)
             if plan is None and choice.backend == "hf":
                 plan = plan_for(choice)
@@ -193,3 +186,20 @@ class EngineSession:
                     layer.current = None
         self.asleep = False
         self.switch_seconds += time.perf_counter() - started
+
+
+def run_planner(settings, args, model, peft_config, kbit_config, max_model_len: int | None = None
+                ) -> Callable[[EngineChoice], MemoryPlan]:
+    """The memory plan of this run for a given engine choice: the model's config (a model object's, or config.json
+    of its folder or hub id), the training arguments, PEFT and quantization configs, the run's processes, the
+    engine settings and `generation_batch_size`. Training sequences are at most `max_length`, and no longer than the
+    engine's `max_model_len` (the longest prompt with its answer) when that is known."""
+    config = model.config.to_dict() if hasattr(model, "config") else read_model_config(model)
+    seq_len = min(args.max_length or 1024, max_model_len or args.max_length or 1024)
+    training = TrainingShape.from_run(args, peft_config, kbit_config, process_state().num_processes, seq_len)
+    shape = ModelShape.from_config(config)
+
+    def plan_for(choice: EngineChoice) -> MemoryPlan:
+        return MemoryPlan.build(shape, training, generation_shape(choice, settings.engine, settings.generation.batch_size))
+
+    return plan_for
