@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import runpy
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -119,6 +120,30 @@ def test_lora_and_optimizer_state_are_the_plans(tmp_path, tokenizer, four_bit, t
     state = [t for s in trainer.optimizer.state.values() for t in s.values() if torch.is_tensor(t)]
     counted = sum(t.numel() * t.element_size() for t in state)
     assert counted > 0 and close(plan.optimizer_bytes(), counted), (plan.optimizer_bytes(), counted)
+
+
+def test_targets_sharding_and_checkpointing_change_the_plan_as_they_should(monkeypatch):
+    from types import SimpleNamespace
+
+    from trl_soft.memory import sharding_of
+
+    shape = ModelShape.from_config(DOCS["CONFIGS"]["Llama-2-7B"])
+    regex = MemoryPlan.build(shape, TrainingShape(lora_r=8, lora_targets=r".*\.(q_proj|v_proj)"), GenerationShape())
+    assert regex.lora_targets() == ("q_proj", "v_proj") == MemoryPlan.build(
+        shape, TrainingShape(lora_r=8), GenerationShape()).lora_targets()  # PEFT's default for Llama
+    ddp = MemoryPlan.build(shape, replace(DOCS["QLORA"], processes=8), GenerationShape())
+    zero3 = MemoryPlan.build(shape, replace(DOCS["QLORA"], processes=8, sharding="zero3"), GenerationShape())
+    item = lambda plan, name: next(i.bytes for i in plan.train_items if i.name == name)  # noqa: E731
+    assert item(zero3, "training weights") == -(-item(ddp, "training weights") // 8)
+    assert item(zero3, "optimizer state") == -(-item(ddp, "optimizer state") // 8)
+    no_checkpointing = MemoryPlan.build(shape, replace(DOCS["QLORA"], gradient_checkpointing=False), GenerationShape())
+    assert no_checkpointing.activation_bytes() > 5 * ddp.activation_bytes()
+    monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED", raising=False)
+    monkeypatch.delenv("ACCELERATE_USE_FSDP", raising=False)
+    assert sharding_of(SimpleNamespace(deepspeed={"zero_optimization": {"stage": 3}}, fsdp=None)) == "zero3"
+    assert sharding_of(SimpleNamespace(deepspeed=None, fsdp=None)) == "none"
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # what `accelerate launch --config_file fsdp2.yaml` sets
+    assert sharding_of(SimpleNamespace(deepspeed=None, fsdp=None)) == "fsdp"
 
 
 # ---- the decisions ---------------------------------------------------------------------------------------------

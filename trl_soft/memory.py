@@ -333,8 +333,9 @@ class MemoryPlan:
             return tuple(n for n in PEFT_DEFAULT_TARGETS if n in names)
         if targets == "all-linear":
             return tuple(names)
-        if isinstance(targets, str):  # a regular expression: the names it matches in full
-            return tuple(n for n in names if re.fullmatch(targets, n) or re.fullmatch(targets, f"x.{n}"))
+        if isinstance(targets, str):  # a regular expression, matched by PEFT against a module's whole name
+            where = {n: "self_attn" if n in ("q_proj", "k_proj", "v_proj", "o_proj") else "mlp" for n in names}
+            return tuple(n for n in names if re.fullmatch(targets, f"model.layers.0.{where[n]}.{n}"))
         return tuple(n for n in names if n in targets)
 
     def trainable_tensors(self) -> list[int]:
@@ -404,23 +405,25 @@ class MemoryPlan:
         if t.quantization in ("nf4", "fp4"):
             quant += " + double-quantized constants" if t.double_quant else " + fp32 block constants"
         shard = f", sharded over {t.processes} ({t.sharding})" if t.sharding != "none" and t.processes > 1 else ""
+        weights_note = f"{self.model.parameters / 1e9:.2f} B parameters, {quant}"
+        if t.lora_r is None:
+            trainable_item = Item("trainable parameters", 0, f"{trainable / 1e6:.1f} M: full fine-tuning, in the weights")
+        else:
+            targets = self.lora_targets()
+            on = "every linear layer" if len(targets) == len(self.model.linear_shapes()) else "+".join(targets)
+            trainable_item = Item("trainable parameters", trainable * self.trainable_bytes_per_param(),
+                                  f"{trainable / 1e6:.1f} M, LoRA r={t.lora_r} on {on}")
         items = [
             Item("training weights", self._shard(self.weight_bytes(), "weights"),
-                 f"{self.model.parameters / 1e9:.2f} B parameters, {quant}"
-                 + (shard if t.sharding in ("zero3", "fsdp") else "")),
-            Item("trainable parameters", self._shard(trainable * self.trainable_bytes_per_param(), "weights")
-                 if t.lora_r is None else trainable * self.trainable_bytes_per_param(),
-                 f"{trainable / 1e6:.1f} M" + (f", LoRA r={t.lora_r} on {'+'.join(self.lora_targets())}"
-                                               if t.lora_r else ", full fine-tuning (counted in the weights)")),
+                 weights_note + (shard if t.sharding in ("zero3", "fsdp") else "")),
+            trainable_item,
             Item("optimizer state", self._shard(self.optimizer_bytes(), "optimizer"),
                  t.optimizer + (shard if t.sharding != "none" else "")),
             Item("gradients", self._shard(trainable * self.trainable_bytes_per_param(), "gradients"),
                  "freed after each step"),
-            Item("activations", self.activation_bytes(),
-                 f"{t.batch_size} x {t.seq_len} tokens, gradient checkpointing {'on' if t.gradient_checkpointing else 'off'}"),
+            Item("activations", self.activation_bytes(), f"{t.batch_size} x {t.seq_len} tokens, gradient "
+                 f"checkpointing {'on' if t.gradient_checkpointing else 'off'}"),
         ]
-        if t.lora_r is None:
-            items[1] = Item("trainable parameters", 0, f"{trainable / 1e6:.1f} M, full fine-tuning (in the weights)")
         if t.sharding in ("zero3", "fsdp") and t.processes > 1:
             items.append(Item("gathered layer", self.weight_bytes() // self.model.layers, "one layer whole at a time"))
         items.append(Item("CUDA context, allocator slack", CUDA_RESERVE, "per process"))
