@@ -243,11 +243,12 @@ def run_phase(name: str, model_dir: Path, work: Path, timeout: float, gpus: int,
         return {"result": "ran", "peak_allocated_gib": round(peak / 2**30, 3), "plan_gib": round(plan / 2**30, 3),
                 "plan_training_gib": round(base["plan"]["training_peak_bytes"] / 2**30, 3),
                 "measured_over_plan": round(peak / plan, 2)}
-    if name == "resume_after_kill":
+    if name == "resume_after_kill":  # both halves within the phase's time
+        started = time.monotonic()
         killed = launch(name, model_dir, folder, timeout)
         if killed.get("exit_code") != -signal.SIGKILL:
             return {"result": f"failed: the run was not killed in round 2 ({killed['result']})"}
-        resumed = launch("resume_killed", model_dir, folder, timeout)
+        resumed = launch("resume_killed", model_dir, folder, max(10.0, timeout - (time.monotonic() - started)))
         return {**resumed, "killed": "SIGKILL at round 2's first training step"}
     return launch(name, model_dir, folder, timeout, processes=2 if name == "two_processes" else 1)
 
