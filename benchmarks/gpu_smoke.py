@@ -1,246 +1,313 @@
-"""GPU smoke check: the vLLM paths that cannot run on the development CPUs, one short SOFT round each.
+"""Smoke check sized for the GPU machine that can run it: one GPU, no network, torch/transformers/accelerate/peft
+installed, plus trl, datasets and trl-soft from wheels (benchmarks/README.md: the one command that gathers them).
 
-    python benchmarks/gpu_smoke.py [--json benchmarks/results/gpu_smoke.json] [--phases colocate_full,...]
+    python benchmarks/gpu_smoke.py --json results/gpu_smoke.json [--phases hf_lora,resume_after_kill,...]
 
-For the day a GPU is lent: at most about 8 minutes on one GPU, nothing downloaded (the embedded SmolLM2-135M-Instruct,
-resolved by `trl_soft.models.resolve_model_path`, and LoRA adapters built here). Each phase is one 1-round
-`SOFTTrainer` run on a few prompts, in its own process (a crashed engine or leaked GPU memory cannot spoil the next
-phase); a failed phase is recorded and the next one runs:
+Nothing is downloaded: a tiny Llama is built here from `TINY_LLAMA` (random weights) with a byte-level BPE tokenizer
+trained in a second on trl-soft's shipped texts (principles, exemplars, prompts), both saved in the work folder (a few
+MB). Each phase runs in its own process (a crash or leaked memory cannot spoil the next) and records `ran` or
+`failed` with its wall seconds, or `skipped` with the reason (what it needs and is missing):
 
-- `colocate_full`: colocated vLLM, full fine-tuning (weights reloaded from the round's folder), no sleep;
-- `colocate_lora`: colocated vLLM, LoRA (adapter mode, `auto` on GPUs), no sleep;
-- `sleep_wake`: colocated vLLM with sleep mode, full fine-tuning (level 2: weights dropped during training and
-  reloaded from the round's folder after waking);
-- `qlora_4bit`: a 4-bit NF4 base (bitsandbytes `quantization_config`) with LoRA, through the engine choice
-  (`vllm_quantization='auto'`), sleeping (level 1, with the adapter);
-- `server_device`: a vLLM server trl-soft starts on a chosen device (the last GPU), full fine-tuning;
-- `two_processes`: `accelerate launch --num_processes 2`, each process with its own colocated engine
-  (`vllm_colocate_ranks='all'`), LoRA.
+- `hf_lora`: a 2-round SOFT run generating with transformers, LoRA on every linear layer; bf16 on a GPU, fp32 on a
+  CPU. Checks: both rounds complete, only the adapter is saved.
+- `resume_after_kill`: the same run, killed (SIGKILL) at the first training step of round 2, then resumed
+  (`resume_from_checkpoint`): it must finish round 2 with round 1's generations untouched.
+- `memory_plan`: `hf_lora`'s measured peak (`torch.cuda.max_memory_allocated`) beside its memory plan
+  (`trl_soft.memory`, the tensors part: the plan's CUDA-context reserve is not allocated memory). Needs CUDA.
+- `qlora_4bit`: one round on the tiny model loaded in 4-bit NF4 with LoRA. Needs bitsandbytes.
+- `vllm_auto`: one LoRA round with `generation_backend='auto'` on CUDA, which must pick vLLM on this GPU (the plan
+  fits) and size its share from the plan; sleep mode on. Needs vLLM and CUDA.
+- `two_processes`: `accelerate launch --num_processes 2`, one GPU each, transformers engine. Needs two GPUs.
 
-Every phase records its wall seconds (process start to end, engine start included), the peak GPU memory the training
-process allocated (`torch.cuda.max_memory_allocated`, the largest over its processes; vLLM's engine core runs in a
-process of its own and is not in it) and the peak total memory `nvidia-smi` reported used on all GPUs while it ran
-(sampled every 0.5 s), and `ok` or the error's first line. The table is printed and written as JSON. On a machine
-without CUDA the script runs nothing and exits with code 2.
-
-The engines run eagerly (`vllm_enforce_eager`; `--compile` keeps vLLM's GPU default, torch.compile and CUDA graphs,
-which costs about a minute of start-up per engine) so that all phases fit in the time.
+The table is printed and written as JSON (`--json`); the exit code is 0 when nothing failed (skips are not
+failures). The whole check stops starting phases after `BUDGET_SECONDS`.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import importlib.util
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-# SOFTConfig field names this script sets that other work introduced (one place to rename them).
-SLEEP_FIELD = "vllm_sleep_mode"
-QUANTIZATION_FIELD = "vllm_quantization"
-SERVER_DEVICES_FIELD = "vllm_server_devices"
-COLOCATE_RANKS_FIELD = "vllm_colocate_ranks"
-
-BUDGET_SECONDS = 8 * 60  # the whole check
-PHASE_SECONDS = 150  # one phase at most (a hung engine must not eat the budget)
-NUM_PROMPTS = 4
-
-# phase -> (processes, LoRA?, 4-bit base?, SOFTConfig overrides); "{last_gpu}" is replaced by the last GPU's index
-PHASES: dict[str, tuple[int, bool, bool, dict]] = {
-    "colocate_full": (1, False, False, {"vllm_mode": "colocate", SLEEP_FIELD: False}),
-    "colocate_lora": (1, True, False, {"vllm_mode": "colocate", SLEEP_FIELD: False}),
-    "sleep_wake": (1, False, False, {"vllm_mode": "colocate", SLEEP_FIELD: True}),
-    "qlora_4bit": (1, True, True, {"vllm_mode": "colocate", SLEEP_FIELD: True, QUANTIZATION_FIELD: "auto"}),
-    "server_device": (1, False, False, {"vllm_mode": "server", SERVER_DEVICES_FIELD: "{last_gpu}"}),
-    "two_processes": (2, True, False, {"vllm_mode": "colocate", COLOCATE_RANKS_FIELD: "all", SLEEP_FIELD: False}),
-}
+BUDGET_SECONDS = 5 * 60 - 20
+PHASE_SECONDS = 150
+PHASES = ("hf_lora", "resume_after_kill", "memory_plan", "qlora_4bit", "vllm_auto", "two_processes")
+# The tiny Llama: head size 64 (vLLM's GPU and CPU attention both take it), grouped-query attention, untied output,
+# widths that are multiples of 128 (bitsandbytes' CPU 4-bit kernel needs them).
+TINY_LLAMA = dict(hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=4096, tie_word_embeddings=False)
+VOCAB = 2048
+SPECIALS = ["<|pad|>", "<|bos|>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>"]
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<|end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+NUM_PROMPTS = 8
 
 
-# ---- one phase, in its own process (or processes, under accelerate launch) -------------------------------------------
-def run_phase(name: str, result_dir: Path, last_gpu: int, eager: bool) -> None:
-    """Train one SOFT round for phase `name`; every process writes `result_dir/rank<N>.json`."""
+# ---- the model, built here ---------------------------------------------------------------------------------------
+def build_tiny_model(folder: Path) -> None:
+    """A random tiny Llama and a BPE tokenizer trained on trl-soft's shipped texts, saved to `folder`."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    assets = ROOT / "trl_soft" / "assets"
+    texts = [line for name in ("principles.json", "exemplars.jsonl", "demo_prompts.jsonl", "validation.jsonl")
+             for line in (assets / name).read_text(encoding="utf-8").splitlines()]
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=VOCAB, special_tokens=SPECIALS,
+                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, pad_token="<|pad|>", bos_token="<|bos|>",
+                                        eos_token="<|end|>")
+    tokenizer.chat_template = CHAT_TEMPLATE
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **TINY_LLAMA)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+
+# ---- a phase, in its own process -----------------------------------------------------------------------------------
+def kill_in_round_2(output_dir: Path):
+    """A callback that sends its own process SIGKILL at the first training step after round 1 is recorded as complete
+    (read from the run's manifest)."""
+    from transformers import TrainerCallback
+
+    from trl_soft.state import SOFTState
+
+    class KillInRound2(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            saved = SOFTState.load(output_dir)
+            if saved is not None and saved.rounds_completed == 1:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    return KillInRound2()
+
+
+def soft_run(model_dir: Path, out: Path, rounds: int, four_bit: bool = False, backend: str = "hf",
+             resume: bool = False, kill: bool = False) -> dict:
+    """One SOFT run on the tiny model; returns what the phase records."""
     import torch
     from datasets import Dataset
     from peft import LoraConfig
-    from transformers import BitsAndBytesConfig
 
     from trl_soft import SOFTConfig, SOFTTrainer
-    from trl_soft.data import ValidationPair
     from trl_soft.state import SOFTState
 
-    processes, lora, four_bit, overrides = PHASES[name]
-    overrides = {k: ([last_gpu] if v == "{last_gpu}" else v) for k, v in overrides.items()}
-    rank = int(os.environ.get("RANK", "0"))
-    out = result_dir / "run"
-    started = time.perf_counter()
-    record: dict = {"rank": rank}
+    cuda = torch.cuda.is_available()
+    args = SOFTConfig(
+        output_dir=str(out), num_rounds=rounds, num_exemplars=2, generation_max_new_tokens=24,
+        generation_temperature=0.7, generation_batch_size=NUM_PROMPTS, filters=[], filter_min_words=1,
+        per_device_train_batch_size=4, num_train_epochs=2, learning_rate=1e-3, report_to="none", logging_steps=1,
+        save_strategy="no", diagnostics_num_prompts=2, diagnostics_max_new_tokens=8, disable_tqdm=True,
+        behaviour_eval="none", evaluate_start=False, generation_backend=backend, bf16=cuda, use_cpu=not cuda,
+        gradient_checkpointing=cuda, max_length=1024, vllm_enforce_eager=True,
+        model_init_kwargs={"dtype": "bfloat16" if cuda else "float32"}, resume_from_checkpoint=True if resume else None,
+    )
+    quantization = None
+    if four_bit:
+        from transformers import BitsAndBytesConfig
+
+        quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                          bnb_4bit_compute_dtype=torch.bfloat16 if cuda else torch.float32)
+    prompts = [json.loads(line)["prompt"] for line in
+               (ROOT / "trl_soft" / "assets" / "demo_prompts.jsonl").read_text().splitlines()[:NUM_PROMPTS]]
+    peft = LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM")
+    trainer = SOFTTrainer(model=str(model_dir), args=args, train_dataset=Dataset.from_list([{"prompt": p} for p in prompts]),
+                          peft_config=peft, quantization_config=quantization,
+                          callbacks=[kill_in_round_2(out)] if kill else None)
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    trainer.train(resume_from_checkpoint=resume)
+    state = SOFTState.load(out)
+    record = {"rounds": state.rounds_completed, "engine": state.engine,
+              "peak_allocated_bytes": torch.cuda.max_memory_allocated() if cuda else None,
+              "plan": plan_figures(trainer, peft, quantization) if cuda else None}
+    if state.rounds_completed != rounds:
+        raise RuntimeError(f"{state.rounds_completed} rounds completed, not {rounds}")
+    if not (out / "final_model" / "adapter_model.safetensors").is_file():
+        raise RuntimeError("final_model holds no adapter")
+    trainer.accelerator.end_training()
+    return record
+
+
+def plan_figures(trainer, peft, quantization) -> dict:
+    """The run's memory plan, as the trainer makes it on CUDA (`EngineSession.fit`), for the engine it used."""
+    from trl_soft.engines.session import run_planner
+    from trl_soft.memory import CUDA_RESERVE
+
+    choice = trainer.engine.choice
+    plan = run_planner(trainer.args.settings, trainer.args, trainer.model, peft, quantization,
+                       choice.max_model_len)(choice)
+    # the plan's figures without its CUDA-context reserve, which max_memory_allocated does not see
+    return {"training_peak_bytes": plan.training_bytes() - CUDA_RESERVE,
+            "need_bytes": plan.verdict(1 << 50).need - CUDA_RESERVE, "table": plan.table()}
+
+
+def run_worker(name: str, model_dir: Path, work: Path, result: Path) -> None:
+    record: dict = {}
     try:
-        args = SOFTConfig(
-            output_dir=str(out), num_rounds=1, num_exemplars=1, generation_max_new_tokens=24,
-            generation_temperature=0.0, generation_batch_size=NUM_PROMPTS, filters=[], filter_min_words=1,
-            per_device_train_batch_size=2, num_train_epochs=1, learning_rate=1e-4, report_to="none",
-            logging_steps=1, save_strategy="no", diagnostics_num_prompts=2, diagnostics_max_new_tokens=8,
-            disable_tqdm=True, behaviour_eval="none", evaluate_start=False, generation_backend="vllm",
-            vllm_gpu_memory_utilization=0.2, vllm_enforce_eager=eager or None, bf16=True, **overrides,
-        )
-        prompts = Dataset.from_list([{"prompt": f"Tell me something useful about topic number {i}."}
-                                     for i in range(NUM_PROMPTS)])
-        trainer = SOFTTrainer(
-            model="embedded", args=args, train_dataset=prompts,
-            validation_set=[ValidationPair("What is the capital of France?", "The capital of France is Paris.")],
-            peft_config=LoraConfig(r=8, lora_alpha=16, task_type="CAUSAL_LM") if lora else None,
-            quantization_config=BitsAndBytesConfig(
-                load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16
-            ) if four_bit else None,
-        )
-        trainer.train()
-        state = SOFTState.load(out)
-        record["engine"] = state.engine
-        if state.rounds_completed != 1:
-            raise RuntimeError(f"{state.rounds_completed} rounds completed, not 1")
-        if not (state.engine or "").startswith("vLLM"):
-            raise RuntimeError(f"the round was not generated by vLLM: {state.engine}")
-        record["result"] = "ok"
-    except BaseException as err:  # noqa: BLE001 - the phase's outcome is the record; the next phase must still run
+        if name == "hf_lora":
+            record = soft_run(model_dir, work / "run", rounds=2)
+        elif name == "resume_killed":  # the second half of `resume_after_kill`
+            before = digest(work / "run" / "round_1" / "generations.jsonl")
+            record = soft_run(model_dir, work / "run", rounds=2, resume=True)
+            if digest(work / "run" / "round_1" / "generations.jsonl") != before:
+                raise RuntimeError("round 1's generations changed on resume")
+        elif name == "resume_after_kill":  # killed by its own callback: this line is not reached when it works
+            soft_run(model_dir, work / "run", rounds=2, kill=True)
+            raise RuntimeError("the run finished before the kill")
+        elif name == "qlora_4bit":
+            record = soft_run(model_dir, work / "run", rounds=1, four_bit=True)
+        elif name == "vllm_auto":
+            record = soft_run(model_dir, work / "run", rounds=1, backend="auto")
+            if not str(record["engine"]).startswith("vLLM"):
+                raise RuntimeError(f"auto did not choose vLLM on this GPU: {record['engine']}")
+        elif name == "two_processes":
+            record = soft_run(model_dir, work / "run", rounds=1)  # one run over both processes
+        record["result"] = "ran"
+    except BaseException as err:  # noqa: BLE001 - the outcome is the record; the next phase must still run
         first = (str(err).strip().splitlines() or [""])[0]
-        record["result"] = f"{type(err).__name__}: {first}"[:300]
-    record["seconds"] = time.perf_counter() - started
-    record["peak_torch_bytes"] = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else 0
-    (result_dir / f"rank{rank}.json").write_text(json.dumps(record))
+        record["result"] = f"failed: {type(err).__name__}: {first}"[:300]
+    result.write_text(json.dumps(record))
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 # ---- the driver ----------------------------------------------------------------------------------------------------
-class GPUMemoryPeak:
-    """The largest total of `nvidia-smi`'s memory.used over all GPUs, sampled every 0.5 s while running."""
-
-    def __init__(self):
-        self.peak_mib: float | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._poll, daemon=True)
-
-    def _poll(self) -> None:
-        smi = shutil.which("nvidia-smi")
-        while smi and not self._stop.is_set():
-            try:
-                text = subprocess.run([smi, "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
-                                      capture_output=True, text=True, timeout=5).stdout
-                used = sum(float(line) for line in text.split() if line.strip())
-                self.peak_mib = max(self.peak_mib or 0.0, used)
-            except (OSError, ValueError, subprocess.SubprocessError):
-                return
-            self._stop.wait(0.5)
-
-    def __enter__(self) -> GPUMemoryPeak:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
+def missing(name: str, gpus: int) -> str | None:
+    """Why `name` cannot run here, or None."""
+    have = {m: importlib.util.find_spec(m) is not None for m in ("bitsandbytes", "vllm")}
+    if name == "memory_plan" and gpus == 0:
+        return "no CUDA: there is no GPU peak to measure (the plan's CPU checks are tests/test_memory.py)"
+    if name == "qlora_4bit" and not have["bitsandbytes"]:
+        return "bitsandbytes is not installed"
+    if name == "vllm_auto":
+        if not have["vllm"]:
+            return "vLLM is not installed"
+        if gpus == 0:
+            return "no CUDA: this phase checks vLLM's CUDA path (vLLM's CPU build is covered by the test suite)"
+    if name == "two_processes" and gpus < 2:
+        return f"needs 2 GPUs, this machine has {gpus} (2 CPU processes are tests/test_distributed.py)"
+    return None
 
 
-def launch_phase(name: str, work: Path, timeout: float, last_gpu: int, eager: bool) -> dict:
-    processes = PHASES[name][0]
-    result_dir = work / name
-    result_dir.mkdir(parents=True)
-    worker = [str(Path(__file__).resolve()), "--worker", name, "--result_dir", str(result_dir),
-              "--last_gpu", str(last_gpu)] + ([] if eager else ["--compile"])
-    if processes == 1:
-        command = [sys.executable, *worker]
-    else:
+def launch(name: str, model_dir: Path, work: Path, timeout: float, processes: int = 1) -> dict:
+    """Run phase `name` in its own process(es); returns its record (`result` 'ran' or 'failed: ...')."""
+    result = work / f"{name}.json"
+    worker = [str(Path(__file__).resolve()), "--worker", name, "--model_dir", str(model_dir), "--work_dir",
+              str(work), "--result", str(result)]
+    if processes > 1:
         launcher = shutil.which("accelerate") or str(Path(sys.executable).with_name("accelerate"))
         command = [launcher, "launch", "--multi_gpu", "--num_processes", str(processes), "--num_machines", "1",
                    "--mixed_precision", "no", "--dynamo_backend", "no", *worker]
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
-    log = result_dir / "log.txt"
-    started = time.perf_counter()
-    with GPUMemoryPeak() as smi, log.open("w") as handle:
-        try:
-            done = subprocess.run(command, env=env, stdout=handle, stderr=subprocess.STDOUT, timeout=timeout,
-                                  start_new_session=True)
-            code: int | None = done.returncode
-        except subprocess.TimeoutExpired:
-            code = None
-    seconds = time.perf_counter() - started
-    ranks = [json.loads(p.read_text()) for p in sorted(result_dir.glob("rank*.json"))]
-    failed = [r["result"] for r in ranks if r["result"] != "ok"]
-    if code is None:
-        result = f"timed out after {timeout:.0f} s (log: {log})"
-    elif failed:
-        result = failed[0]
-    elif len(ranks) < processes or code != 0:
-        tail = [line for line in log.read_text(errors="replace").splitlines() if line.strip()][-1:]
-        result = f"exit code {code}, {len(ranks)} of {processes} processes reported: {tail[0][:200] if tail else ''}"
     else:
-        result = "ok"
-    return {
-        "phase": name, "seconds": round(seconds, 1),
-        "peak_torch_gib": round(max((r["peak_torch_bytes"] for r in ranks), default=0) / 2**30, 2),
-        "peak_nvidia_smi_gib": None if smi.peak_mib is None else round(smi.peak_mib / 1024, 2),
-        "result": result, "engine": next((r.get("engine") for r in ranks if r.get("engine")), None),
-        "log": str(log),
-    }
+        command = [sys.executable, *worker]
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "WANDB_DISABLED": "true"}
+    with (work / f"{name}.log").open("w") as log:
+        try:
+            code = subprocess.run(command, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=timeout,
+                                  start_new_session=True).returncode
+        except subprocess.TimeoutExpired:
+            return {"result": f"failed: timed out after {timeout:.0f} s (log: {work / f'{name}.log'})"}
+    if result.is_file():
+        return json.loads(result.read_text())
+    return {"result": f"failed: exit code {code}, no record (log: {work / f'{name}.log'})", "exit_code": code}
+
+
+def run_phase(name: str, model_dir: Path, work: Path, timeout: float, gpus: int, done: dict) -> dict:
+    folder = work / name
+    folder.mkdir(parents=True, exist_ok=True)
+    if name == "memory_plan":
+        base = done.get("hf_lora", {})
+        if not base.get("plan"):
+            return {"result": f"skipped: hf_lora did not record a plan ({base.get('result', 'not run')})"}
+        peak, plan = base["peak_allocated_bytes"], base["plan"]["need_bytes"]
+        return {"result": "ran", "peak_allocated_gib": round(peak / 2**30, 3), "plan_gib": round(plan / 2**30, 3),
+                "plan_training_gib": round(base["plan"]["training_peak_bytes"] / 2**30, 3),
+                "measured_over_plan": round(peak / plan, 2)}
+    if name == "resume_after_kill":  # both halves within the phase's time
+        started = time.monotonic()
+        killed = launch(name, model_dir, folder, timeout)
+        if killed.get("exit_code") != -signal.SIGKILL:
+            return {"result": f"failed: the run was not killed in round 2 ({killed['result']})"}
+        resumed = launch("resume_killed", model_dir, folder, max(10.0, timeout - (time.monotonic() - started)))
+        return {**resumed, "killed": "SIGKILL at round 2's first training step"}
+    return launch(name, model_dir, folder, timeout, processes=2 if name == "two_processes" else 1)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "gpu_smoke.json"))
+    parser.add_argument("--json", default=None, help="write the results here (JSON)")
     parser.add_argument("--phases", default=",".join(PHASES), help=f"comma-separated, of {', '.join(PHASES)}")
-    parser.add_argument("--work_dir", default=None, help="where the runs go (default: a temporary folder, kept)")
-    parser.add_argument("--compile", action="store_true", help="vLLM's GPU default (torch.compile, CUDA graphs)")
+    parser.add_argument("--work_dir", default=None, help="where the model and the runs go (default: a temporary "
+                        "folder, kept)")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--result_dir", default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--last_gpu", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--model_dir", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--result", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        return run_phase(args.worker, Path(args.result_dir), args.last_gpu, eager=not args.compile)
+        return run_worker(args.worker, Path(args.model_dir), Path(args.work_dir), Path(args.result))
 
     import torch
 
-    if not torch.cuda.is_available():
-        print("gpu_smoke.py: no CUDA device here (torch.cuda.is_available() is False); nothing was run. "
-              "This check is for a machine with an NVIDIA GPU and a CUDA build of torch and vLLM.", file=sys.stderr)
-        sys.exit(2)
     phases = [p.strip() for p in args.phases.split(",") if p.strip()]
     unknown = [p for p in phases if p not in PHASES]
     if unknown:
         parser.error(f"unknown phase(s) {unknown}; choose from {', '.join(PHASES)}")
-    last_gpu = torch.cuda.device_count() - 1
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="trl-soft-gpu-smoke-"))
-    deadline = time.monotonic() + BUDGET_SECONDS
-    rows = []
+    started = time.monotonic()
+    model_dir = work / "tiny-llama"
+    build_tiny_model(model_dir)
+    rows: dict[str, dict] = {}
     for name in phases:
-        left = deadline - time.monotonic()
-        if left < 30:
-            rows.append({"phase": name, "seconds": 0.0, "peak_torch_gib": None, "peak_nvidia_smi_gib": None,
-                         "result": f"skipped: the {BUDGET_SECONDS // 60}-minute budget is spent", "engine": None})
-            continue
-        print(f"gpu_smoke: {name} ...", flush=True)
-        rows.append(launch_phase(name, work, min(PHASE_SECONDS, left), last_gpu, eager=not args.compile))
-        print(f"gpu_smoke: {name}: {rows[-1]['result']} ({rows[-1]['seconds']} s)", flush=True)
+        reason = missing(name, gpus)
+        left = BUDGET_SECONDS - (time.monotonic() - started)
+        if reason is None and left < 20:
+            reason = f"the {BUDGET_SECONDS} s budget is spent"
+        if reason is not None:
+            rows[name] = {"result": f"skipped: {reason}", "seconds": 0.0}
+        else:
+            print(f"gpu_smoke: {name} ...", flush=True)
+            phase_started = time.monotonic()
+            rows[name] = run_phase(name, model_dir, work, min(PHASE_SECONDS, left), gpus, rows)
+            rows[name]["seconds"] = round(time.monotonic() - phase_started, 1)
+        print(f"gpu_smoke: {name}: {rows[name]['result']} ({rows[name]['seconds']} s)", flush=True)
 
-    print(f"\n{torch.cuda.get_device_name(0)} x{torch.cuda.device_count()}, work folder {work}\n")
-    print("| phase | seconds | peak GPU GiB (torch, training) | peak GPU GiB (nvidia-smi, total) | result |")
-    print("|---|---:|---:|---:|---|")
-    for row in rows:
-        smi = "n/a" if row["peak_nvidia_smi_gib"] is None else row["peak_nvidia_smi_gib"]
-        torch_peak = "" if row["peak_torch_gib"] is None else row["peak_torch_gib"]
-        print(f"| {row['phase']} | {row['seconds']} | {torch_peak} | {smi} | {row['result']} |")
-    out = Path(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"device": torch.cuda.get_device_name(0), "devices": torch.cuda.device_count(),
-            "torch": torch.__version__, "work_dir": str(work)}
-    out.write_text(json.dumps({"machine": meta, "phases": rows}, indent=1))
-    print(f"\nwritten to {out}")
-    sys.exit(0 if all(row["result"] == "ok" for row in rows) else 1)
+    device = torch.cuda.get_device_name(0) if gpus else "no CUDA (CPU)"
+    meta = {"device": device, "gpus": gpus, "torch": torch.__version__, "work_dir": str(work),
+            "seconds": round(time.monotonic() - started, 1),
+            "packages": {m: importlib.util.find_spec(m) is not None for m in ("bitsandbytes", "vllm")}}
+    print(f"\n{device} x{gpus}, {meta['seconds']} s in all, work folder {work}\n")
+    print("| phase | seconds | result | notes |\n|---|---:|---|---|")
+    for name, row in rows.items():
+        notes = ", ".join(f"{k}={v}" for k, v in row.items() if k in (
+            "rounds", "engine", "peak_allocated_gib", "plan_gib", "plan_training_gib", "measured_over_plan", "killed"))
+        print(f"| {name} | {row['seconds']} | {row['result']} | {notes} |")
+    if args.json:
+        out = Path(args.json)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"machine": meta, "phases": rows}, indent=1))
+        print(f"\nwritten to {out}")
+    sys.exit(1 if any(row["result"].startswith("failed") for row in rows.values()) else 0)
 
 
 if __name__ == "__main__":

@@ -13,15 +13,19 @@ import pytest
 SCRIPTS = Path(__file__).parent / "scripts"
 
 
-def accelerate_launch(script: str, *args: str, processes: int = 2) -> None:
+def launch_command(script: str, *args: str, processes: int = 2) -> list[str]:
     launcher = Path(sys.executable).with_name("accelerate")
     # `--multi_gpu` selects accelerate's torchrun launcher; with no CUDA device the processes join over gloo on CPU.
     mode = ["--multi_gpu"] if processes > 1 else ["--cpu"]
-    command = [str(launcher) if launcher.exists() else shutil.which("accelerate"), "launch", *mode,
-               "--num_processes", str(processes), "--num_machines", "1", "--mixed_precision", "no",
-               "--dynamo_backend", "no", str(SCRIPTS / script), *args]
+    return [str(launcher) if launcher.exists() else shutil.which("accelerate"), "launch", *mode,
+            "--num_processes", str(processes), "--num_machines", "1", "--mixed_precision", "no",
+            "--dynamo_backend", "no", str(SCRIPTS / script), *args]
+
+
+def accelerate_launch(script: str, *args: str, processes: int = 2) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(launch_command(script, *args, processes=processes), env=env, capture_output=True,
+                            text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
 
 

@@ -133,7 +133,7 @@ def test_runnable_blocks_run(tmp_path):
 # ---- shell blocks: the flags they use exist ---------------------------------------------------------------------------
 HELP_ARGS = {  # trl-soft command -> the arguments that print its options
     "train": ["train"], "demo": ["demo"], "eval": ["eval"], "eval --behaviour": ["eval", "--behaviour=harmful"],
-    "check": ["check"], "report": ["report"],
+    "check": ["check"], "report": ["report"], "plan": ["plan"],
 }
 
 
@@ -147,7 +147,7 @@ def cli_flags(command: str) -> frozenset[str]:
             main([*HELP_ARGS[command], "--help"])
     flags = set(FLAG.findall(out.getvalue()))
     assert "--help" in flags, f"`trl-soft {command} --help` printed no options"
-    if command in ("train", "demo"):
+    if command in ("train", "demo", "plan"):
         flags.add("--config")  # TrlParser reads `--config file.yaml` before parsing, so its help does not list it
     return frozenset(flags)
 

@@ -140,3 +140,47 @@ def test_two_processes_each_answer_their_slice_and_every_rank_gets_the_one_engin
     assert main["merged_files"] == ["engine_weights/model.safetensors"]
     # sampling follows each prompt's seed (run seed + index in the whole request), not the greedy path
     assert main["answers"]["start_sampled"] != start
+
+
+# ---- failing together ----------------------------------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.parametrize("wait", ["all_reduce", "store_wait"])
+def test_an_engine_that_fails_on_one_rank_stops_every_rank_with_the_same_error(tmp_path, wait):
+    """Process 1's engine fails to start while process 0's start waits for it (in a gloo all-reduce, or in a wait that
+    never notices the other process is gone, as NCCL's does): both stop with the same error. A hang would be killed
+    by `accelerate_launch_failing`'s timeout and fail the test."""
+    import subprocess
+
+    from .test_distributed import launch_command
+
+    prefix = tmp_path / "start"
+    result = subprocess.run(launch_command("engine_start_failure.py", str(prefix), "1", wait), capture_output=True,
+                            text=True, timeout=180, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode != 0
+    expected = ("The vLLM engine failed to start on process 1 of 2: RuntimeError: no room for the KV cache (made to "
+                "fail on this process)")
+    for rank in (0, 1):
+        err = Path(f"{prefix}.rank{rank}.err").read_text()
+        assert expected in err, err[-2000:]
+    assert "(process 0 stops too)" in Path(f"{prefix}.rank0.err").read_text()  # seen while its start waited
+
+
+def test_ranks_sharing_a_gpu_are_refused_and_one_gpu_per_process_is_placed_on_it():
+    from trl_soft.engines.ranks import check_own_gpus
+
+    check_own_gpus([("node0", "GPU-a"), ("node0", "GPU-b"), ("node1", "GPU-a")])  # one each: fine
+    with pytest.raises(ValueError, match="Processes 0 and 2 train on the same GPU .*vllm_colocate_ranks='main'"):
+        check_own_gpus([("node0", "GPU-a"), ("node0", "GPU-b"), ("node0", "GPU-a")])
+    # CUDA_VISIBLE_DEVICES naming one GPU per process: local rank 3 sees one GPU, cuda:0, and its engine goes there
+    one_each = RankPlacement(3, 3, 4, 4, 1, True, visible_devices=1)
+    assert one_each.device_index == 0 and one_each.environment()["LOCAL_RANK"] == "0"
+    assert RankPlacement(3, 3, 4, 4, 1, True, visible_devices=4).environment()["LOCAL_RANK"] == "3"
+    assert "LOCAL_RANK" in RankPlacement.FORCED  # replaces the launcher's LOCAL_RANK for the engine only
+
+
+def test_a_barrier_before_generating_where_trl_has_one():
+    tp2 = RankPlacement(0, 0, 4, 4, 2, True, visible_devices=4)
+    assert tp2.barrier_before_generate(lora=True)  # LoRA + tensor parallel on CUDA (huggingface/trl#3671)
+    assert not tp2.barrier_before_generate(lora=False)
+    assert not RankPlacement(0, 0, 4, 4, 1, True, visible_devices=4).barrier_before_generate(lora=True)
+    assert not RankPlacement(0, 0, 4, 4, 2, False).barrier_before_generate(lora=True)

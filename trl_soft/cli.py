@@ -1,4 +1,4 @@
-"""The `trl-soft` console script: `train`, `demo`, `eval`, `check` and `report`.
+"""The `trl-soft` console script: `train`, `demo`, `eval`, `check`, `report` and `plan`.
 
 TRL's own `trl` CLI has a fixed list of subcommands, so trl-soft ships its own. `train` takes every flag of
 `SOFTConfig`, `SFTConfig` and TRL's `ModelConfig` (and `--config file.yaml`); `demo` is `train` with the shipped demo
@@ -28,6 +28,8 @@ commands:
            with --behaviour harmful,benign,unknowable: refusal, over-refusal and honesty rates with 95% intervals
   check    the SOFT premise check: does the principle-driven prompt beat zero-shot? (exit 1 when it does not)
   report   print the round table of a run:  trl-soft report <output_dir> [--all] [--plot rounds.png] [--html]
+  plan     the memory plan of a run per GPU, from the model's config.json only (no GPU, no weights): train's
+           flags and --config, plus --gpu_memory 24GiB, --num_gpus, --sharding
 
 `train` and `demo` also take --verbose: show every third-party warning and loading bar (filtered by default).
 
@@ -144,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(USAGE)
         return 0
     command, rest = argv[0], argv[1:]
-    if command in ("train", "demo", "eval", "check"):
+    if command in ("train", "demo", "eval", "check", "plan"):
         try:
             rest = check_config_env(rest)
         except ConfigEnvError as err:
@@ -180,6 +182,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _stoppable(lambda: run_eval(rest, prog="trl-soft eval"))
     if command == "report":
         return _report(rest)
+    if command == "plan":
+        from .scripts.plan import run as run_plan
+
+        return run_plan(rest, prog="trl-soft plan")
     print(f"trl-soft: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
     return 2
 

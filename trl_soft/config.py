@@ -538,9 +538,9 @@ class SOFTConfig(SFTConfig):
     vllm_gpu_memory_utilization: float | None = field(
         default=None,
         metadata={
-            "help": "Fraction of the GPU the vLLM engine takes while awake. Default: 0.5 for a colocated engine that "
-            "sleeps while the model trains (`vllm_sleep_mode`: it then shares the GPU with the training weights and "
-            "optimizer state only), 0.3 otherwise (beside training's peak). Not used on CPUs (see "
+            "help": "Fraction of the GPU the vLLM engine takes while awake. Default: what the memory plan leaves it "
+            "beside training (docs/scaling.md, 'The memory plan'); where no plan can be made, 0.5 for a colocated "
+            "engine that sleeps while the model trains (`vllm_sleep_mode`), 0.3 otherwise. Not used on CPUs (see "
             "`vllm_cpu_kv_cache_gb`). docs/scaling.md: what each GPU holds in each phase."
         },
     )

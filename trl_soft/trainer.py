@@ -132,10 +132,10 @@ class SOFTTrainer(SFTTrainer):
             ensure_pad_token(processing_class)
             self.formatter, self.engraving_shot = inputs.prompt_format(processing_class, settings)
             self.sampling = replace(settings.generation, stop_strings=self.formatter.stop_strings)
-            engine_choice = inputs.fit_engine(
+            engine_choice = EngineSession.fit(inputs.fit_engine(  # then held against the memory plan (on CUDA)
                 engine_choice, settings, self.formatter, self.engraving_shot, model, args.max_length,
                 [i.prompt for items in self.behaviour.sets.items.values() for i in items],
-            )
+            ), settings, args, model, peft_config, kbit_config)
         self.behaviour.attach(  # round 0's exemplars: no round's prompts use it
             self.formatter, lambda position, text: inputs.sampler.sample(0, position, text), self.engraving_shot,
             settings.generation.batch_size, args.seed,

@@ -9,6 +9,10 @@ is read from its quantization registry. Where it cannot, the engine serves the b
 un-quantized folder or hub id anyway) with each round's LoRA adapter, or quantized with a method the registry has
 (`vllm_quantization`). The engine's `max_model_len` is what the run needs (`fit_max_model_len`), never the model's
 whole context, and the colocated engine on CUDA sleeps while the model trains (`EngineChoice.sleep_mode`).
+
+On CUDA the choice is then held against the memory plan (`fit_memory`, `trl_soft.memory`): vLLM is kept only when
+its weights and KV cache fit beside what training holds, with the GPU share the plan leaves it; otherwise `auto`
+falls back to transformers and `vllm` is refused, both with the numbers, before the training model loads.
 """
 
 from __future__ import annotations
@@ -17,10 +21,12 @@ import importlib.util
 import json
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
 
+from ..memory import PROMPT_TOKENS_ESTIMATE, GenerationShape, MemoryPlan, PlanError
 from ..security import redact_url
 from .settings import EngineSettings, resolve_dtype, smallest_lora_rank
 
@@ -90,6 +96,7 @@ class EngineChoice:
     on_cuda: bool = False
     max_model_len: int | None = None  # set once the prompts are counted (`with_lengths`); None: not yet known
     sleep_mode: bool = False  # the colocated engine sleeps while the model trains and scores (CUDA only)
+    gpu_memory_utilization: float | None = None  # on CUDA: the share the memory plan gives vLLM (`fit_memory`)
 
     @property
     def sleep_level(self) -> int:
@@ -106,6 +113,8 @@ class EngineChoice:
             parts.append(f"max_model_len {self.max_model_len}")
         if self.sleep_mode:
             parts.append(f"sleeps at level {self.sleep_level} while the model trains")
+        if self.gpu_memory_utilization is not None:
+            parts.append(f"gpu_memory_utilization {self.gpu_memory_utilization:.2f}")
         return f"vLLM ({', '.join(str(p) for p in parts)}): {self.reason}"
 
     def with_lengths(self, need: int, context: int | None, explicit: int | None) -> EngineChoice:
@@ -290,4 +299,54 @@ def choose_engine(settings: EngineSettings, facts: ModelFacts) -> EngineChoice:
         on_cuda=facts.on_cuda,
         # vLLM's CPU platform has no sleep mode (`is_sleep_mode_available()` is False there), nor does a server
         sleep_mode=settings.sleep_mode and facts.on_cuda and settings.vllm_mode == "colocate",
+    )
+
+
+def fit_memory(
+    choice: EngineChoice, settings: EngineSettings, plan_for: Callable[[EngineChoice], MemoryPlan], total: int | None
+) -> tuple[EngineChoice, MemoryPlan | None]:
+    """Hold a vLLM choice on CUDA against the memory plan for a GPU of `total` bytes (per process; None: no CUDA, so
+    no GPU constraint). Fits: the choice with the GPU share the plan leaves vLLM. Does not fit: `auto` falls back to
+    transformers, `vllm` raises `EngineUnavailable`; both say why with the numbers. Also returns the plan of the
+    engine chosen (None when there is nothing to plan: no CUDA, a server somebody else runs, a config without sizes)."""
+    if total is None or choice.backend != "vllm" or not choice.on_cuda or settings.external_server:
+        return choice, None
+    try:
+        plan = plan_for(choice)
+    except PlanError as err:
+        return replace(choice, reason=f"{choice.reason}; no memory plan ({err})"), None
+    verdict = plan.verdict(total)
+    if verdict.fits:
+        return replace(choice, gpu_memory_utilization=verdict.share,
+                       reason=f"{choice.reason}; the memory plan {verdict.describe()}"), plan
+    if settings.backend == "vllm":
+        raise EngineUnavailable(
+            f"`generation_backend='vllm'`: the memory plan says vLLM {verdict.describe()}.\n{plan.table(total)}\n"
+            "Set `generation_backend='auto'` (it falls back to transformers) or 'hf'; or make room: a smaller "
+            "`generation_batch_size` or `vllm_max_model_len`, `vllm_quantization` (e.g. 'fp8'), "
+            "`vllm_tensor_parallel_size` > 1, or `vllm_mode='server'` on GPUs of its own (`vllm_server_devices`)."
+        )
+    fallback = EngineChoice("hf", f"`generation_backend='auto'` fell back: the memory plan says vLLM {verdict.describe()}")
+    hf_plan = plan_for(fallback)
+    return fallback, hf_plan
+
+
+def generation_shape(choice: EngineChoice, settings: EngineSettings, batch_size: int,
+                     prompt_tokens: int = PROMPT_TOKENS_ESTIMATE) -> GenerationShape:
+    """What the memory plan needs to know of the chosen engine: `batch_size` (`generation_batch_size`) sequences at
+    once of `max_model_len` tokens (the run's, or `prompt_tokens` plus an answer when nothing was counted)."""
+    length = choice.max_model_len or settings.max_model_len or prompt_tokens + 256
+    return GenerationShape(
+        engine=choice.backend,
+        dtype=choice.dtype or "bfloat16",
+        quantization=choice.quantization,
+        max_model_len=length,
+        sequences=batch_size,
+        prompt_tokens=min(prompt_tokens, length),
+        tensor_parallel=settings.tensor_parallel_size,
+        sleep=choice.sleep_mode,
+        eager=bool(settings.enforce_eager),
+        lora_rank=choice.max_lora_rank if choice.lora_mode == "adapter" else None,
+        own_gpu=choice.mode == "server" and bool(settings.server_devices),
+        gpu_memory_utilization=settings.gpu_memory_utilization,
     )

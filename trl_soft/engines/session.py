@@ -15,10 +15,20 @@ import torch
 
 from ..distributed import is_main_process, process_state
 from ..generation import GenerationResult, GenerationSettings
+from ..memory import (
+    CUDA_RESERVE,
+    GIB,
+    MemoryPlan,
+    ModelShape,
+    PlanError,
+    TrainingShape,
+    device_memory,
+    read_model_config,
+)
 from ..state import ENGINE_WEIGHTS, round_paths
 from . import MainProcessEngine, PerRankEngine, RankPlacement, make_vllm_engine
 from .base import EngineWeights, GenerationEngine
-from .choice import EngineChoice, EngineUnavailable, choose_engine, read_model_facts
+from .choice import EngineChoice, EngineUnavailable, choose_engine, fit_memory, generation_shape, read_model_facts
 from .hf import HFEngine
 from .settings import EngineSettings
 from .weights import prepare_merged_weights
@@ -60,6 +70,33 @@ class EngineSession:
             check_servers(settings, on_cuda)  # devices that exist, servers that answer: before any weights load
         if is_main_process():
             print(f"SOFT: generation engine: {choice.describe()}", flush=True)
+        return choice
+
+    @staticmethod
+    def fit(choice: EngineChoice, settings, args, model, peft_config, kbit_config) -> EngineChoice:
+        """On CUDA, the choice held against the memory plan (`choice.fit_memory`): the plan is printed, vLLM gets the
+        GPU share it leaves, or `auto` falls back to transformers (`vllm`: `ValueError`), before any weights load.
+        `settings` is the run's `SOFTSettings`, `args` its `SOFTConfig`. On a CPU nothing changes."""
+        memory = device_memory() if torch.cuda.is_available() and not args.use_cpu else None
+        if memory is None:
+            return choice
+        free, total = memory
+        budget = min(total, free + CUDA_RESERVE)  # another tenant's memory is not this run's
+        try:
+            plan_for = run_planner(settings, args, model, peft_config, kbit_config, choice.max_model_len)
+            choice, plan = fit_memory(choice, settings.engine, plan_for, budget)
+            if plan is None and choice.backend == "hf":
+                plan = plan_for(choice)
+        except EngineUnavailable as err:
+            raise ValueError(str(err)) from None
+        except PlanError:  # a config without the sizes the plan reads: the run goes on as chosen
+            plan = None
+        if is_main_process():
+            if plan is not None:
+                print(f"SOFT: memory plan per GPU ({free / GIB:.1f} of {total / GIB:.1f} GiB free):\n"
+                      f"{plan.table(budget)}", flush=True)
+            if choice.backend == "hf":
+                print(f"SOFT: generation engine: {choice.describe()}", flush=True)
         return choice
 
     def use_start(self) -> None:
@@ -149,3 +186,20 @@ class EngineSession:
                     layer.current = None
         self.asleep = False
         self.switch_seconds += time.perf_counter() - started
+
+
+def run_planner(settings, args, model, peft_config, kbit_config, max_model_len: int | None = None
+                ) -> Callable[[EngineChoice], MemoryPlan]:
+    """The memory plan of this run for a given engine choice: the model's config (a model object's, or config.json
+    of its folder or hub id), the training arguments, PEFT and quantization configs, the run's processes, the
+    engine settings and `generation_batch_size`. Training sequences are at most `max_length`, and no longer than the
+    engine's `max_model_len` (the longest prompt with its answer) when that is known."""
+    config = model.config.to_dict() if hasattr(model, "config") else read_model_config(model)
+    seq_len = min(args.max_length or 1024, max_model_len or args.max_length or 1024)
+    training = TrainingShape.from_run(args, peft_config, kbit_config, process_state().num_processes, seq_len)
+    shape = ModelShape.from_config(config)
+
+    def plan_for(choice: EngineChoice) -> MemoryPlan:
+        return MemoryPlan.build(shape, training, generation_shape(choice, settings.engine, settings.generation.batch_size))
+
+    return plan_for

@@ -76,15 +76,18 @@ def engine_environment(settings: EngineSettings, on_cuda: bool) -> dict[str, str
     return {k: v for k, v in env.items() if k not in os.environ}
 
 
-def engine_arguments(settings: EngineSettings, on_cuda: bool, sleeps: bool = False) -> dict[str, object]:
+def engine_arguments(
+    settings: EngineSettings, on_cuda: bool, sleeps: bool = False, share: float | None = None
+) -> dict[str, object]:
     """`vllm.LLM` / `vllm serve` settings that follow from the hardware (the same for both modes); `sleeps`: the
-    engine sleeps while the model trains, so it may take more of the GPU while awake."""
+    engine sleeps while the model trains, so it may take more of the GPU while awake; `share`: the GPU share the
+    memory plan leaves the engine (`EngineChoice.gpu_memory_utilization`), else the fixed default."""
     arguments: dict[str, object] = {
         "enforce_eager": settings.enforce_eager if settings.enforce_eager is not None else not on_cuda,
         "enable_prefix_caching": True,  # the principles header is shared by every prompt of a round
     }
     if on_cuda:
-        arguments["gpu_memory_utilization"] = settings.gpu_share(sleeps)
+        arguments["gpu_memory_utilization"] = share if share is not None else settings.gpu_share(sleeps)
     else:
         # Per-prompt seeds and chunked prefill crash vLLM 0.31's CPU build ("CPU Generator does not use offset"):
         # prompts are prefilled whole instead.
@@ -141,7 +144,7 @@ class VLLMColocateEngine:
             seed=seed,
             max_model_len=choice.max_model_len or settings.max_model_len,
             tensor_parallel_size=settings.tensor_parallel_size,
-            **engine_arguments(settings, choice.on_cuda, self.sleeps),
+            **engine_arguments(settings, choice.on_cuda, self.sleeps, choice.gpu_memory_utilization),
             use_tqdm_on_load=show_load_bars(),  # the shards bar at every start and weight reload: off unless verbose
         )
         if choice.quantization:
@@ -152,15 +155,20 @@ class VLLMColocateEngine:
         environment = engine_environment(settings, choice.on_cuda)
         if placement is not None:
             kwargs.update(placement.engine_arguments())
-            environment.update({k: v for k, v in placement.environment().items() if k not in os.environ})
+            environment.update({k: v for k, v in placement.environment().items()
+                                if k not in os.environ or k in placement.FORCED})
+        previous = {name: os.environ.get(name) for name in environment}
         os.environ.update(environment)  # the engine's processes inherit it when they start
         try:
             self.llm = LLM(**kwargs)
         except Exception as err:
             raise EngineError(f"vLLM could not start on {choice.base!r} ({type(err).__name__}: {err}).") from err
         finally:
-            for name in environment:
-                os.environ.pop(name, None)
+            for name, value in previous.items():  # as it was: the launcher's own values come back
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
         self.start_seconds = time.perf_counter() - started
 
     def load(self, weights: EngineWeights, model=None) -> float:

@@ -319,7 +319,7 @@ class ManagedVLLMServer:
             "--tensor-parallel-size", str(settings.tensor_parallel_size),
             "--generation-config", "vllm",  # no defaults from the model's generation_config.json
         ]
-        for name, value in engine_arguments(settings, choice.on_cuda).items():
+        for name, value in engine_arguments(settings, choice.on_cuda, share=choice.gpu_memory_utilization).items():
             flag = "--" + name.replace("_", "-")
             if isinstance(value, bool):
                 command.append(flag if value else f"--no-{flag[2:]}")
