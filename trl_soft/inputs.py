@@ -15,6 +15,7 @@ from datasets import Dataset
 from .data import ValidationPair, check_prompt_column, load_validation_set
 from .engines.choice import EngineChoice
 from .models import peft_fingerprint
+from .overlap import find_overlaps
 from .prompting import (
     Exemplar,
     ExemplarSampler,
@@ -26,7 +27,6 @@ from .prompting import (
     model_context_length,
     prompt_bound,
 )
-from .overlap import find_overlaps
 from .state import run_fingerprint
 
 

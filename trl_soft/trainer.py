@@ -25,21 +25,20 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase, TrainerCallback
 from transformers.trainer_utils import TrainOutput
 from trl import SFTTrainer
 
+from . import models
 from .acceptance import accepted_so_far, against_start, final_round, generating_round, settle
 from .aligned import AlignedData
 from .behaviour.run import BehaviourRun, SOFTPremiseError
 from .callbacks import RoundControl, SOFTCallback, round_decision, with_collapse_callback
 from .config import SOFTConfig, SOFTSettings
 from .curriculum import Scorer, ScoringContext
-from .filters import last_sentence
 from .data import ValidationPair
 from .distributed import is_main_process, wait_for_everyone
 from .engines.session import EngineSession
 from .evaluation.suite import RoundEvaluator
+from .filters import last_sentence
 from .inputs import RunInputs
 from .interrupts import RoundStops, SOFTInterrupted, StopRequests
-from .models import (check_load_result, check_model_path, ensure_pad_token, resolve_model_path, restore_trainable,
-                     trainable_snapshot)
 from .progress import RunProgress, quiet_third_party
 from .prompting import Exemplar, Principles
 from .quantization import check_kbit_supported, wants_kbit
@@ -116,7 +115,7 @@ class SOFTTrainer(SFTTrainer):
         self.aligned = AlignedData(settings.aligned, settings.filters, inputs.exemplars, settings.prompts.num_exemplars, args.seed)
         callbacks = with_collapse_callback(callbacks, settings, bool(self.validation_set))
         if isinstance(model, str):
-            check_model_path(model)
+            models.check_model_path(model)
         kbit_config = quantization_config or (args.model_init_kwargs or {}).get("quantization_config")
         check_kbit_supported(kbit_config, peft_config, model)
         self.soft_fingerprint = inputs.fingerprint(settings, model, peft_config, kbit_config)
@@ -125,11 +124,11 @@ class SOFTTrainer(SFTTrainer):
         self._check_run_folder(args, resume=bool(args.resume_from_checkpoint))
         with self.folder.released_on_error():
             if isinstance(model, str):
-                model = resolve_model_path(model)  # converts the embedded model on first use: after every check
+                model = models.resolve_model_path(model)  # converts the embedded model on first use: after every check
             engine_choice = EngineSession.choose(settings.engine, model, peft_config, wants_kbit(kbit_config), args.use_cpu)
             if processing_class is None:
                 processing_class = AutoTokenizer.from_pretrained(model if isinstance(model, str) else model.config._name_or_path)
-            ensure_pad_token(processing_class)
+            models.ensure_pad_token(processing_class)
             self.formatter, self.engraving_shot = inputs.prompt_format(processing_class, settings)
             self.sampling = replace(settings.generation, stop_strings=self.formatter.stop_strings)
             engine_choice = EngineSession.fit(inputs.fit_engine(  # then held against the memory plan (on CUDA)
@@ -293,7 +292,7 @@ class SOFTTrainer(SFTTrainer):
             f"round {round_.index}",
         )
         if self._start_weights is not None:
-            restore_trainable(self.model, self._start_weights)
+            models.restore_trainable(self.model, self._start_weights)
         self.optimizer, self.lr_scheduler = None, None  # fresh optimizer and schedule every round
         self._resumed_loss_sum = checkpoint_loss_sum(checkpoint)
         set_seed(round_.seed)  # dropout and the sampler see the same random state however the round was reached
@@ -349,7 +348,7 @@ class SOFTTrainer(SFTTrainer):
         )
         state.engine = self.engine.choice.describe()
         state.unmeasured = self.behaviour.unmeasured_note() or None
-        self._start_weights = trainable_snapshot(self.model) if rounds.round_init == "base" else None
+        self._start_weights = models.trainable_snapshot(self.model) if rounds.round_init == "base" else None
         self._current_round = 0
         if state.stopped_early:
             self._load_round_weights(state.final_round)  # a finished early-stopped run: only the final save remains
@@ -439,7 +438,7 @@ class SOFTTrainer(SFTTrainer):
 
     def _issue_warnings_after_load(self, load_result) -> None:
         """A round's weights must load whole (`models.check_load_result`)."""
-        check_load_result(self.model, load_result)
+        models.check_load_result(self.model, load_result)
         super()._issue_warnings_after_load(load_result)
 
     def _load_round_weights(self, round_index: int) -> None:

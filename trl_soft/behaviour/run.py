@@ -17,8 +17,8 @@ from ..distributed import is_main_process, run_on_main
 from ..judges.settings import JudgeSettings
 from ..prompting import Exemplar, PromptFormatter
 from ..state import JUDGE_CACHE, atomic_write_json, atomic_write_jsonl
-from .data import SPLIT_SEED, BehaviourSets
 from .compare import compare
+from .data import SPLIT_SEED, BehaviourSets
 from .evaluate import BehaviourEvaluator, Generate, format_premise, premise_check
 from .gate import PrincipleGate
 from .settings import METRICS, BehaviourSettings
