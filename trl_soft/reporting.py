@@ -41,6 +41,9 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
 )
 # Shown only when some row has them (benchmarks are optional).
 OPTIONAL_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("cut", "cut", "{:d}"),
+    ("aligned_kept", "aligned kept", "aligned"),
+    ("aligned_retry_samples", "retries", "{:d}"),
     ("sample_entropy", "entropy", "{:.3f}"),
     ("sample_distinct_2", "distinct-2", "{:.3f}"),
     ("sample_self_bleu", "self-BLEU", "{:.3f}"),
@@ -77,6 +80,8 @@ def _cell(value: Any, fmt: str, row: dict[str, Any] | None = None, key: str = ""
         return f"+{pooled['gained']}/-{pooled['lost']} p={leaning_p(pooled):.2g}"
     if fmt == "decision":
         return {True: "accepted", False: "REJECTED"}.get(value, "-")
+    if fmt == "aligned" and row is not None:  # prompts that kept a refusal or admission / prompts that called for one
+        return "-" if not row.get("aligned_needed") else f"{value}/{row['aligned_needed']}"
     if fmt == "points":
         return "-" if value is None else f"{100 * value:.1f}"
     if value is None:
@@ -377,6 +382,11 @@ def round_line(metrics: dict[str, Any], base: dict[str, Any] | None, stop_reason
     drops = ", ".join(f"{reason} {count}" for reason, count in filtered.items())
     parts = [f"kept {metrics.get('kept', 0)}/{metrics.get('samples', metrics.get('prompts', 0))}"
              + (f" (filtered: {drops})" if drops else "")]
+    if metrics.get("aligned_needed"):
+        parts.append(f"aligned answers {metrics.get('aligned_kept', 0)}/{metrics['aligned_needed']} "
+                     f"({metrics.get('aligned_retry_samples', 0)} retry samples)")
+    if isinstance(metrics.get("mean_response_tokens"), (int, float)) and metrics.get("kept"):
+        parts.append(f"{metrics['mean_response_tokens']:.0f} tokens an answer")
     if isinstance(metrics.get("train_loss"), (int, float)):
         parts.append(f"train loss {metrics['train_loss']:.3f}")
     if isinstance(metrics.get("validation_nll"), (int, float)):
