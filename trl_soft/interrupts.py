@@ -12,12 +12,14 @@ Handlers can only be installed from the main thread; elsewhere signals keep thei
 from __future__ import annotations
 
 import contextlib
+import logging
 import signal
-import sys
 import threading
 from pathlib import Path
 
 from transformers import TrainerCallback
+
+logger = logging.getLogger(__name__)
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -58,10 +60,8 @@ class StopRequests:
         if self.signum is not None:
             raise SOFTInterrupted(signum, "at once (second signal)", self.output_dir)
         self.signum = signum
-        print(
-            f"\nSOFT: {signal.Signals(signum).name} received; stopping at the next safe point (send it again to stop at "
-            "once).", file=sys.stderr, flush=True,
-        )
+        logger.warning(f"{signal.Signals(signum).name} received; stopping at the next safe point (send it again to "
+                       "stop at once).")
 
     @contextlib.contextmanager
     def installed(self):

@@ -13,6 +13,7 @@ import base64
 import html
 import io
 import json
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,8 @@ from .reporting import (
     write_summary,
 )
 from .state import PLOT_NAME, REPORT_NAME, SUMMARY_NAME, SOFTState, atomic_write_text, round_paths
+
+logger = logging.getLogger(__name__)
 
 SAMPLES_NAME = "behaviour.jsonl"  # per round folder, written by `behaviour.run` (one line per answer and metric)
 UNCHANGED_SHOWN = 5  # per behaviour metric: the items whose verdict never changed are many and alike; a few suffice
@@ -190,7 +193,7 @@ def write_reports(output_dir: Path, state: SOFTState) -> list[tuple[str, str]]:
     try:
         png = plot_png(state)
     except Exception as err:  # noqa: BLE001 - the rounds are done and saved: a plot must not fail the run
-        print(f"SOFT: could not draw the plots ({type(err).__name__}: {err}); the report has none.", flush=True)
+        logger.warning(f"could not draw the plots ({type(err).__name__}: {err}); the report has none.")
         png = None
     if png is not None:
         partial = output_dir / f".{PLOT_NAME}.partial"  # renamed into place: a kill never leaves half an image

@@ -13,6 +13,7 @@ from .behaviour.compare import leaning_p
 from .behaviour.evaluate import format_premise
 from .behaviour.settings import FEWSHOT_PREFIX, METRICS
 from .behaviour.stats import ITEM_SCORES
+from .progress import PREFIX
 from .security import redact_text
 from .state import SUMMARY_NAME, SOFTState, atomic_write_text
 
@@ -320,9 +321,9 @@ def _watch(state: SOFTState) -> list[str] | None:
     return list(watch) if watch else None
 
 
-def printed_table(state: SOFTState) -> str:
+def printed_table(state: SOFTState, width: int = PRINT_WIDTH) -> str:
     """The round table as printed (`compact_round_table` with the run's `behaviour_watch`)."""
-    return compact_round_table(state.history, state.base_metrics, _watch(state))
+    return compact_round_table(state.history, state.base_metrics, _watch(state), width)
 
 
 def verdict_head(state: SOFTState) -> str:
@@ -330,16 +331,18 @@ def verdict_head(state: SOFTState) -> str:
     return "\n".join(line for line in behaviour_verdict(state).splitlines() if not line.startswith("- ")).strip()
 
 
-def printed_summary(state: SOFTState, output_dir: str, reports: Sequence[tuple[str, str]] = ()) -> str:
-    """What the end of a run prints: the verdict, the table that fits, why the rounds stopped, where to read more."""
+def printed_summary(state: SOFTState, output_dir: str, reports: Sequence[tuple[str, str]] = (),
+                    width: int = PRINT_WIDTH - len(PREFIX)) -> str:
+    """What the end of a run prints: the verdict, the table that fits (`width`: what the console's prefix leaves of
+    100 columns), why the rounds stopped, where to read more."""
     verdict, stop = verdict_head(state), format_stop_line(state)
-    table = printed_table(state)
+    table = printed_table(state, width)
     where = f"Full table and per-metric verdict: {Path(output_dir) / SUMMARY_NAME}" + "".join(
         f"\n{label}: {path}" for label, path in reports
     )
     return (
-        f"\nSOFT summary ({state.rounds_completed} rounds, {output_dir}):\n" + (f"{verdict}\n\n" if verdict else "")
-        + f"{table}\n" + (f"{stop}\n" if stop else "") + f"{where}\n"
+        f"Summary ({state.rounds_completed} rounds, {output_dir}):\n" + (f"{verdict}\n\n" if verdict else "")
+        + f"{table}\n" + (f"{stop}\n" if stop else "") + where
     )
 
 
