@@ -4,6 +4,8 @@ import json
 import math
 from pathlib import Path
 
+import pytest
+
 from trl_soft.acceptance import AcceptanceSettings, decide, final_round
 from trl_soft.behaviour import stats
 from trl_soft.reporting import behaviour_verdict, format_round_table, format_stop_line
@@ -245,3 +247,34 @@ def test_the_printed_table_fits_100_columns_and_the_round_line_has_the_decision(
     assert line.startswith("kept 1001/1020 (filtered: truncated 12, principle_gate 3); train loss 1.054; val NLL 3.010 "
                            "(start 3.024); refuse harm 14% (start 15%); refuse benign 50%; admit unknown 100%")
     assert "| ACCEPTED: vs start +0/-1 of 100" in line and line.endswith("Stopping: 1 rejected round(s) in a row.")
+
+
+def test_the_plots_are_grouped_and_leave_out_what_no_reader_uses(tmp_path):
+    """The report's plots: behaviour, validation and collapse, data per round; not the constant prompts count, the
+    detectable-change sizes or the acceptance counts; a callback's own metric under "Other metrics"."""
+    from trl_soft.reporting import plot_groups, plot_rounds
+
+    def row(index):
+        values = {"round": index, "validation_nll": 3.0 - index / 10, "refusal_benign": 0.1, "refusal_benign_low": 0.0,
+                  "refusal_benign_high": 0.3, "sample_distinct_1": 0.4, "sample_distinct_2": 0.8}
+        if index:
+            values.update({"prompts": 32, "kept": 20 + index, "train_loss": 2.0, "refusal_benign_mde": 0.2,
+                           "vs_start_diff": 0.01, "vs_start_low": -0.02, "vs_start_high": 0.04, "vs_start_gained": 3,
+                           "vs_start_lost": 2, "vs_start_mde": 0.05, "accepted": True, "my_callback_metric": 1.5})
+        return values
+
+    state = SOFTState(config_hash="x", num_rounds=2, rounds_completed=2, base_metrics=row(0), history=[row(1), row(2)],
+                      final_round=2)
+    groups = plot_groups(state)
+    assert [title for title, _ in groups] == ["Behaviour (95% intervals shaded)", "Validation and collapse",
+                                              "Data per round", "Other metrics"]
+    plotted = {key for _, panels in groups for key, _ in panels}
+    assert {"refusal_benign", "vs_start_diff", "validation_nll", "sample_distinct_2", "kept"} <= plotted
+    assert not plotted & {"prompts", "refusal_benign_mde", "vs_start_mde", "vs_start_gained", "sample_distinct_1"}
+    assert groups[-1][1] == (("my_callback_metric", "my callback metric"),)
+    plot_rounds(state, tmp_path / "rounds.png", groups)
+    assert (tmp_path / "rounds.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    empty = SOFTState(config_hash="x", num_rounds=2)
+    assert [title for title, _ in plot_groups(empty)] == [title for title, _ in groups[:3]]  # nothing of the user's
+    with pytest.raises(ValueError, match="no per-round metrics"):
+        plot_rounds(empty, tmp_path / "none.png")
