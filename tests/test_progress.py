@@ -258,6 +258,32 @@ def test_a_bar_in_a_log_says_where_it_is_at_most_every_30_s(monkeypatch, caplog)
     assert not caplog.records
 
 
+def test_the_training_bar_in_a_log_is_lines_with_the_loss(monkeypatch, caplog):
+    """`TrainingLines`, the Trainer's bar in a file or pipe: the loss lines of `logging_steps`, then where the round's
+    training ended; not the end-of-training summary, nor the round metrics logged for trackers."""
+    from transformers import TrainerControl, TrainerState
+
+    from trl_soft.callbacks import TrainingLines
+
+    monkeypatch.setattr(progress, "interactive", lambda: False)
+    caplog.set_level(logging.INFO, logger="trl_soft")
+    state, control = TrainerState(max_steps=4, is_world_process_zero=True), TrainerControl()
+    lines = TrainingLines(lambda: "Round 2/3 train")
+    lines.on_train_begin(None, state, control)
+    for step in range(1, 5):
+        state.global_step = step
+        lines.on_step_end(None, state, control)
+        if step % 2 == 0:
+            lines.on_log(None, state, control, logs={"loss": 2.34567, "learning_rate": 1e-05, "total_flos": 1.0})
+    lines.on_log(None, state, control, logs={"train_runtime": 3.0, "train_loss": 2.3})
+    lines.on_train_end(None, state, control)
+    lines.on_log(None, state, control, logs={"soft/round": 2, "soft/kept": 4})
+    messages = caplog.messages
+    assert messages[:2] == ["Round 2/3 train: step 2/4: loss 2.346, learning_rate 1e-05",
+                            "Round 2/3 train: step 4/4: loss 2.346, learning_rate 1e-05"]
+    assert len(messages) == 3 and re.fullmatch(r"Round 2/3 train: 4/4 steps in \d+ s", messages[2]), messages
+
+
 def test_engine_calls_inside_a_phase_share_its_one_bar(monkeypatch):
     """What vLLM and the HF engine do with the bar they are given (vLLM: `use_tqdm=` callable called with an iterable
     to render prompts, then with total/desc/postfix, then update/postfix/refresh/close): inside a phase every call
