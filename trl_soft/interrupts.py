@@ -60,8 +60,11 @@ class StopRequests:
         if self.signum is not None:
             raise SOFTInterrupted(signum, "at once (second signal)", self.output_dir)
         self.signum = signum
-        logger.warning(f"{signal.Signals(signum).name} received; stopping at the next safe point (send it again to "
-                       "stop at once).")
+        try:
+            logger.warning(f"{signal.Signals(signum).name} received; stopping at the next safe point (send it again "
+                           "to stop at once).")
+        except RuntimeError:  # the signal came in the middle of a write to the same stream ("reentrant call")
+            pass  # the stop is recorded all the same; the line is only news
 
     @contextlib.contextmanager
     def installed(self):
