@@ -23,6 +23,7 @@ import sys
 
 from trl_soft import SOFTInterrupted
 from trl_soft.cli import check_config_env
+from trl_soft.progress import console, quiet_third_party
 from trl_soft.scripts.train import main, make_parser
 
 if __name__ == "__main__":
@@ -30,7 +31,10 @@ if __name__ == "__main__":
     # A shared YAML's `env:` block may not set LD_PRELOAD, PYTHONPATH, ... unless `--allow_loader_env` is given.
     script_args, training_args, model_args = parser.parse_args_and_config(args=check_config_env(sys.argv[1:]))
     try:
-        main(script_args, training_args, model_args)
+        # This script owns its process: trl-soft's lines on stdout, the harmless third-party noise filtered (unless
+        # `--log_level info`). A program that imports trl_soft decides that itself.
+        with console(), quiet_third_party(training_args.log_level):
+            main(script_args, training_args, model_args)
     except SOFTInterrupted as stop:  # SIGTERM / Ctrl-C: stopped at a safe point; `--resume` continues
         print(stop, file=sys.stderr)
         sys.exit(stop.exit_code)

@@ -2,6 +2,7 @@
 scoring (lm-eval conventions, shared-context reuse), TruthfulQA MC1/MC2, HHH and the benchmark suite."""
 
 import json
+import logging
 import math
 
 import pytest
@@ -155,7 +156,8 @@ def test_hub_name_without_network_gives_a_clear_error(monkeypatch):
 
 
 @needs_data
-def test_eval_cli_scores_a_saved_model_and_writes_json(tmp_path, tiny_model, tokenizer, capsys):
+def test_eval_cli_scores_a_saved_model_and_writes_json(tmp_path, tiny_model, tokenizer, caplog):
+    caplog.set_level(logging.INFO, logger="trl_soft")
     from trl_soft.scripts.evaluate import EvalArguments, main
 
     tiny_model.save_pretrained(tmp_path / "model")
@@ -164,7 +166,7 @@ def test_eval_cli_scores_a_saved_model_and_writes_json(tmp_path, tiny_model, tok
                                  limit=2, output_json=str(tmp_path / "m.json")))
     assert set(metrics) >= {"truthfulqa_mc1", "hhh_overall"} and "truthfulqa_mc2" not in metrics
     assert json.loads((tmp_path / "m.json").read_text())["truthfulqa_mc1"] == metrics["truthfulqa_mc1"]
-    assert "| truthfulqa_mc1 |" in capsys.readouterr().out
+    assert "| truthfulqa_mc1 |" in caplog.text
 
 
 def test_flat_rows_on_a_shared_primer_equal_one_forward_per_choice(tiny_model, tokenizer):

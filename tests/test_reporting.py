@@ -2,8 +2,9 @@
 
 import json
 import math
-import os
 from pathlib import Path
+
+import pytest
 
 from trl_soft.acceptance import AcceptanceSettings, decide, final_round
 from trl_soft.behaviour import stats
@@ -82,16 +83,16 @@ def _printed_lines(text: str) -> list[str]:
 
 
 def _own(line: str) -> bool:
-    """trl-soft's own lines: `SOFT...` lines, the closing table, and the closing verdict and pointers."""
-    return line.startswith(("SOFT", "| ", "|-", "The final model", "Full table", "HTML report", "Plots",
-                            "The last round", "Stopped early", "WARNING: the final", "Final model saved to"))
+    """trl-soft's own lines: every one carries the console's prefix (the round lines, the bars written as lines, the
+    closing table, verdict and pointers)."""
+    return line.startswith("SOFT: ")
 
 
 def test_a_short_run_through_the_cli_prints_mostly_its_own_lines(tmp_path, tokenizer):
     """A 2-round run of the tiny Llama through `trl-soft train`, in a subprocess as a user runs it, with behaviour on a
     few items and progress bars on and HF's logging at its defaults: after the set-up (its first own line), at least half of what
     it prints is trl-soft's; each round is announced on one line and summarised on one line; the table fits 100
-    columns."""
+    columns; written to a pipe, no bar redraws (no carriage return): the training bar too is lines."""
     import os
     import re
     import subprocess
@@ -125,6 +126,7 @@ def test_a_short_run_through_the_cli_prints_mostly_its_own_lines(tmp_path, token
     (tmp_path / "printed.txt").write_text(printed)  # to read after a failure
     assert done.returncode == 0, printed[-3000:]
 
+    assert "\r" not in printed
     lines = _printed_lines(printed)
     after = lines[next(i for i, line in enumerate(lines) if line.startswith("SOFT")):]  # after the set-up
     own = [line for line in after if _own(line)]
@@ -137,7 +139,9 @@ def test_a_short_run_through_the_cli_prints_mostly_its_own_lines(tmp_path, token
     assert "time left: estimated after the first round" in starts[0] and "a round so far" in starts[1]
     assert not any("ACCEPTED" in line or "REJECTED" in line for line in lines if line not in ends and
                    line.startswith("SOFT: Round"))  # the decision is in the result line, not a second one
-    table = [line for line in lines if line.startswith("|")]
+    trained = [line for line in lines if re.fullmatch(r"SOFT: Round \d/2 train: (\d+)/\1 steps in \d+ s", line)]
+    assert [line[12] for line in trained] == ["1", "2"], lines
+    table = [line for line in lines if line.startswith("SOFT: |")]
     assert len(table) == 2 + 3 and max(len(line) for line in table) <= 100, table
     assert "refuse benign %" in table[0] and "decision" in table[0]
     assert f"HTML report: {tmp_path / 'run' / 'report.html'}" in printed
@@ -218,79 +222,6 @@ def test_the_final_adapter_card_names_its_hub_base_and_loads(tmp_path, smol_path
     assert isinstance(model, PeftModel) and model.peft_config["default"].base_model_name_or_path == EMBEDDED_HUB_ID
 
 
-# ---- progress: one bar per phase, round lines, quieting -------------------------------------------------------------
-def test_engine_calls_inside_a_phase_share_its_one_bar():
-    """What vLLM and the HF engine do with the bar they are given (vLLM: `use_tqdm=` callable called with an iterable
-    to render prompts, then with total/desc/postfix, then update/postfix/refresh/close): inside a phase every call
-    adds to the phase's one bar; outside, each call has its own tqdm bar."""
-    from tqdm.auto import tqdm
-
-    from trl_soft import progress
-
-    with progress.phase("Round 1/2 evaluate", disable=True):
-        shared = progress._PHASE
-        items = list(progress.bar_factory("Round 1: behaviour")(range(3), desc="Rendering prompts"))
-        assert items == [0, 1, 2]
-        for total in (4, 6):
-            call = progress.bar_factory("Round 1: behaviour")(total=total, desc="Processed prompts", dynamic_ncols=True,
-                                                               postfix="est. speed")
-            assert not isinstance(call, tqdm) and call.format_dict["elapsed"] > 0
-            call.postfix = "est. speed input: 1 toks/s"
-            call.update(total)
-            assert call.n == total
-            call.refresh()
-            call.close()
-        with progress.bar(total=2, desc="Diagnostics", unit="prompt", disable=False) as hf_call:
-            hf_call.update(2)
-        assert shared.bar.total == 12 and shared.n == 12
-    assert progress._PHASE is None
-    own = progress.bar(total=1, desc="alone", disable=True)
-    assert isinstance(own, tqdm)
-    own.close()
-
-
-def test_round_lines_announce_estimate_and_summarise(capsys):
-    from trl_soft.progress import RunProgress
-
-    run = RunProgress(3, show_bars=False)
-    with run.phase(0, "evaluate (starting model)"):
-        pass
-    first = run.round_start(1, 32)
-    assert first == ("SOFT: Round 1/3: generating 32 answers, then filter, train, evaluate; time left: estimated "
-                     "after the first round.")
-    with run.phase(1, "evaluate"):
-        pass
-    run.round_end(1, "kept 3/4 | ACCEPTED.", {"seconds_generate": 30.0, "seconds_filter": 1.0,
-                                             "seconds_score": 2.0, "seconds_train": 20.0})
-    second = run.round_start(2, 32)
-    assert "a round so far: generate 30 s, filter 3 s, train 20 s, evaluate 0 s)" in second
-    assert second.startswith("SOFT: Round 2/3: generating 32 answers") and "left" in second
-    printed = capsys.readouterr().out.splitlines()
-    assert printed[0] == first and printed[1].startswith("SOFT: Round 1/3 done in ") and printed[2] == second
-
-
-def test_quieting_is_undone_when_the_user_asks_for_everything(monkeypatch):
-    import logging
-
-    from trl_soft import progress
-
-    monkeypatch.delenv(progress.VERBOSE_ENV, raising=False)
-    monkeypatch.delenv("TRANSFORMERS_VERBOSITY", raising=False)
-    monkeypatch.delenv("VLLM_LOGGING_LEVEL", raising=False)
-    progress._undo()
-    assert progress.quiet_third_party("passive") is True
-    assert os.environ["VLLM_LOGGING_LEVEL"] == "ERROR" and not progress.show_load_bars()
-    assert logging.getLogger("bitsandbytes").level == logging.ERROR
-    assert progress.quiet_third_party("info") is False  # `--log_level info`: everything shows again
-    assert "VLLM_LOGGING_LEVEL" not in os.environ and progress.show_load_bars()
-    assert logging.getLogger("bitsandbytes").level == logging.NOTSET
-    monkeypatch.setenv("VLLM_LOGGING_LEVEL", "DEBUG")  # the user's own setting is never overridden
-    assert progress.quiet_third_party(None) is True and os.environ["VLLM_LOGGING_LEVEL"] == "DEBUG"
-    progress._undo()
-    monkeypatch.setenv(progress.VERBOSE_ENV, "1")  # `trl-soft train --verbose`
-    assert progress.quiet_third_party(None) is False
-
-
 def test_the_printed_table_fits_100_columns_and_the_round_line_has_the_decision():
     from trl_soft.reporting import compact_round_table, round_line
 
@@ -316,3 +247,34 @@ def test_the_printed_table_fits_100_columns_and_the_round_line_has_the_decision(
     assert line.startswith("kept 1001/1020 (filtered: truncated 12, principle_gate 3); train loss 1.054; val NLL 3.010 "
                            "(start 3.024); refuse harm 14% (start 15%); refuse benign 50%; admit unknown 100%")
     assert "| ACCEPTED: vs start +0/-1 of 100" in line and line.endswith("Stopping: 1 rejected round(s) in a row.")
+
+
+def test_the_plots_are_grouped_and_leave_out_what_no_reader_uses(tmp_path):
+    """The report's plots: behaviour, validation and collapse, data per round; not the constant prompts count, the
+    detectable-change sizes or the acceptance counts; a callback's own metric under "Other metrics"."""
+    from trl_soft.reporting import plot_groups, plot_rounds
+
+    def row(index):
+        values = {"round": index, "validation_nll": 3.0 - index / 10, "refusal_benign": 0.1, "refusal_benign_low": 0.0,
+                  "refusal_benign_high": 0.3, "sample_distinct_1": 0.4, "sample_distinct_2": 0.8}
+        if index:
+            values.update({"prompts": 32, "kept": 20 + index, "train_loss": 2.0, "refusal_benign_mde": 0.2,
+                           "vs_start_diff": 0.01, "vs_start_low": -0.02, "vs_start_high": 0.04, "vs_start_gained": 3,
+                           "vs_start_lost": 2, "vs_start_mde": 0.05, "accepted": True, "my_callback_metric": 1.5})
+        return values
+
+    state = SOFTState(config_hash="x", num_rounds=2, rounds_completed=2, base_metrics=row(0), history=[row(1), row(2)],
+                      final_round=2)
+    groups = plot_groups(state)
+    assert [title for title, _ in groups] == ["Behaviour (95% intervals shaded)", "Validation and collapse",
+                                              "Data per round", "Other metrics"]
+    plotted = {key for _, panels in groups for key, _ in panels}
+    assert {"refusal_benign", "vs_start_diff", "validation_nll", "sample_distinct_2", "kept"} <= plotted
+    assert not plotted & {"prompts", "refusal_benign_mde", "vs_start_mde", "vs_start_gained", "sample_distinct_1"}
+    assert groups[-1][1] == (("my_callback_metric", "my callback metric"),)
+    plot_rounds(state, tmp_path / "rounds.png", groups)
+    assert (tmp_path / "rounds.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    empty = SOFTState(config_hash="x", num_rounds=2)
+    assert [title for title, _ in plot_groups(empty)] == [title for title, _ in groups[:3]]  # nothing of the user's
+    with pytest.raises(ValueError, match="no per-round metrics"):
+        plot_rounds(empty, tmp_path / "none.png")

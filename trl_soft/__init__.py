@@ -1,26 +1,26 @@
 """trl-soft: Step-On-Feet Tuning (SOFT / SOFT+), multi-round self-alignment by bootstrapping, as a TRL plugin."""
 
-from .progress import quiet_at_import
+from .progress import quiet_imports
 
-quiet_at_import()  # before the imports below: bitsandbytes warns when it is imported (`trl_soft.progress`)
-
-# ruff: noqa: E402
-from .callbacks import EarlyCollapseCallback, RoundControl, SOFTCallback
-from .config import SOFTConfig, SOFTSettings
-from .curriculum import SCORERS, ScoringContext
-from .models import load_model_and_tokenizer
-from .prompting import Exemplar, Principles, load_exemplars, load_principles
-from .rounds import Round
-from .sampler import CurriculumSampler
-from .trainer import (
-    SOFTInterrupted,
-    SOFTLockError,
-    SOFTPremiseError,
-    SOFTResumeError,
-    SOFTRoundError,
-    SOFTSaveError,
-    SOFTTrainer,
-)
+# Importing the package changes nothing outside it (no environment variable, logger level or handler, warning filter
+# or progress-bar switch; tests/test_progress.py): the CLI and the scripts quiet what they run, not the import.
+with quiet_imports():  # bitsandbytes logs a harmless kernel-hub warning when peft imports it (`trl_soft.progress`)
+    from .callbacks import EarlyCollapseCallback, RoundControl, SOFTCallback
+    from .config import SOFTConfig, SOFTSettings
+    from .curriculum import SCORERS, ScoringContext
+    from .models import load_model_and_tokenizer
+    from .prompting import Exemplar, Principles, load_exemplars, load_principles
+    from .rounds import Round
+    from .sampler import CurriculumSampler
+    from .trainer import (
+        SOFTInterrupted,
+        SOFTLockError,
+        SOFTPremiseError,
+        SOFTResumeError,
+        SOFTRoundError,
+        SOFTSaveError,
+        SOFTTrainer,
+    )
 
 __version__ = "0.1.0"
 

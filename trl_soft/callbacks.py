@@ -15,13 +15,15 @@ made between rounds, so `SOFTTrainer` calls three more events on every callback 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from transformers import TrainerCallback
+from transformers import ProgressCallback, TrainerCallback
 
 from .behaviour.settings import greater_is_better
 from .behaviour.stats import ITEM_SCORES, Z95, paired_difference
+from .progress import RunProgress, interactive, new_bar, say
 from .settings import ConcernSettings
 
 # The least change that matters, by kind of metric (`CollapseSettings.threshold_for`).
@@ -299,3 +301,45 @@ def round_decision(callbacks: list, args, round_index: int, metrics: dict[str, A
     for callback in callbacks:
         callback.on_round_end(args, round_index, metrics, control, model=model, trainer=trainer)
     return control
+
+
+class TrainingLines(TrainerCallback):
+    """A round's fine-tuning written to a file or a pipe: in place of the Trainer's tqdm bar (a redraw per step, each
+    after a carriage return), one line when the round's training ends and at most one every `progress.LINE_EVERY`
+    seconds while it runs (`progress.new_bar`), and, as the bar wrote them, the loss lines of `logging_steps`.
+    `label` names the bar (`Round 2/3 train`). Not repeated: the end-of-training summary (the bar's last line and the
+    round's result line say it) and the round metrics logged for `report_to` trackers (the result line)."""
+
+    def __init__(self, label: Callable[[], str]):
+        self.label = label
+        self.bar: Any = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self.bar = new_bar(total=state.max_steps, desc=self.label(), unit="step")
+            self.bar.update(state.global_step)  # a round resumed from a checkpoint starts there
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.update(state.global_step - self.bar.n)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        logs = {k: v for k, v in (logs or {}).items() if k != "total_flos"}
+        if self.bar is None or not logs or "train_runtime" in logs or any(k.startswith("soft/") for k in logs):
+            return
+        figures = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in logs.items())
+        say(f"{self.bar.desc}: step {state.global_step}/{state.max_steps}: {figures}")
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def training_lines(trainer, run: RunProgress) -> RunProgress:
+    """Where the output is not drawn on (`progress.interactive()`: a file, a pipe, a CI log), the Trainer's training
+    bar becomes `TrainingLines`; `run` (the run's round lines) names the bar and is returned."""
+    if not interactive() and not trainer.args.disable_tqdm:
+        trainer.remove_callback(ProgressCallback)
+        trainer.add_callback(TrainingLines(lambda: run.label("train")))
+    return run

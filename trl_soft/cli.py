@@ -12,11 +12,11 @@ the person running the command passes `--allow_loader_env`: a config file someon
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from .progress import console
 from .prompting import asset_path
 
 USAGE = """usage: trl-soft <command> [options]
@@ -80,16 +80,6 @@ def _report(argv: Sequence[str]) -> int:
     return 0
 
 
-def _flag_value(argv: Sequence[str], flag: str) -> str | None:
-    """`--flag value` or `--flag=value` in argv (the YAML's value is read again by the trainer)."""
-    for i, arg in enumerate(argv):
-        if arg == flag and i + 1 < len(argv):
-            return argv[i + 1]
-        if arg.startswith(f"{flag}="):
-            return arg.split("=", 1)[1]
-    return None
-
-
 ALLOW_LOADER_ENV = "--allow_loader_env"
 
 
@@ -141,7 +131,13 @@ def _stoppable(job) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    """The `trl-soft` command. trl-soft's lines go to the console for its length (`trl_soft.progress.console`: the
+    package itself only adds a `NullHandler`); each command filters the third-party noise known to be harmless."""
+    with console():
+        return _command(list(sys.argv[1:] if argv is None else argv))
+
+
+def _command(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
         return 0
@@ -153,12 +149,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"trl-soft {command}: {err}", file=sys.stderr)
             return 2
     if command in ("train", "demo"):
-        from .progress import VERBOSE_ENV, quiet_third_party
-
-        if "--verbose" in rest:  # everything third-party libraries print (read by `quiet_third_party`, here and in
-            rest = [a for a in rest if a != "--verbose"]  # the trainer, and inherited by engine processes)
-            os.environ[VERBOSE_ENV] = "1"
-        quiet_third_party(_flag_value(rest, "--log_level"))
+        verbose = "--verbose" in rest  # everything third-party libraries print (`trl_soft.progress.quiet_third_party`)
+        rest = [a for a in rest if a != "--verbose"]
         if "-h" in rest or "--help" in rest:
             print(f"trl-soft {command} options:\n  --verbose             show every third-party warning and loading bar "
                   "(trl-soft filters the ones known to be harmless here; so do --log_level info and "
@@ -167,7 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         if command == "demo":
             rest = ["--config", str(asset_path("demo.yaml")), *rest]
-        return _stoppable(lambda: run(rest, prog=f"trl-soft {command}"))
+        return _stoppable(lambda: run(rest, prog=f"trl-soft {command}", verbose=verbose))
     if command == "eval" and any(a == "--behaviour" or a.startswith("--behaviour=") for a in rest):
         from .scripts.behaviour import run as run_behaviour
 

@@ -12,12 +12,14 @@ Handlers can only be installed from the main thread; elsewhere signals keep thei
 from __future__ import annotations
 
 import contextlib
+import logging
 import signal
-import sys
 import threading
 from pathlib import Path
 
 from transformers import TrainerCallback
+
+logger = logging.getLogger(__name__)
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -58,10 +60,11 @@ class StopRequests:
         if self.signum is not None:
             raise SOFTInterrupted(signum, "at once (second signal)", self.output_dir)
         self.signum = signum
-        print(
-            f"\nSOFT: {signal.Signals(signum).name} received; stopping at the next safe point (send it again to stop at "
-            "once).", file=sys.stderr, flush=True,
-        )
+        try:
+            logger.warning(f"{signal.Signals(signum).name} received; stopping at the next safe point (send it again "
+                           "to stop at once).")
+        except RuntimeError:  # the signal came in the middle of a write to the same stream ("reentrant call")
+            pass  # the stop is recorded all the same; the line is only news
 
     @contextlib.contextmanager
     def installed(self):

@@ -1,7 +1,8 @@
 """`report.html`: one self-contained page a person can read a run from (`trl-soft report RUN --html`, and written at
 the end of every run when matplotlib is installed).
 
-It holds the verdict, the full round table, a plot of every per-round metric with its 95% interval, the filter
+It holds the verdict, the full round table, the per-round plots in groups (behaviour, validation and collapse, data
+per round; `reporting.PLOT_GROUPS`) with their 95% intervals, the filter
 counts, and the behaviour answers side by side (the starting model, then each round), the items whose verdict changed
 first. Images are inlined as base64 PNG and the style sheet is inline: no script, nothing fetched, so the page opens
 from a copied folder or an e-mail. Every model answer and prompt is HTML-escaped (they are untrusted text).
@@ -13,6 +14,7 @@ import base64
 import html
 import io
 import json
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,13 +22,15 @@ from typing import Any
 from .reporting import (
     all_columns,
     behaviour_verdict,
-    every_panel,
     format_stop_line,
+    plot_groups,
     plot_rounds,
     table_cells,
     write_summary,
 )
 from .state import PLOT_NAME, REPORT_NAME, SUMMARY_NAME, SOFTState, atomic_write_text, round_paths
+
+logger = logging.getLogger(__name__)
 
 SAMPLES_NAME = "behaviour.jsonl"  # per round folder, written by `behaviour.run` (one line per answer and metric)
 UNCHANGED_SHOWN = 5  # per behaviour metric: the items whose verdict never changed are many and alike; a few suffice
@@ -58,10 +62,11 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], numeric: bool 
 
 
 def plot_png(state: SOFTState) -> bytes | None:
-    """Every per-round metric as one PNG (`reporting.plot_rounds` over `every_panel`); None without metrics."""
+    """The per-round metrics as one PNG, in their groups (`reporting.plot_rounds` over `plot_groups`); None without
+    metrics."""
     buffer = io.BytesIO()
     try:
-        plot_rounds(state, buffer, every_panel(state))
+        plot_rounds(state, buffer, plot_groups(state))
     except ValueError:  # no per-round metric yet
         return None
     return buffer.getvalue()
@@ -190,7 +195,7 @@ def write_reports(output_dir: Path, state: SOFTState) -> list[tuple[str, str]]:
     try:
         png = plot_png(state)
     except Exception as err:  # noqa: BLE001 - the rounds are done and saved: a plot must not fail the run
-        print(f"SOFT: could not draw the plots ({type(err).__name__}: {err}); the report has none.", flush=True)
+        logger.warning(f"could not draw the plots ({type(err).__name__}: {err}); the report has none.")
         png = None
     if png is not None:
         partial = output_dir / f".{PLOT_NAME}.partial"  # renamed into place: a kill never leaves half an image

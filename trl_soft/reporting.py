@@ -13,6 +13,7 @@ from .behaviour.compare import leaning_p
 from .behaviour.evaluate import format_premise
 from .behaviour.settings import FEWSHOT_PREFIX, METRICS
 from .behaviour.stats import ITEM_SCORES
+from .progress import PREFIX
 from .security import redact_text
 from .state import SUMMARY_NAME, SOFTState, atomic_write_text
 
@@ -308,21 +309,43 @@ def finish_model_card(folder: Path, base_id: str | None, ref: str, base_note: st
         atomic_write_text(adapter_config, json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
-# Panels of `plot_rounds`, drawn when the run has the metric.
-PLOT_PANELS: tuple[tuple[str, str], ...] = (
-    ("refusal_harmful", "refuses harmful requests (higher is better)"),
-    ("refusal_benign", "refuses benign requests (lower is better)"),
-    ("admits_unknown", "admits it cannot know (higher is better)"),
-    ("helpful_win_rate", "win rate vs starting model"),
-    ("validation_nll", "validation NLL (lower is better)"),
-    ("sample_entropy", "sample entropy (nats)"),
-    ("sample_distinct_2", "distinct-2"),
-    ("sample_self_bleu", "self-BLEU"),
-    ("truthfulqa_mc1", "TruthfulQA MC1"),
-    ("truthfulqa_mc2", "TruthfulQA MC2"),
-    ("hhh_overall", "HHH"),
-    ("train_loss", "train loss"),
+# The plots of a run, in the groups a reader takes them in (`plot_rounds`); a panel is drawn when the run has its
+# metric. Not drawn, though in the table and metrics.json: what is constant by design (prompts per round), the size of
+# the smallest detectable change (`*_mde`, said in the verdict), the acceptance counts and p-values (the table's
+# decision column), distinct-1 (distinct-2 says the same), the HHH categories and timings.
+PLOT_GROUPS: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
+    ("Behaviour (95% intervals shaded)", (
+        ("refusal_harmful", "refuses harmful requests (higher is better)"),
+        ("refusal_benign", "refuses benign requests (lower is better)"),
+        ("admits_unknown", "admits it cannot know (higher is better)"),
+        ("alignment_score", "alignment score, pooled (higher is better)"),
+        (f"{acceptance.VS_START}_diff", "paired change vs the starting model"),
+        ("helpful_win_rate", "win rate vs starting model"),
+        ("truthfulqa_mc1", "TruthfulQA MC1"),
+        ("truthfulqa_mc2", "TruthfulQA MC2"),
+        ("hhh_overall", "HHH"),
+    )),
+    ("Validation and collapse", (
+        ("validation_nll", "validation NLL (lower is better)"),
+        ("train_loss", "train loss"),
+        ("sample_entropy", "sample entropy (nats; falls with collapse)"),
+        ("sample_distinct_2", "distinct-2 (falls with collapse)"),
+        ("sample_self_bleu", "self-BLEU (rises with collapse)"),
+        ("sample_tokens", "validation answer length (tokens)"),
+    )),
+    ("Data per round", (
+        ("kept", "answers kept for training"),
+        ("mean_response_tokens", "kept answer length (tokens)"),
+        ("train_steps", "training steps"),
+    )),
 )
+# A panel whose interval is stored under another name than `<metric>_low` / `_high`.
+PLOT_INTERVALS = {f"{acceptance.VS_START}_diff": acceptance.VS_START}
+PLOT_COLUMNS = 3
+# trl-soft's own metrics left out of the plots on purpose (see `PLOT_GROUPS`); any other number is a user's metric.
+_UNPLOTTED_NAMES = {"round", "prompts", "samples", "sample_distinct_1"}
+_UNPLOTTED_PREFIXES = ("seconds_", f"{acceptance.VS_START}_", "hhh_", FEWSHOT_PREFIX)
+_UNPLOTTED_SUFFIXES = ("_low", "_high", "_n", "_se", "_positions", "_mde")
 
 
 def run_summary(state: SOFTState) -> str:
@@ -344,9 +367,9 @@ def _watch(state: SOFTState) -> list[str] | None:
     return list(watch) if watch else None
 
 
-def printed_table(state: SOFTState) -> str:
+def printed_table(state: SOFTState, width: int = PRINT_WIDTH) -> str:
     """The round table as printed (`compact_round_table` with the run's `behaviour_watch`)."""
-    return compact_round_table(state.history, state.base_metrics, _watch(state))
+    return compact_round_table(state.history, state.base_metrics, _watch(state), width)
 
 
 def verdict_head(state: SOFTState) -> str:
@@ -354,16 +377,18 @@ def verdict_head(state: SOFTState) -> str:
     return "\n".join(line for line in behaviour_verdict(state).splitlines() if not line.startswith("- ")).strip()
 
 
-def printed_summary(state: SOFTState, output_dir: str, reports: Sequence[tuple[str, str]] = ()) -> str:
-    """What the end of a run prints: the verdict, the table that fits, why the rounds stopped, where to read more."""
+def printed_summary(state: SOFTState, output_dir: str, reports: Sequence[tuple[str, str]] = (),
+                    width: int = PRINT_WIDTH - len(PREFIX)) -> str:
+    """What the end of a run prints: the verdict, the table that fits (`width`: what the console's prefix leaves of
+    100 columns), why the rounds stopped, where to read more."""
     verdict, stop = verdict_head(state), format_stop_line(state)
-    table = printed_table(state)
+    table = printed_table(state, width)
     where = f"Full table and per-metric verdict: {Path(output_dir) / SUMMARY_NAME}" + "".join(
         f"\n{label}: {path}" for label, path in reports
     )
     return (
-        f"\nSOFT summary ({state.rounds_completed} rounds, {output_dir}):\n" + (f"{verdict}\n\n" if verdict else "")
-        + f"{table}\n" + (f"{stop}\n" if stop else "") + f"{where}\n"
+        f"Summary ({state.rounds_completed} rounds, {output_dir}):\n" + (f"{verdict}\n\n" if verdict else "")
+        + f"{table}\n" + (f"{stop}\n" if stop else "") + where
     )
 
 
@@ -420,73 +445,90 @@ def model_card_section(state: SOFTState, settings: dict[str, Any]) -> str:
     )
 
 
-def every_panel(state: SOFTState) -> list[tuple[str, str]]:
-    """`PLOT_PANELS`, then every other numeric per-round metric (not an interval bound, a count, a standard error
-    or a timing): what the HTML report plots."""
+def plot_groups(state: SOFTState) -> list[tuple[str, tuple[tuple[str, str], ...]]]:
+    """`PLOT_GROUPS`, then "Other metrics": the numbers a round has that trl-soft does not make (a callback's own,
+    `SOFTCallback.provides_metrics`). What the HTML report and `trl-soft report --plot` draw."""
     rows = ([state.base_metrics] if state.base_metrics else []) + list(state.history)
-    known = {key for key, _ in PLOT_PANELS}
-    skip = ("_low", "_high", "_n", "_se", "_positions")
-    extra = sorted({
+    known = {key for _, panels in PLOT_GROUPS for key, _ in panels} | _UNPLOTTED_NAMES
+    other = sorted({
         key for row in rows for key, value in row.items()
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and key not in known and key != "round"
-        and not key.endswith(skip) and not key.startswith(("seconds_", f"{acceptance.VS_START}_p_", FEWSHOT_PREFIX))
-    })  # the few-shot rates are drawn in their zero-shot panel
-    return [*PLOT_PANELS, *((key, key.replace("_", " ")) for key in extra)]
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and key not in known
+        and not key.startswith(_UNPLOTTED_PREFIXES) and not key.endswith(_UNPLOTTED_SUFFIXES)
+    })
+    return [*PLOT_GROUPS, *([("Other metrics", tuple((key, key.replace("_", " ")) for key in other))] if other else [])]
 
 
-def plot_rounds(state: SOFTState, path: Any, panels: Sequence[tuple[str, str]] = PLOT_PANELS) -> None:
-    """One panel per available metric over rounds (round 0 = the starting model), its 95% interval shaded where the
-    run has one; the final round is starred. `path`: a file name or a binary file object (PNG)."""
+def _plot_panel(axis, rows: list[dict[str, Any]], key: str, title: str, final_round: int | None) -> None:
+    """One metric over rounds: its 95% interval shaded where the run has one (and the principled few-shot rate beside
+    a behaviour rate), accepted and rejected rounds marked, the final model starred."""
+    from matplotlib.ticker import MaxNLocator
+
+    points = [(row["round"], row[key]) for row in rows if isinstance(row.get(key), (int, float))]
+    axis.plot(*zip(*points), marker="o", color="C0", label="zero-shot" if key in METRICS else None)
+    for prefix, style in (("", "C0"), (FEWSHOT_PREFIX, "C2")):
+        name = prefix + PLOT_INTERVALS.get(key, key)
+        spans = [(row["round"], row.get(prefix + key), row[f"{name}_low"], row[f"{name}_high"]) for row in rows
+                 if f"{name}_low" in row and isinstance(row.get(prefix + key), (int, float))]
+        if not spans:
+            continue
+        xs, ys, lows, highs = zip(*spans)
+        if prefix:
+            axis.plot(xs, ys, marker="s", color=style, label="principled (few-shot)")
+        axis.fill_between(xs, lows, highs, color=style, alpha=0.15)
+    decided = {row["round"]: row.get("accepted") for row in rows}
+    for verdict, marker, colour, label in ((True, "o", "tab:green", "accepted"), (False, "X", "tab:red", "rejected")):
+        marked = [(r, v) for r, v in points if decided.get(r) is verdict]
+        if marked:
+            axis.scatter(*zip(*marked), marker=marker, s=90, facecolors="none" if verdict else colour,
+                         edgecolors=colour, zorder=3, label=label)
+    final = [value for round_index, value in points if round_index == final_round]
+    if final:
+        axis.plot(final_round, final[0], marker="*", markersize=14, color="C1", linestyle="none", label="final model")
+    axis.set_title(title, fontsize=10)
+    axis.set_xlabel("round")
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axis.ticklabel_format(axis="y", useOffset=False)  # 10.79 on the axis, not +1.0789e1 above it
+    axis.grid(alpha=0.3)
+
+
+def plot_rounds(state: SOFTState, path: Any, groups: Sequence[tuple[str, Sequence[tuple[str, str]]]] = PLOT_GROUPS
+                ) -> None:
+    """The per-round metrics (round 0 = the starting model), one panel each, `PLOT_COLUMNS` to a row, in titled
+    groups (`PLOT_GROUPS`; a panel is drawn when the run has its metric), one legend for all. `path`: a file name or a
+    binary file object (PNG)."""
     try:
         import matplotlib
     except ImportError as err:
         raise ImportError("Plotting needs matplotlib: pip install 'trl-soft[plot]'.") from err
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
 
     rows = ([state.base_metrics] if state.base_metrics else []) + list(state.history)
-    panels = [(key, title) for key, title in panels if any(isinstance(row.get(key), (int, float)) for row in rows)]
-    if not panels:
+    drawn = [(title, [(key, name) for key, name in panels
+                      if any(isinstance(row.get(key), (int, float)) and not isinstance(row.get(key), bool)
+                             for row in rows)])
+             for title, panels in groups]
+    drawn = [(title, panels) for title, panels in drawn if panels]
+    if not drawn:
         raise ValueError("The run has no per-round metrics to plot yet.")
-    columns = min(3, len(panels))
-    figure, axes = plt.subplots(
-        (len(panels) + columns - 1) // columns, columns, figsize=(4.2 * columns, 3.2 * ((len(panels) + 2) // 3)),
-        squeeze=False,
-    )
-    for axis, (key, title) in zip(axes.flat, panels):
-        points = [(row["round"], row[key]) for row in rows if isinstance(row.get(key), (int, float))]
-        axis.plot(*zip(*points), marker="o", label="zero-shot" if key in METRICS else None)
-        for prefix, style in (("", "C0"), (FEWSHOT_PREFIX, "C2")):
-            name = prefix + key
-            spans = [(row["round"], row[name], row[f"{name}_low"], row[f"{name}_high"]) for row in rows
-                     if f"{name}_low" in row]
-            if not spans:
-                continue
-            xs, ys, lows, highs = zip(*spans)
-            if prefix:
-                axis.plot(xs, ys, marker="s", color=style, label="principled (few-shot)")
-            axis.fill_between(xs, lows, highs, color=style, alpha=0.15)
-        decided = {row["round"]: row.get("accepted") for row in rows}
-        for verdict, marker, colour, label in ((True, "o", "tab:green", "accepted"), (False, "X", "tab:red", "rejected")):
-            marked = [(r, v) for r, v in points if decided.get(r) is verdict]
-            if marked:
-                axis.scatter(*zip(*marked), marker=marker, s=90, facecolors="none" if verdict else colour,
-                             edgecolors=colour, zorder=3, label=label)
-        if (key in METRICS or any(v is not None for v in decided.values())) and axis.get_legend_handles_labels()[0]:
-            axis.legend(fontsize=7)
-        final = [value for round_index, value in points if round_index == state.final_round]
-        if final:
-            axis.plot(state.final_round, final[0], marker="*", markersize=14, label="final model")
-        axis.set_title(title)
-        axis.set_xlabel("round")
-        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
-        axis.grid(alpha=0.3)
-    for axis in list(axes.flat)[len(panels):]:
-        axis.set_visible(False)
+    heights = [-(-len(panels) // PLOT_COLUMNS) for _, panels in drawn]
+    figure = plt.figure(figsize=(4.2 * PLOT_COLUMNS, 3.1 * sum(heights) + 0.45 * len(drawn) + 0.6),
+                        layout="constrained")
+    parts = figure.subfigures(len(drawn), 1, height_ratios=[h + 0.3 for h in heights], squeeze=False)
+    legend: dict[str, Any] = {}
+    for part, (title, panels), height in zip(parts.flat, drawn, heights):
+        part.suptitle(title, x=0.01, ha="left", fontweight="bold")
+        axes = part.subplots(height, PLOT_COLUMNS, squeeze=False)
+        for axis, (key, name) in zip(axes.flat, panels):
+            _plot_panel(axis, rows, key, name, state.final_round)
+            for handle, label in zip(*axis.get_legend_handles_labels()):
+                legend.setdefault(label, handle)
+        for axis in list(axes.flat)[len(panels):]:
+            axis.set_visible(False)
+    if legend:
+        figure.legend(legend.values(), legend.keys(), loc="outside lower center", ncol=len(legend), fontsize=9)
     if state.stopped_early:
         figure.suptitle(f"stopped after round {state.rounds_completed}; final model: round {state.final_round}")
-    figure.tight_layout(rect=(0, 0, 1, 0.97) if state.stopped_early else None)  # room for the title
     figure.savefig(path, dpi=110, format="png")
     plt.close(figure)
 

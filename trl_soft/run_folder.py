@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import shutil
 import socket
@@ -50,6 +51,8 @@ from .state import (
     save_atomically,
     saving,
 )
+
+logger = logging.getLogger(__name__)
 
 LOCK_NAME = ".soft.lock"
 CHECKPOINT_DONE = ".soft-checkpoint-complete"  # written into a Trainer checkpoint once all of it is on disk
@@ -412,14 +415,14 @@ class RunFolder:
             if main and not self.lock.held:
                 self.lock.acquire()
                 if self.lock.stale_holder:
-                    print(f"SOFT: took over the lock of an interrupted run ({self.lock.stale_holder}).", flush=True)
+                    logger.info(f"took over the lock of an interrupted run ({self.lock.stale_holder}).")
             existing = check_output_dir(
                 self.path, fingerprint, run_config_hash, overwrite, resume, same_prompts,
                 killed_run=self.lock.stale_holder if main else True,
             )
             if resume and existing is None and main and self.lock.stale_holder and not self._announced_restart:
-                print(f"SOFT: the run killed in {str(self.path)!r} ({self.lock.stale_holder}) had not completed its "
-                      "start (no soft_state.json): --resume starts it from the beginning.", flush=True)
+                logger.info(f"the run killed in {str(self.path)!r} ({self.lock.stale_holder}) had not completed its "
+                            "start (no soft_state.json): --resume starts it from the beginning.")
                 self._announced_restart = True
         return existing
 
@@ -443,8 +446,8 @@ class RunFolder:
         if is_main_process():
             removed = clean_leftovers(self.path)
             if removed:
-                print(f"SOFT: removed {len(removed)} leftover(s) of an interrupted run: "
-                      f"{', '.join(str(p.relative_to(self.path)) for p in removed)}", flush=True)
+                logger.info(f"removed {len(removed)} leftover(s) of an interrupted run: "
+                            f"{', '.join(str(p.relative_to(self.path)) for p in removed)}")
         wait_for_everyone()
         state = open_state(self.path, fingerprint, run_config_hash, num_rounds, resume, overwrite)
         self.rounds_done = state.rounds_completed

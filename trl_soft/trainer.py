@@ -29,7 +29,7 @@ from . import models
 from .acceptance import accepted_so_far, against_start, final_round, generating_round, settle
 from .aligned import AlignedData
 from .behaviour.run import BehaviourRun, SOFTPremiseError
-from .callbacks import RoundControl, SOFTCallback, round_decision, with_collapse_callback
+from .callbacks import RoundControl, SOFTCallback, round_decision, training_lines, with_collapse_callback
 from .config import SOFTConfig, SOFTSettings
 from .curriculum import Scorer, ScoringContext
 from .data import ValidationPair
@@ -39,7 +39,7 @@ from .evaluation.suite import RoundEvaluator
 from .filters import last_sentence
 from .inputs import RunInputs
 from .interrupts import RoundStops, SOFTInterrupted, StopRequests
-from .progress import RunProgress, quiet_third_party
+from .progress import RunProgress, follow_log_level, say
 from .prompting import Exemplar, Principles
 from .quantization import check_kbit_supported, wants_kbit
 from .report_html import write_reports
@@ -103,7 +103,7 @@ class SOFTTrainer(SFTTrainer):
         if "formatting_func" in kwargs:
             raise ValueError("`formatting_func` is not supported: SOFT builds each round's training examples itself.")
         settings = args.settings
-        quiet_third_party(args.log_level)  # harmless third-party noise, unless asked for (`trl_soft.progress`)
+        follow_log_level(args)  # the `trl_soft` logger's level, as the Trainer sets its own (`trl_soft.progress`)
 
         # Everything that can be wrong with the inputs is checked here, before any model is loaded.
         inputs = self.inputs = RunInputs.load(settings, args.seed, train_dataset, principles, exemplars, validation_set)
@@ -159,7 +159,7 @@ class SOFTTrainer(SFTTrainer):
         self._resumed_loss_sum = 0.0  # the training loss summed up to the checkpoint a round resumed from
         self._current_round = 0  # whose weights the model holds (0: the starting model)
         self.add_callback(RoundStops(self))
-        self.progress = RunProgress(settings.rounds.num_rounds, show_bars=not args.disable_tqdm)
+        self.progress = training_lines(self, RunProgress(settings.rounds.num_rounds, show_bars=not args.disable_tqdm))
 
     @property
     def settings(self) -> SOFTSettings:
@@ -214,7 +214,8 @@ class SOFTTrainer(SFTTrainer):
         indices, prompts, exemplar_sets = self.inputs.round_prompts(index)
         n = self.sampling.per_prompt  # best-of-n: each prompt n times in a row, each sample with its own seed
         texts = [self.formatter.generation_prompt(p, ex) for p, ex in zip(prompts, exemplar_sets) for _ in range(n)]
-        results = self.engine.generate(texts, replace(self.sampling, seed=seed), f"Round {index}: generate")
+        label = self.progress.label("generate", index)  # the bar: `Round 2/3 generate`
+        results = self.engine.generate(texts, replace(self.sampling, seed=seed), label)
         round_ = Round.generated(
             index, paths, seed, indices, prompts, exemplar_sets, results, self.formatter.extract_response, sync_start,
             n,
@@ -335,8 +336,8 @@ class SOFTTrainer(SFTTrainer):
         source = generating_round(state.history, self.settings.acceptance)
         if source is not None and source != self._current_round:
             if is_main_process():
-                print(f"SOFT: the next round starts from {'the starting model' if source == 0 else f'round {source}'}"
-                      " (the last accepted model).", flush=True)
+                say(f"the next round starts from {'the starting model' if source == 0 else f'round {source}'} (the "
+                    "last accepted model).")
             self._load_round_weights(source)
 
     # ---- start and finish -------------------------------------------------------------------------------------------
@@ -388,7 +389,7 @@ class SOFTTrainer(SFTTrainer):
             with self.folder.hf_output(self.args, final_dir):  # the model card belongs next to the final weights
                 self.create_model_card(model_name=self.soft_output_dir.name)
             reports = write_reports(self.soft_output_dir, state)  # summary.md; with matplotlib, plots and HTML
-            print(printed_summary(state, str(self.soft_output_dir), reports), flush=True)
+            say(printed_summary(state, str(self.soft_output_dir), reports))
         wait_for_everyone()
 
     def _soft_callback_list(self) -> list[SOFTCallback]:

@@ -7,6 +7,7 @@ vLLM where it can run it (an adapter is merged into a temporary copy first), tra
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,6 +24,8 @@ from ..prompting import Exemplar, ExemplarSampler, Principles, PromptFormatter
 from .data import BehaviourSets
 from .evaluate import BehaviourEvaluator, BehaviourResult, premise_check
 from .settings import BehaviourSettings
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -91,7 +94,7 @@ def evaluate_model_behaviour(
     if adapter and choice.backend == "vllm":
         path = _merged_copy(path, work / "merged")
         choice = choose_engine(engine_settings, read_model_facts(path, None, False, on_cuda))
-    print(f"trl-soft: generation engine: {choice.describe()}", flush=True)
+    logger.info(f"generation engine: {choice.describe()}")
     if choice.backend == "vllm":
         engine = make_vllm_engine(choice, engine_settings, tokenizer, work, seed)
         engine.load(EngineWeights(base=path))

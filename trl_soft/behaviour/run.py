@@ -8,6 +8,7 @@ verdicts are broadcast (the answers come from the engine, which already gives ev
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -22,6 +23,8 @@ from .data import SPLIT_SEED, BehaviourSets
 from .evaluate import BehaviourEvaluator, Generate, format_premise, premise_check
 from .gate import PrincipleGate
 from .settings import METRICS, BehaviourSettings
+
+logger = logging.getLogger(__name__)
 
 SAMPLES = "behaviour.jsonl"  # in each round folder: every behaviour answer with its verdict
 # The held-out items: the starting model's answers (round_0) and the final model's (the run folder), with verdicts;
@@ -204,7 +207,7 @@ class BehaviourRun:
         if premise is None:
             return
         if is_main_process():
-            print(f"\nSOFT premise check (starting model, greedy):\n{format_premise(premise)}\n", flush=True)
+            logger.info(f"premise check (starting model, greedy):\n{format_premise(premise)}")
         if self.settings.require_premise and premise["verdict"] != "holds":
             raise SOFTPremiseError(
                 f"`require_premise=True` and the premise check {premise['verdict']} (see above; the answers are in "

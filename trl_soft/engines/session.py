@@ -7,6 +7,7 @@ The trainer owns one `EngineSession`. It generates with the weights it was last 
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -32,6 +33,8 @@ from .choice import EngineChoice, EngineUnavailable, choose_engine, fit_memory, 
 from .hf import HFEngine
 from .settings import EngineSettings
 from .weights import prepare_merged_weights
+
+logger = logging.getLogger(__name__)
 
 
 class EngineSession:
@@ -69,7 +72,7 @@ class EngineSession:
 
             check_servers(settings, on_cuda)  # devices that exist, servers that answer: before any weights load
         if is_main_process():
-            print(f"SOFT: generation engine: {choice.describe()}", flush=True)
+            logger.info(f"generation engine: {choice.describe()}")
         return choice
 
     @staticmethod
@@ -144,7 +147,7 @@ class EngineSession:
                 )
                 what = self.engine.name
             if is_main_process():
-                print(f"SOFT: {what} started in {self.engine.start_seconds:.1f} s", flush=True)
+                logger.info(f"{what} started in {self.engine.start_seconds:.1f} s")
         return self.engine
 
     def close(self) -> None:

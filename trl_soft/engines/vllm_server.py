@@ -35,6 +35,7 @@ import contextlib
 import ctypes
 import http.client
 import json
+import logging
 import os
 import re
 import secrets
@@ -62,6 +63,8 @@ from .choice import EngineChoice
 from .settings import EngineSettings
 from .vllm_local import engine_arguments, engine_environment
 from .weights import check_adapter_engine_weights, reload_folder
+
+logger = logging.getLogger(__name__)
 
 SERVED_NAME = "soft-base"
 MAX_IN_FLIGHT = 128  # concurrent requests over all servers; each server batches its own
@@ -231,8 +234,8 @@ def check_servers(settings: EngineSettings, on_cuda: bool) -> None:
     for url in settings.server_base_url:
         endpoint = Endpoint(url, key)
         if key and url.startswith("http://") and not key_may_travel(url):
-            print(f"SOFT: WARNING: the API key of `vllm_server_api_key_env` goes to {endpoint.label} unencrypted (http "
-                  "to another machine): use https, an SSH tunnel to a Unix socket, or a private network.", flush=True)
+            logger.warning(f"the API key of `vllm_server_api_key_env` goes to {endpoint.label} unencrypted (http to "
+                           "another machine): use https, an SSH tunnel to a Unix socket, or a private network.")
         try:
             endpoint.models(timeout=5.0)
         except ServerUnreachable as err:
@@ -337,8 +340,8 @@ class ManagedVLLMServer:
             routes = "its weight-loading route `/collective_rpc` has no authentication" if choice.lora_mode != "adapter" \
                 else "its API key guards the /v1 routes"
             reach = "other machines" if not is_loopback(self.host) else "every user of this machine"
-            print(f"SOFT: WARNING: the vLLM server listens on TCP {self.url}, which {reach} can reach; {routes}. "
-                  "Leave `vllm_server_host`/`vllm_server_port` unset for a private Unix socket.", flush=True)
+            logger.warning(f"the vLLM server listens on TCP {self.url}, which {reach} can reach; {routes}. Leave "
+                           "`vllm_server_host`/`vllm_server_port` unset for a private Unix socket.")
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self._log.write(f"\n==== trl-soft starts: {' '.join(command)}\n".encode())  # no secret is on the line

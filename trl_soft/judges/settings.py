@@ -14,6 +14,7 @@ refused (`trl_soft.security`).
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,8 @@ from urllib.parse import urlsplit
 from ..security import host_of, is_env_name, key_may_travel, redact_url, url_credentials_error
 from ..settings import ConcernSettings
 from .base import PairwiseJudge, PointwiseJudge
+
+logger = logging.getLogger(__name__)
 
 POINTWISE_JUDGES = ("rules", "hf", "openai")
 PAIRWISE_JUDGES = ("none", "hf", "openai")
@@ -209,7 +212,7 @@ class JudgeSettings(ConcernSettings):
         """For 'openai' judges, print where the key goes (`key_plan`) and make one quick request to the endpoint
         (`JudgeError` if it does not answer); else nothing."""
         if "openai" in self.kinds():
-            print(f"trl-soft: {self.key_plan()}", flush=True)
+            logger.info(self.key_plan())
             judge = self._model_judge("openai", {})
             try:
                 judge.check_reachable()

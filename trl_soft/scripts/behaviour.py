@@ -19,6 +19,7 @@ from pathlib import Path
 from trl import TrlParser
 
 from ..behaviour.settings import DEFAULT_SETS
+from ..progress import console, quiet_third_party, say
 
 
 @dataclass
@@ -75,10 +76,8 @@ def main(args: BehaviourArguments, config, check: bool = False) -> int:
         part=args.part,
     )
     seconds = time.perf_counter() - started
-    print(f"\n{args.model} ({outcome.engine})\n\n{_table(outcome.metrics)}")
-    if outcome.premise is not None:
-        print(f"\n{format_premise(outcome.premise)}")
-    print(f"\nwall time: {seconds:.1f} s")
+    premise = f"\n\n{format_premise(outcome.premise)}" if outcome.premise is not None else ""
+    say(f"{args.model} ({outcome.engine})\n\n{_table(outcome.metrics)}{premise}\n\nwall time: {seconds:.1f} s")
     if args.output_json:
         Path(args.output_json).write_text(json.dumps(
             {"metrics": outcome.metrics, "premise": outcome.premise, "seconds": seconds,
@@ -95,4 +94,5 @@ def run(argv: Sequence[str] | None = None, prog: str | None = None, check: bool 
     if not any(a == "--output_dir" or a.startswith("--output_dir=") for a in argv):
         argv += ["--output_dir", "trl-soft-eval"]  # required by TrainingArguments; nothing is written there
     args, config = TrlParser((BehaviourArguments, SOFTConfig), prog=prog).parse_args_and_config(args=argv)
-    return main(args, config, check=check)
+    with console(), quiet_third_party(config.log_level):  # the command's lines; third-party noise filtered
+        return main(args, config, check=check)

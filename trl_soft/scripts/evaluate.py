@@ -16,6 +16,8 @@ from pathlib import Path
 
 from trl import TrlParser
 
+from ..progress import console, quiet_third_party, say
+
 DTYPES = ("float32", "bfloat16", "float16", "auto")
 
 
@@ -74,14 +76,15 @@ def main(args: EvalArguments) -> dict[str, float]:
     model, tokenizer = load_for_inference(args.model, dtype=args.dtype)  # an adapter folder: base + adapter
     metrics = suite.evaluate(model, tokenizer, max_batch=args.max_batch)
     seconds = time.perf_counter() - started
-    print(f"\n{args.model}: {len(suite.truthfulqa_items)} TruthfulQA questions, {len(suite.hhh_items)} HHH items\n")
-    print(format_metrics_table(metrics))
-    print(f"\nwall time: {seconds:.1f} s")
+    say(f"{args.model}: {len(suite.truthfulqa_items)} TruthfulQA questions, {len(suite.hhh_items)} HHH items\n\n"
+        f"{format_metrics_table(metrics)}\n\nwall time: {seconds:.1f} s")
     if args.output_json:
         Path(args.output_json).write_text(json.dumps({**metrics, "seconds": seconds}, indent=2) + "\n")
     return metrics
 
 
 def run(argv: Sequence[str] | None = None, prog: str | None = None) -> None:
+    """The command: its lines on the console, third-party noise filtered (`trl_soft.progress`)."""
     (args,) = TrlParser((EvalArguments,), prog=prog).parse_args_and_config(args=argv)
-    main(args)
+    with console(), quiet_third_party():
+        main(args)

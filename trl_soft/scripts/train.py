@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from trl import ModelConfig, TrlParser, get_peft_config, get_quantization_config
 
 from ..config import SOFTConfig
+from ..progress import console, quiet_third_party, say
 
 
 @dataclass
@@ -69,13 +70,15 @@ def main(script_args: SOFTScriptArguments, training_args: SOFTConfig, model_args
         peft_config=get_peft_config(model_args),
     )
     trainer.train(resume_from_checkpoint=bool(training_args.resume_from_checkpoint))
-    trainer.accelerator.print(f"Final model saved to {trainer.soft_output_dir / 'final_model'}.")
+    say(f"Final model saved to {trainer.soft_output_dir / 'final_model'}.")
     if training_args.push_to_hub:
         trainer.push_to_hub(dataset_name=script_args.prompts_dataset)
     trainer.accelerator.end_training()  # what `Trainer.end()` does in transformers >= 5.18
 
 
-def run(argv: Sequence[str] | None = None, prog: str | None = None) -> None:
+def run(argv: Sequence[str] | None = None, prog: str | None = None, verbose: bool = False) -> None:
+    """The command (`trl-soft train`, `examples/`): parse, then train with the run's lines on the console and the
+    third-party noise filtered unless `verbose` or the run's `log_level` asks for everything (`trl_soft.progress`)."""
     import sys
 
     from ..cli import check_config_env  # a YAML `env:` block may not set loader variables without the opt-in
@@ -83,4 +86,5 @@ def run(argv: Sequence[str] | None = None, prog: str | None = None) -> None:
     parser = make_parser(prog)
     argv = check_config_env(sys.argv[1:] if argv is None else argv)
     script_args, training_args, model_args = parser.parse_args_and_config(args=argv)
-    main(script_args, training_args, model_args)
+    with console(), quiet_third_party("info" if verbose else training_args.log_level):
+        main(script_args, training_args, model_args)
