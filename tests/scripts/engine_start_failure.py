@@ -4,6 +4,7 @@ CUDA (external_launcher's executor all-reduces the memory it found over the rank
 gloo all-reduce (which errors once the failed process has exited), 'store_wait' in a wait that never notices it (as
 NCCL does not). Each process's stderr goes to argv[1] + f".rank{rank}.err"; the test reads both."""
 
+import logging
 import os
 import sys
 import time
@@ -26,6 +27,7 @@ def main(prefix: str, failing: int, wait: str) -> None:
     state = process_state()
     err = os.open(f"{prefix}.rank{state.process_index}.err", os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     os.dup2(err, 2)
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO)  # as a program that shows the library's lines does
 
     def start():
         if state.process_index == failing:

@@ -42,9 +42,9 @@ reload the same file: no two processes write one file, and the disk holds one me
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import socket
-import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -58,6 +58,8 @@ from ..generation import GenerationResult, GenerationSettings
 from .base import EngineWeights, GenerationEngine
 from .choice import EngineChoice
 from .weights import reload_folder
+
+logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 # How often a rank looks for another's failure while its engine starts, how long a failing rank waits for the others
@@ -281,8 +283,9 @@ class _Watch(threading.Thread):
         while not self.done.wait(POLL_SECONDS):
             if self.store.check(["failed"]):
                 # Said before the failed process is told it was read: the launcher may stop this one when it exits.
-                print(f"trl-soft: {self.store.get('failed').decode()} (process {self.rank} stops too)", file=sys.stderr,
-                      flush=True)
+                logger.error(f"{self.store.get('failed').decode()} (process {self.rank} stops too)")
+                for handler in logging.getLogger().handlers + logging.getLogger("trl_soft").handlers:
+                    handler.flush()
                 self.store.add("seen", 1)
                 if not self.done.wait(GRACE_SECONDS):  # still inside the start, waiting for the failed process
                     os._exit(EXIT_CODE)

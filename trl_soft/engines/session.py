@@ -26,6 +26,7 @@ from ..memory import (
     device_memory,
     read_model_config,
 )
+from ..progress import say
 from ..state import ENGINE_WEIGHTS, round_paths
 from . import MainProcessEngine, PerRankEngine, RankPlacement, make_vllm_engine
 from .base import EngineWeights, GenerationEngine
@@ -96,10 +97,9 @@ class EngineSession:
             plan = None
         if is_main_process():
             if plan is not None:
-                print(f"SOFT: memory plan per GPU ({free / GIB:.1f} of {total / GIB:.1f} GiB free):\n"
-                      f"{plan.table(budget)}", flush=True)
+                say(f"memory plan per GPU ({free / GIB:.1f} of {total / GIB:.1f} GiB free):\n{plan.table(budget)}")
             if choice.backend == "hf":
-                print(f"SOFT: generation engine: {choice.describe()}", flush=True)
+                say(f"generation engine: {choice.describe()}")
         return choice
 
     def use_start(self) -> None:

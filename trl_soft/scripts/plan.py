@@ -42,6 +42,7 @@ from ..memory import (
     read_model_config,
     sharding_of,
 )
+from ..progress import logger, say
 from ..quantization import wants_kbit
 from .train import SOFTScriptArguments
 
@@ -114,13 +115,13 @@ def main(script_args, args: SOFTConfig, model_args: ModelConfig, plan_args: Plan
         import torch
 
         total = torch.cuda.mem_get_info()[1] if torch.cuda.is_available() else None
-    print(f"trl-soft plan: {path} ({model.parameters / 1e9:.2f} B parameters), {plan_args.num_gpus} GPU(s)"
+    say(f"trl-soft plan: {path} ({model.parameters / 1e9:.2f} B parameters), {plan_args.num_gpus} GPU(s)"
           + (f" of {total / GIB:.1f} GiB" if total else "") + "; GiB = 2^30 bytes\n")
     hf = EngineChoice("hf", "`generation_backend='hf'`")
     if total is None:
         for choice in ([hf] if settings.engine.backend == "hf" else [candidate, hf]):
             plan = plan_for(choice)
-            print(f"{plan.table()}\n  needs {plan.verdict(1 << 50).need / GIB:.2f} GiB per GPU\n")
+            say(f"{plan.table()}\n  needs {plan.verdict(1 << 50).need / GIB:.2f} GiB per GPU\n")
         return 0
     if settings.engine.backend == "hf":
         chosen, plan = hf, plan_for(hf)
@@ -128,10 +129,10 @@ def main(script_args, args: SOFTConfig, model_args: ModelConfig, plan_args: Plan
         try:
             chosen, plan = fit_memory(candidate, settings.engine, plan_for, total)
         except EngineUnavailable as err:
-            print(f"trl-soft plan: {err}", file=sys.stderr)
+            logger.error(f"trl-soft plan: {err}")
             return 1
-    print(plan.table(total))
-    print(f"\nengine: {chosen.describe()}")
+    say(plan.table(total))
+    say(f"\nengine: {chosen.describe()}")
     return 0 if plan.verdict(total).fits else 1
 
 
@@ -144,5 +145,5 @@ def run(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     try:
         return main(script_args, args, model_args, plan_args)
     except ValueError as err:  # a config the plan cannot read, a size it cannot parse
-        print(f"trl-soft plan: {err}", file=sys.stderr)
+        logger.error(f"trl-soft plan: {err}")
         return 2
