@@ -56,6 +56,7 @@ from transformers import PreTrainedTokenizerBase
 from ..distributed import even_slices
 from ..generation import GenerationResult, GenerationSettings
 from ..security import is_loopback, key_may_travel, redact_url
+from ..state import open_appending
 from ..threads import map_in_flight
 from .base import EngineError, EngineWeights, StopRule, encode_prompts, prompt_seed, result_from_vllm, sampling_fields
 from .choice import EngineChoice
@@ -340,7 +341,7 @@ class ManagedVLLMServer:
             print(f"SOFT: WARNING: the vLLM server listens on TCP {self.url}, which {reach} can reach; {routes}. "
                   "Leave `vllm_server_host`/`vllm_server_port` unset for a private Unix socket.", flush=True)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self._log = open_appending(self.log_path, binary=True)  # closed in stop(); never through a link
         self._log.write(f"\n==== trl-soft starts: {' '.join(command)}\n".encode())  # no secret is on the line
         self._log.flush()
         self.process = subprocess.Popen(
