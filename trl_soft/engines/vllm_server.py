@@ -34,6 +34,7 @@ import atexit
 import contextlib
 import ctypes
 import http.client
+import ipaddress
 import json
 import os
 import re
@@ -75,10 +76,24 @@ CONNECT_TIMEOUT = 10.0
 PASSED_ENV = frozenset({
     "PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "LD_LIBRARY_PATH", "XDG_CACHE_HOME",
     "HF_HOME", "HF_HUB_CACHE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "TRANSFORMERS_CACHE",
+    "DO_NOT_TRACK", "XDG_CONFIG_HOME",  # the user's telemetry opt-outs (with VLLM_NO_USAGE_STATS, VLLM_CONFIG_ROOT)
 })
 PASSED_PREFIXES = ("LC_", "VLLM_", "OMP_", "MKL_", "KMP_", "CUDA_", "NCCL_", "TORCH_", "TORCHINDUCTOR_", "TRITON_",
                    "PYTORCH_", "TRL_SOFT_")
 SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSW|CREDENTIAL", re.IGNORECASE)
+
+
+def listen_address(host: str) -> str:
+    """The address a name stands for, as the listening socket reports it (`localhost` -> 127.0.0.1)."""
+    bare = host.strip("[]")
+    with contextlib.suppress(ValueError):
+        return str(ipaddress.ip_address(bare))
+    if is_loopback(bare):
+        return "::1" if bare.lower().startswith("ip6-") else "127.0.0.1"
+    try:
+        return socket.gethostbyname(bare)
+    except OSError as err:
+        raise EngineError(f"`vllm_server_host`: {host!r} does not resolve to an address ({err}).") from None
 
 
 def port_is_free(host: str, port: int) -> bool:
@@ -286,7 +301,7 @@ class ManagedVLLMServer:
         self.private_dir: Path | None = None
         self.api_key: str | None = None
         if self.tcp:
-            host = settings.server_host or "127.0.0.1"
+            host = listen_address(settings.server_host or "127.0.0.1")
             if settings.server_port is not None:
                 if not port_is_free(host, settings.server_port):
                     raise EngineError(
@@ -419,6 +434,31 @@ class ManagedVLLMServer:
             f"The vLLM server at {self.url} did not become ready within `vllm_server_timeout`={timeout:g} s. Raise "
             f"it, or read the log ({self.log_path}):\n{log_tail(self.log_path)}"
         )
+
+    def check_still_ours(self) -> None:
+        """Before each phase that talks to the server: the process trl-soft started is alive and (over TCP) still the
+        one listening at its port, or its private socket is still in place; otherwise `EngineError`, and nothing is
+        sent (a process that took the port after the server died would get the key, the prompts and
+        `/collective_rpc`, and could answer anything)."""
+        code = self.process.poll()
+        if code is not None:
+            raise EngineError(
+                f"The vLLM server trl-soft started exited with code {code}: nothing more is sent to {self.url}. The "
+                f"end of its log ({self.log_path}):\n{log_tail(self.log_path)}\n{RESUME_HINT}"
+            )
+        if self.tcp:
+            ours = self._listens_here()
+        else:
+            try:
+                ours = self.private_dir is not None and self._private_socket_ready()
+            except OSError:
+                ours = False
+        if not ours:
+            raise EngineError(
+                f"The vLLM server trl-soft started no longer listens at {self.url} (another process may hold the "
+                "address now): nothing is sent there. Leave `vllm_server_host`/`vllm_server_port` unset for a private "
+                f"Unix socket. {RESUME_HINT}"
+            )
 
     def exit_code(self, wait: float = 0.0) -> int | None:
         """The server's exit code, or None while it runs (waiting up to `wait` seconds for it to end)."""
@@ -586,9 +626,15 @@ class VLLMServerEngine:
         return names[0]
 
     # ---- the engine interface -------------------------------------------------------------------------------------
+    def check_server(self) -> None:
+        """The server trl-soft started is still the one at its address (`ManagedVLLMServer.check_still_ours`)."""
+        if self.server is not None:
+            self.server.check_still_ours()
+
     def load(self, weights: EngineWeights, model=None) -> float:
         if weights == self.current:
             return 0.0
+        self.check_server()
         started = time.perf_counter()
         previous = self.model_name
         if self.lora_mode == "adapter":
@@ -619,6 +665,7 @@ class VLLMServerEngine:
     ) -> list[GenerationResult]:
         if not prompts:
             return []
+        self.check_server()
         stop = StopRule.build(self.tokenizer, settings.stop_strings)
         encoded = encode_prompts(self.tokenizer, prompts)
         server_of = [0] * len(prompts)
