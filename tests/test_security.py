@@ -214,3 +214,23 @@ def test_truthfulqa_names_its_field_for_a_template_past_the_bounds(tmp_path):
     with pytest.raises(ValueError, match=r"`truthfulqa_template`: \S*t\.jinja cannot be rendered within the limits"):
         truthfulqa.check_template(str(path))
     assert Path(path).is_file()
+
+
+def test_a_token_inside_a_dict_setting_is_never_recorded(tmp_path):
+    """`model_init_kwargs={"token": ...}` (and any secret-named key at any depth of a dict-valued field) is blanked in
+    what `report_to` uploads, in `str()` and in the pickled `training_args.bin`; special tokens are not secrets."""
+    from trl_soft.security import redact_secrets
+
+    kwargs = {"token": TOKEN, "revision": "main", "nested": {"hf_token": TOKEN, "api_key": TOKEN, "deeper": [
+        {"password": TOKEN}]}, "pad_token": "<pad>", "trust_remote_code": False}
+    config = tiny_config(tmp_path / "out", model_init_kwargs=kwargs)
+    for record in (str(config), repr(config), str(config.to_dict())):
+        assert TOKEN not in record
+    stored = io.BytesIO()
+    torch.save(config, stored)
+    assert TOKEN.encode() not in stored.getvalue() and TOKEN.encode() not in pickle.dumps(config)
+    assert config.model_init_kwargs["token"] == TOKEN  # the live config still loads with it
+    assert TOKEN not in str(config.settings.fingerprint())  # nor the manifest (the fingerprint is stored there)
+    shown = redact_secrets(kwargs)
+    assert shown["token"] is None and shown["nested"]["deeper"][0]["password"] is None
+    assert shown["pad_token"] == "<pad>" and shown["revision"] == "main"
