@@ -234,3 +234,68 @@ def test_a_token_inside_a_dict_setting_is_never_recorded(tmp_path):
     shown = redact_secrets(kwargs)
     assert shown["token"] is None and shown["nested"]["deeper"][0]["password"] is None
     assert shown["pad_token"] == "<pad>" and shown["revision"] == "main"
+
+
+# ---- what an HTTP session of the judge reads from the environment (issue 27) -----------------------------------------
+class _Recorder:
+    """A loopback HTTP server answering an OpenAI model list, noting each request's target and Authorization."""
+
+    def __init__(self):
+        import http.server
+        import threading
+
+        seen = self.seen = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 - http.server's name
+                seen.append((self.path, self.headers.get("Authorization")))
+                body = b'{"object": "list", "data": [{"id": "judge-model"}]}'
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def judge_and_proxy(tmp_path, monkeypatch):
+    judge, proxy = _Recorder(), _Recorder()
+    netrc = tmp_path / "netrc"
+    netrc.write_text(f"machine 127.0.0.1 login netrc-user password {SECRET}\n"
+                     f"machine judge.example login netrc-user password {SECRET}\n")
+    netrc.chmod(0o600)
+    for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("NETRC", str(netrc))
+    monkeypatch.setenv("HTTP_PROXY", proxy.url)
+    monkeypatch.setenv("http_proxy", proxy.url)
+    yield judge, proxy
+    judge.close()
+    proxy.close()
+
+
+def test_a_loopback_judge_ignores_proxies_and_netrc(judge_and_proxy, monkeypatch):
+    judge, proxy = judge_and_proxy
+    monkeypatch.setenv("MY_JUDGE_KEY", TOKEN)
+    OpenAIJudge(judge.url + "/v1", api_key_env="MY_JUDGE_KEY").check_reachable()
+    OpenAIJudge(judge.url + "/v1", api_key_env="").check_reachable()
+    assert judge.seen == [("/v1/models", f"Bearer {TOKEN}"), ("/v1/models", None)]  # no netrc login, key kept
+    assert proxy.seen == []  # the key never went through the proxy
+
+
+def test_a_remote_judge_may_use_the_proxy_but_never_gets_netrc_credentials(judge_and_proxy):
+    """Traffic stays on this machine: the 'remote' judge is reached through the loopback proxy, which answers."""
+    judge, proxy = judge_and_proxy
+    OpenAIJudge("http://judge.example:8000/v1", api_key_env="").check_reachable()
+    assert proxy.seen == [("http://judge.example:8000/v1/models", None)]

@@ -80,6 +80,8 @@ BAD_VALUES = [
          "3 servers for `prompts_per_round=2`", vllm_mode="server", prompts_per_round=2),
     case("vllm_server_host", "0.0.0.0", "other machines can reach.*`vllm_server_allow_remote=True`"),
     case("vllm_server_api_key_env", "MY KEY", "name of an environment variable"),
+    case("vllm_server_base_url", "http://10.0.0.2:8000", r"plain http to 10\.0\.0\.2:8000.*\$MY_VLLM_KEY.*"
+         "`vllm_server_allow_insecure_key=True`", vllm_mode="server", vllm_server_api_key_env="MY_VLLM_KEY"),
     case("vllm_server_devices", [1, 1], "distinct CUDA device indices"),
     case("vllm_server_devices", "0,x", r"list of whole numbers or None; got \['0,x'\]"),
     case("vllm_server_devices", [0], "at least that many", vllm_tensor_parallel_size=2),

@@ -480,6 +480,13 @@ class SOFTConfig(SFTConfig):
             "`vllm_server_base_url` (sent as `Authorization: Bearer`, never written anywhere). Default: no key."
         },
     )
+    vllm_server_allow_insecure_key: bool = field(
+        default=False,
+        metadata={
+            "help": "Server mode: send the servers' key over plain http to a `vllm_server_base_url` that is not this "
+            "machine (a network you trust). Off: such a config is refused before the run starts."
+        },
+    )
     vllm_server_devices: list[int] | None = field(
         default=None,
         metadata={

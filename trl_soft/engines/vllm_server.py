@@ -246,9 +246,9 @@ def check_servers(settings: EngineSettings, on_cuda: bool) -> None:
         raise ValueError(str(err)) from None
     for url in settings.server_base_url:
         endpoint = Endpoint(url, key)
-        if key and url.startswith("http://") and not key_may_travel(url):
+        if key and url.startswith("http://") and not key_may_travel(url):  # allowed by `vllm_server_allow_insecure_key`
             print(f"SOFT: WARNING: the API key of `vllm_server_api_key_env` goes to {endpoint.label} unencrypted (http "
-                  "to another machine): use https, an SSH tunnel to a Unix socket, or a private network.", flush=True)
+                  "to another machine, `vllm_server_allow_insecure_key`).", flush=True)
         try:
             endpoint.models(timeout=5.0)
         except ServerUnreachable as err:
