@@ -299,3 +299,70 @@ def test_a_remote_judge_may_use_the_proxy_but_never_gets_netrc_credentials(judge
     judge, proxy = judge_and_proxy
     OpenAIJudge("http://judge.example:8000/v1", api_key_env="").check_reachable()
     assert proxy.seen == [("http://judge.example:8000/v1/models", None)]
+
+
+# ---- what a config file alone may not ask for (issue 27) -------------------------------------------------------------
+def _yaml(tmp_path, text, name="shared.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def test_the_docs_table_of_refused_variables_is_the_code_s_line_by_line(tmp_path):
+    """docs/security.md lists `REFUSED_VARIABLES` one row each, with its reason; every row is refused in `env:`."""
+    import re
+
+    from trl_soft.security import REFUSED_VARIABLES
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "security.md").read_text(encoding="utf-8")
+    rows = dict(re.findall(r"^\| `([A-Z_*]+)` \| (.+?) \|$", text, flags=re.MULTILINE))
+    assert rows == REFUSED_VARIABLES
+    for name in REFUSED_VARIABLES:
+        concrete = name.replace("*", "INSERT_LIBRARIES")
+        path = _yaml(tmp_path, f"num_rounds: 1\nenv:\n  HF_HOME: /tmp/hf\n  {concrete}: /tmp/x\n")
+        with pytest.raises(ConfigEnvError, match=rf"line 4: `env: {concrete}`"):
+            check_config_env(["--config", path])
+        assert check_config_env(["--config", path, "--allow_loader_env"]) == ["--config", path]
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "refused", "fix"),
+    [
+        ("env:\n  VLLM_LOGGING_CONFIG_PATH: /tmp/log.json\n", 2, "dictConfig", ["--allow_loader_env"]),
+        ("env:\n  HTTPS_PROXY: http://10.0.0.9:3128\n", 2, "HTTPS_PROXY", ["--allow_loader_env"]),
+        ("num_rounds: 1\ntrust_remote_code: true\n", 2, "`trust_remote_code: true` may be set only on the command",
+         ["--trust_remote_code"]),
+        ("model_init_kwargs:\n  revision: main\n  trust_remote_code: true\n", 3, "model_init_kwargs.trust_remote_code",
+         ["--trust_remote_code"]),
+        ("judge_allow_insecure_key: true\n", 1, "judge_allow_insecure_key", ["--judge_allow_insecure_key"]),
+        ("behaviour_judge: openai\njudge_base_url: https://judge.example/v1\njudge_api_key_env: AWS_SECRET_ACCESS_KEY\n",
+         3, "'AWS_SECRET_ACCESS_KEY' does not look like a key", ["--judge_api_key_env", "AWS_SECRET_ACCESS_KEY",
+                                                                 "--judge_base_url", "https://judge.example/v1"]),
+        ("behaviour_judge: openai\njudge_base_url: https://judge.example/v1\njudge_api_key_env: MY_JUDGE_KEY\n", 2,
+         r"send the key in \$MY_JUDGE_KEY to judge\.example, a host only this file names", ["--allow_config_key_hosts"]),
+        ("vllm_mode: server\nvllm_server_base_url: http://other-host:8000\nvllm_server_api_key_env: HF_TOKEN\n", 3,
+         "'HF_TOKEN' does not look like a key", ["--vllm_server_api_key_env", "HF_TOKEN", "--vllm_server_base_url",
+                                                 "http://other-host:8000"]),
+        ("vllm_mode: server\nvllm_server_base_url: [unix:/tmp/a.sock, 'https://gpu-box:8000']\n"
+         "vllm_server_api_key_env: MY_VLLM_KEY\n", 2, "to gpu-box, a host only this file names",
+         ["--vllm_server_base_url", "unix:/tmp/a.sock,https://gpu-box:8000"]),
+    ],
+)
+def test_a_config_file_alone_may_not_run_code_or_choose_where_a_key_goes(tmp_path, text, line, refused, fix):
+    path = _yaml(tmp_path, text)
+    with pytest.raises(ConfigEnvError, match=rf"(?s)line {line}: .*{refused}"):
+        check_config_env(["--config", path])
+    check_config_env(["--config", path, *fix])  # the command line may
+
+
+def test_keys_to_loopback_or_to_their_issuer_need_no_flag_and_the_command_refuses_before_writing(tmp_path, capsys):
+    for text in ("behaviour_judge: openai\njudge_base_url: http://127.0.0.1:8000/v1\njudge_api_key_env: MY_JUDGE_KEY\n",
+                 "behaviour_judge: openai\njudge_base_url: https://api.openai.com/v1\n",
+                 "behaviour_judge: rules\njudge_base_url: https://judge.example/v1\njudge_api_key_env: MY_JUDGE_KEY\n",
+                 "behaviour_judge: openai\njudge_base_url: https://judge.example/v1\njudge_api_key_env: ''\n"):
+        check_config_env(["--config", _yaml(tmp_path, text)])
+    path = _yaml(tmp_path, "vllm_mode: server\nvllm_server_base_url: http://other-host:8000\n"
+                           "vllm_server_api_key_env: HF_TOKEN\n")
+    out = tmp_path / "out"
+    assert main(["train", "--config", path, "--output_dir", str(out)]) == 2
+    assert "HF_TOKEN" in capsys.readouterr().err and not out.exists()

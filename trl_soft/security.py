@@ -49,25 +49,31 @@ LOADER_PREFIXES = ("LD_", "DYLD_")
 
 # What a config file's `env:` block may not set (without `--allow_loader_env`), by name, with why: the table of
 # docs/security.md ("What a config may make the run do") is this one, line by line (tests/test_security.py).
-_LOADS = "changes which code a process loads"
-_RUNS = "makes a library load or run a file it names"
+_LIBS = "changes which libraries the dynamic loader loads"
+_PYTHON = "changes which code Python loads or runs"
 _CACHE = "a cache of compiled code the process loads and runs"
 _TRAFFIC = "sends the run's requests (and keys) through another host"
 _TRUST = "changes which TLS certificates are trusted"
 _KEYS = "sends a key to the host it names"
 REFUSED_VARIABLES: dict[str, str] = {
-    **{name: _LOADS for name in sorted(LOADER_VARIABLES)},
-    "LD_*": _LOADS, "DYLD_*": _LOADS,
+    "PATH": "changes which programs a process starts",
+    "BASH_ENV": "a file the shell runs when it starts", "ENV": "a file the shell runs when it starts",
+    "LD_*": _LIBS, "DYLD_*": _LIBS, "GCONV_PATH": _LIBS,
+    **{name: _PYTHON for name in ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "PYTHONUSERBASE", "PYTHONPLATLIBDIR",
+                                  "PYTHONEXECUTABLE", "PYTHONBREAKPOINT", "PYTHONINSPECT")},
     "PYTHONPYCACHEPREFIX": "Python reads compiled modules (.pyc) from this folder",
     "PYTHONWARNINGS": "a warning filter imports the module its category names",
     "VLLM_LOGGING_CONFIG_PATH": "vLLM hands this file to `logging.config.dictConfig`, which can call any function",
-    "VLLM_PLUGINS": _RUNS, "VLLM_CONFIG_ROOT": _RUNS, "VLLM_CACHE_ROOT": _CACHE, "HF_MODULES_CACHE": _CACHE,
-    "TORCHINDUCTOR_CACHE_DIR": _CACHE, "TRITON_CACHE_DIR": _CACHE, "TORCH_EXTENSIONS_DIR": _CACHE,
+    "VLLM_PLUGINS": "chooses which installed plugins vLLM loads and runs",
+    "HF_MODULES_CACHE": "transformers imports a model's own code from this folder",
+    "VLLM_CACHE_ROOT": _CACHE, "TORCHINDUCTOR_CACHE_DIR": _CACHE, "TRITON_CACHE_DIR": _CACHE,
+    "TORCH_EXTENSIONS_DIR": _CACHE,
     "HTTP_PROXY": _TRAFFIC, "HTTPS_PROXY": _TRAFFIC, "ALL_PROXY": _TRAFFIC, "NO_PROXY": _TRAFFIC,
     "REQUESTS_CA_BUNDLE": _TRUST, "CURL_CA_BUNDLE": _TRUST, "SSL_CERT_FILE": _TRUST, "SSL_CERT_DIR": _TRUST,
     "NETRC": "credentials sent with HTTP requests",
     "HF_ENDPOINT": _KEYS, "WANDB_BASE_URL": _KEYS, "MLFLOW_TRACKING_URI": _KEYS,
 }
+assert LOADER_VARIABLES <= set(REFUSED_VARIABLES)
 
 # The names a key's variable may have when a config file names it (the command line may name any variable).
 KEY_ENV_PATTERNS = {
