@@ -16,6 +16,7 @@ file someone shared must not choose what runs or where a key goes (`check_config
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -194,6 +195,62 @@ def _config_problems(config: dict, lines: dict, argv: Sequence[str], allow_env: 
     return problems
 
 
+def read_config_file(path: str) -> tuple[dict, str]:
+    """The mapping a `--config` YAML file holds, and its text; `ConfigEnvError` naming the file (and the line) when it
+    cannot be read, is not YAML, or holds no mapping, before TRL's parser reads it."""
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except UnicodeDecodeError as err:
+        raise ConfigEnvError(f"`--config`: {path} is not UTF-8 text (byte {err.start}). Save it as UTF-8.") from None
+    except OSError as err:
+        raise ConfigEnvError(f"`--config`: cannot read {path} ({err.strerror or err}). Give a YAML file that "
+                             "exists.") from None
+    try:
+        config = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark
+        where = f"{path}:{mark.line + 1}" if mark is not None else path
+        raise ConfigEnvError(f"`--config`: {where} is not valid YAML ({err.problem or err}).") from None
+    except (yaml.YAMLError, RecursionError, ValueError) as err:
+        raise ConfigEnvError(f"`--config`: {path} is not valid YAML ({str(err).splitlines()[0][:200]}).") from None
+    if not isinstance(config, dict):
+        kind = "empty" if config is None else f"a YAML {type(config).__name__}"
+        raise ConfigEnvError(f"`--config`: {path} is {kind}; it must hold a mapping of settings "
+                             "(`num_rounds: 3`, one per line).")
+    return config, text
+
+
+_SETTING_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
+
+
+def _check_shape(path: str, config: dict, lines: dict) -> None:
+    """Every top-level key names a setting, and `env:` maps variable names to plain values (what TRL's parser puts in
+    the environment); otherwise `ConfigEnvError` naming the line."""
+    from .security import is_env_name
+
+    line = lambda *keys: f"{path}:{lines.get(tuple(map(str, keys)), '?')}"  # noqa: E731
+    for key in config:
+        if not isinstance(key, str) or not _SETTING_NAME.fullmatch(key):
+            raise ConfigEnvError(f"`--config`: {line(key)}: {key!r} is not the name of a setting (`num_rounds`, "
+                                 "`learning_rate`, ...).")
+    env = config.get("env")
+    if env is None:
+        return
+    if not isinstance(env, dict):
+        raise ConfigEnvError(f"`--config`: {line('env')}: `env:` must map variable names to values "
+                             f"(`OMP_NUM_THREADS: 2`); it holds a YAML {type(env).__name__}.")
+    for name, value in env.items():
+        if not is_env_name(name):
+            raise ConfigEnvError(f"`--config`: {line('env', name)}: {name!r} in `env:` is not the name of an "
+                                 "environment variable (letters, digits, '_').")
+        if isinstance(value, (dict, list)) or "\0" in str(value):
+            raise ConfigEnvError(f"`--config`: {line('env', name)}: `env: {name}` must be a plain value (text or a "
+                                 "number), not a list, a mapping or text holding a NUL character.")
+
+
 def check_config_env(argv: Sequence[str]) -> list[str]:
     """`argv` without the opt-in flags (`--allow_loader_env`, `--allow_config_key_hosts`), once its `--config` file
     (if any) is checked: what only the command line may ask for is a `ConfigEnvError` naming each line (see its
@@ -206,18 +263,12 @@ def check_config_env(argv: Sequence[str]) -> list[str]:
     import yaml
 
     path = argv[argv.index("--config") + 1]
-    try:
-        with open(path, encoding="utf-8") as handle:
-            text = handle.read()
-        config = yaml.safe_load(text)
-    except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError):
-        return argv  # TRL's parser reports the file itself
-    if not isinstance(config, dict):
-        return argv
+    config, text = read_config_file(path)
     try:
         lines = _key_lines(yaml.compose(text))
-    except (yaml.YAMLError, RecursionError):
+    except (yaml.YAMLError, RecursionError, ValueError):
         lines = {}
+    _check_shape(path, config, lines)
     problems = _config_problems(config, lines, argv, allow_env, allow_hosts)
     if problems:
         raise ConfigEnvError(
