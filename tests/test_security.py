@@ -366,3 +366,35 @@ def test_keys_to_loopback_or_to_their_issuer_need_no_flag_and_the_command_refuse
     out = tmp_path / "out"
     assert main(["train", "--config", path, "--output_dir", str(out)]) == 2
     assert "HF_TOKEN" in capsys.readouterr().err and not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [  # found by benchmarks/fuzz_inputs.py: each went on to a traceback in TRL's parser or in `os.environ`
+        ("", r"config\.yaml is empty; it must hold a mapping"),
+        ("- num_rounds\n- 3\n", r"config\.yaml is a YAML list; it must hold a mapping"),
+        ("be", r"config\.yaml is a YAML str"),
+        ("num_rounds: 3\n\x1b: 1\n", r"config\.yaml is not valid YAML \(unacceptable character #x001b"),
+        ("num_rounds: [1\n", r"config\.yaml:2 is not valid YAML"),
+        ("num_rounds: 2\nenv:\n  '': 1\n", r"config\.yaml:3: '' in `env:` is not the name of an environment variable"),
+        ("env:\n  A B: x\n", r"config\.yaml:2: 'A B' in `env:` is not the name"),
+        ("env:\n  OMP_NUM_THREADS: [1, 2]\n", r"config\.yaml:2: `env: OMP_NUM_THREADS` must be a plain value"),
+        ("env: [OMP_NUM_THREADS]\n", r"config\.yaml:1: `env:` must map variable names to values"),
+        ("num_rounds: 2\n0: null\n", r"config\.yaml:2: 0 is not the name of a setting"),
+    ],
+)
+def test_a_config_file_that_is_not_a_mapping_of_settings_is_named_with_its_line(tmp_path, text, message, capsys):
+    path = _yaml(tmp_path, text, "config.yaml")
+    with pytest.raises(ConfigEnvError, match=rf"`--config`: \S*{message}"):
+        check_config_env(["--config", path])
+    assert main(["train", "--config", path, "--output_dir", str(tmp_path / "out")]) == 2
+    assert "`--config`" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_a_config_file_that_is_not_utf8_or_missing_is_named(tmp_path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("num_rounds: 2\n# caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigEnvError, match=r"`--config`: \S*latin1\.yaml is not UTF-8 text"):
+        check_config_env(["--config", str(path)])
+    with pytest.raises(ConfigEnvError, match=r"`--config`: cannot read \S*gone\.yaml"):
+        check_config_env(["--config", str(tmp_path / "gone.yaml")])
