@@ -398,3 +398,29 @@ def test_a_config_file_that_is_not_utf8_or_missing_is_named(tmp_path):
         check_config_env(["--config", str(path)])
     with pytest.raises(ConfigEnvError, match=r"`--config`: cannot read \S*gone\.yaml"):
         check_config_env(["--config", str(tmp_path / "gone.yaml")])
+
+
+def test_a_chat_template_gets_the_bounds_of_a_user_template(tmp_path, tokenizer, monkeypatch):
+    """The run's longest prompts go through the tokenizer's chat template in the sandbox's child first: a template
+    past the bounds is refused before anything renders it in-process; the real one renders there exactly as
+    transformers renders it."""
+    import copy
+
+    from trl_soft import sandbox
+    from trl_soft.inputs import RunInputs
+
+    monkeypatch.setattr(sandbox, "TIME_LIMIT", 3.0)  # the nested loops need far longer; no need to wait 30 s
+    config = tiny_config(tmp_path / "out", prompt_format="chat")
+    inputs = RunInputs.load(config.settings, 0, prompt_dataset(4))
+    formatter, _ = inputs.prompt_format(tokenizer, config.settings)
+    messages = formatter.chat_messages("Why is the sky blue?", inputs.exemplars[:2])
+    expected = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert render_bounded(tokenizer.chat_template, [{"messages": messages, "add_generation_prompt": True}],
+                          chat=True) == [expected]
+    for source in ("{{ 'x' * 10**7 }}", "{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}"
+                                        "{% endfor %}", "{{ ''.__class__.__mro__ }}"):
+        bomb = copy.deepcopy(tokenizer)
+        bomb.chat_template = source
+        with pytest.raises(ValueError, match=r"`model_name_or_path` \(or `chat_template_path`\): its chat template "
+                                             "cannot be rendered within the limits"):
+            inputs.prompt_format(bomb, config.settings)
