@@ -35,8 +35,8 @@ import contextlib
 import fcntl
 import json
 import os
-import shutil
 import re
+import shutil
 import socket
 import stat
 import time
@@ -105,7 +105,9 @@ class RunLock:
         try:  # never through a link: the record would overwrite the file it points at
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
         except OSError as err:
-            raise _link_error(self.path.parent, self.path) if os.path.islink(self.path) else err
+            if os.path.islink(self.path):
+                raise _link_error(self.path.parent, self.path) from None
+            raise err
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:  # a hard link shares its bytes with another name
             os.close(fd)
