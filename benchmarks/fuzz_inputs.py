@@ -349,7 +349,7 @@ def build_folder(fuzz: Fuzz, spec: dict) -> Path:
     proj = fuzz.outside / "proj"
     for name, kind, inner in spec["entries"]:
         make_entry(out / name, kind, fuzz, base)
-        if kind == "dir":
+        if kind == "dir" and not os.path.islink(out / name) and os.path.isdir(out / name):  # (a name given twice)
             for inner_name, inner_kind in inner:
                 target = out / name / inner_name
                 if os.path.lexists(target):  # never built through a link made just before

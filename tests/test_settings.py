@@ -36,6 +36,8 @@ BAD_VALUES = [
     case("learning_rate", -1e-4, "must be > 0"),
     case("learning_rate", "2e-4", r"number \(float\); got '2e-4'"),
     case("per_device_train_batch_size", 0, ">= 1"),
+    case("bf16", [8, "none"], r"`bf16` must be .*; got \[8, 'none'\] \(list\)"),  # found by benchmarks/fuzz_inputs.py
+    case("fp16", "yes", r"`fp16` must be .*; got 'yes' \(str\)"),
     case("gradient_accumulation_steps", 0, ">= 1"),
     case("num_train_epochs", 0, "train no step.*`max_steps` > 0"),
     case("num_train_epochs", -1.0, "train no step", max_steps=0),

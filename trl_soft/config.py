@@ -64,7 +64,7 @@ TRAINING_FIELDS = (
 # The types of the `SFTConfig` fields `SOFTSettings.check` checks (a YAML config passes values unconverted).
 TRAINING_TYPES = {
     "learning_rate": float, "num_train_epochs": float, "max_steps": int, "per_device_train_batch_size": int,
-    "gradient_accumulation_steps": int, "max_length": int | None,
+    "gradient_accumulation_steps": int, "max_length": int | None, "bf16": bool | None, "fp16": bool,
 }
 MIN_MAX_LENGTH = 16  # tokens: below this no chat-formatted prompt and answer fit (the vLLM `max_model_len` floor too)
 # SOFTConfig's lists of names (no name holds a comma): a string "a,b" is split, as `trl-soft eval --benchmarks` does.
