@@ -52,7 +52,7 @@ from hypothesis import strategies as st  # noqa: E402
 OUTCOMES = ("error", "accepted", "traceback", "hang", "outside")
 KINDS = ("yaml", "argv", "jsonl", "manifest", "folder")
 # A message names what to fix: a `field`, a --flag, a file line, a field of a file, or a path the user gave.
-NAMES_THE_FIELD = re.compile(r"`[A-Za-z_][\w.-]*`|--[a-z_]+|line \d+|:\d+|field '|item \d+|'[^']*(/|\\.)[^']*'")
+NAMES_THE_FIELD = re.compile(r"`[A-Za-z_][\w.-]*`|--[A-Za-z_]+|line \d+|:\d+|field '|item \d+|'[^']*(/|\\.)[^']*'")
 
 
 class Hang(BaseException):
@@ -132,11 +132,11 @@ class Fuzz:
             outcome, detail = "accepted", ""
         except Hang:
             outcome, detail = "hang", f"no answer within {self.timeout} s"
-        except SystemExit as stop:  # argparse: its message (on stderr) names the argument
+        except SystemExit as stop:  # argparse: its message (on stderr) names the argument; 0: help was asked for
             text = captured.getvalue()
             named = stop.code == 2 and ("error: argument --" in text or "unrecognized arguments" in text
                                         or "error:" in text)
-            outcome = "error" if named else "traceback"
+            outcome = "accepted" if stop.code == 0 else "error" if named else "traceback"
             detail = f"SystemExit({stop.code}): {text.strip()[-300:]}"
         except Exception as err:  # noqa: BLE001 - the tally is the point
             outcome, detail = classify(err)
@@ -346,7 +346,6 @@ def build_folder(fuzz: Fuzz, spec: dict) -> Path:
     base = fuzz.new_dir(fuzz.runs)
     out = base / "out"
     out.mkdir()
-    proj = fuzz.outside / "proj"
     for name, kind, inner in spec["entries"]:
         make_entry(out / name, kind, fuzz, base)
         if kind == "dir" and not os.path.islink(out / name) and os.path.isdir(out / name):  # (a name given twice)
@@ -373,7 +372,6 @@ def build_folder(fuzz: Fuzz, spec: dict) -> Path:
                 path.symlink_to(fuzz.outside / ("soft_state.json" if name == "soft_state.json" else "authorized_keys"))
             elif how == "hardlink":
                 os.link(fuzz.outside / ("soft_state.json" if name == "soft_state.json" else "authorized_keys"), path)
-    del proj
     if spec["folder_is_link"]:
         link = base / "via_link"
         link.symlink_to(out)
