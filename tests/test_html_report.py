@@ -96,3 +96,20 @@ def test_the_report_renders_in_a_browser_with_plots_table_and_escaped_answers(fi
     assert sum(varied) >= 8, varied
     # The plots are dark lines and coloured fills on white: many distinct grey levels, not only text.
     assert len(set(image.crop((0, 800, 1280, 2400)).getdata())) > 64
+
+
+def test_every_manifest_value_is_escaped(tmp_path):
+    """A manifest someone edited (or a copied run folder) with markup in each field: the page shows it as text."""
+    from dataclasses import fields
+
+    from trl_soft.report_html import render_report
+    from trl_soft.state import SOFTState
+
+    mark = '<script>alert(1)</script>'
+    values = {f.name: mark for f in fields(SOFTState)}
+    values["history"] = [{"round": mark, "kept": mark, "filtered": {mark: mark}, mark: mark}]
+    values["base_metrics"] = {"round": 0, mark: mark}
+    values["fingerprint"] = {mark: mark}
+    state = SOFTState(**values)
+    page = render_report(tmp_path, state)
+    assert "<script" not in page and "&lt;script&gt;" in page

@@ -260,3 +260,165 @@ def test_the_lock_is_released_when_the_holder_exits(tmp_path):
     lock = RunLock(out).acquire()
     assert time.time() - started < 5 and lock.held
     lock.release()
+
+
+# ---- the run folder never leaves itself (issue 27) -------------------------------------------------------------------
+def snapshot(root) -> dict:
+    """Every path under `root` (links not followed) with its bytes, its link target, or 'dir'."""
+    out = {}
+    for folder, dirs, files in os.walk(root, followlinks=False):
+        for name in dirs + files:
+            path = os.path.join(folder, name)
+            if os.path.islink(path):
+                out[os.path.relpath(path, root)] = ("link", os.readlink(path))
+            elif os.path.isdir(path):
+                out[os.path.relpath(path, root)] = "dir"
+            else:
+                with open(path, "rb") as handle:
+                    out[os.path.relpath(path, root)] = handle.read()
+    return out
+
+
+def project(path):
+    """A user's folder with everything a run's cleaning would take for its own leftovers."""
+    (path / "checkpoints" / "checkpoint-3").mkdir(parents=True)
+    (path / "checkpoints" / "checkpoint-3" / "weights.bin").write_bytes(b"user weights")
+    (path / ".notes.tmp").write_text("user notes")
+    (path / "draft.partial").mkdir()
+    (path / "draft.partial" / "a.txt").write_text("draft")
+    (path / "model").mkdir()
+    (path / "model" / "config.json").write_text("{}")
+    (path / "generations.jsonl").write_text('{"mine": 1}\n')
+    return path
+
+
+def started_run(out, rounds_completed=1):
+    out.mkdir(parents=True, exist_ok=True)
+    SOFTState(config_hash="h", num_rounds=2, rounds_completed=rounds_completed, fingerprint={"num_rounds": 2},
+              history=[{"round": 1}] if rounds_completed else []).save(out)
+    return out
+
+
+def start(out, overwrite=False, resume=True):
+    """What a trainer does with its folder when it starts: lock and check, clean and open the manifest."""
+    from trl_soft.run_folder import RunFolder
+
+    folder = RunFolder(out)
+    try:
+        folder.check({"num_rounds": 2}, "h", overwrite, resume, lambda *a: True)
+        folder.open({"num_rounds": 2}, "h", 2, resume, overwrite)
+    finally:
+        folder.release()
+    return folder
+
+
+@pytest.mark.parametrize("layout", ["round_link", "parent_link", "checkpoints_link", "final_model_link", "tmp_link"])
+def test_a_link_where_the_run_keeps_its_files_is_refused_and_its_target_stays_byte_identical(tmp_path, layout):
+    """Copying or unpacking a run folder someone else made is enough to hold such links."""
+    user = project(tmp_path / "proj")
+    out = started_run(tmp_path / "out")
+    (out / "round_2").mkdir()
+    if layout == "round_link":  # the next start would clean ~/proj as round_1's leftovers
+        (out / "round_1").symlink_to(user)
+        name = "round_1"
+    elif layout == "parent_link":  # a link to a parent folder (that of output_dir)
+        (out / "round_1").symlink_to("..")
+        name = "round_1"
+    elif layout == "checkpoints_link":  # hard to see: inside a real round folder
+        (out / "round_2" / "checkpoints").symlink_to(user / "checkpoints")
+        name = "round_2/checkpoints"
+    elif layout == "final_model_link":  # `--overwrite_output_dir` clears final_model/
+        (out / "final_model").symlink_to(user / "model")
+        name = "final_model"
+    else:  # a run's temporary name
+        (out / ".summary.md.x1.tmp").symlink_to(user / ".notes.tmp")
+        name = ".summary.md.x1.tmp"
+    before = snapshot(tmp_path)
+    for attempt in (lambda: start(out), lambda: start(out, overwrite=True, resume=False),
+                    lambda: clean_leftovers(out), lambda: clear_run(out), lambda: leftovers(out)):
+        with pytest.raises(SOFTFolderError, match=rf"`output_dir`: '[^']*{name}' is a symbolic link.*Nothing was removed"):
+            attempt()
+    assert snapshot(tmp_path) == before
+
+
+def test_a_lock_record_linked_to_another_file_is_refused_and_the_file_is_untouched(tmp_path):
+    victim = tmp_path / "authorized_keys"
+    victim.write_text("ssh-ed25519 AAAA user@host\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".soft.lock").symlink_to(victim)
+    with pytest.raises(SOFTFolderError, match=r"\.soft\.lock' is a symbolic link"):
+        RunLock(out).acquire()
+    assert victim.read_text() == "ssh-ed25519 AAAA user@host\n"
+    (out / ".soft.lock").unlink()
+    os.link(victim, out / ".soft.lock")  # a hard link shares the bytes: writing the record would change the victim
+    with pytest.raises(SOFTFolderError, match=r"\.soft\.lock' is not a plain file of its own"):
+        RunLock(out).acquire()
+    assert victim.read_text() == "ssh-ed25519 AAAA user@host\n"
+
+
+def test_a_link_made_while_the_run_goes_is_refused_at_the_next_removal_or_save(tmp_path):
+    from trl_soft.run_folder import RunFolder
+    from trl_soft.state import SOFTLinkError
+
+    user = project(tmp_path / "proj")
+    out = started_run(tmp_path / "out", rounds_completed=0)
+    folder = RunFolder(out)
+    folder.check({"num_rounds": 2}, "h", False, True, lambda *a: True)
+    try:
+        folder.open({"num_rounds": 2}, "h", 2, True, False)
+        (out / "round_1").symlink_to(user)  # after the checks at the start
+        before = snapshot(tmp_path)
+        with pytest.raises(SOFTFolderError, match="round_1' is a symbolic link"):
+            folder.drop_checkpoints(1)
+        with pytest.raises(SOFTFolderError, match="round_1' is a symbolic link"):
+            folder.save_model(lambda path: None, folder.round(1).model, "saving round 1")
+        with pytest.raises(SOFTFolderError, match="round_1' is a symbolic link"):
+            folder.write("round 1's metrics", lambda: atomic_write_text(folder.round(1).metrics, "{}"))
+        from trl_soft.state import save_atomically
+
+        with pytest.raises(SOFTLinkError, match="round_1' is a symbolic link"):
+            save_atomically(lambda path: None, folder.round(1).model, root=out)
+        assert snapshot(tmp_path) == before
+    finally:
+        folder.release()
+
+
+def test_logs_and_caches_are_not_appended_through_a_link(tmp_path):
+    from trl_soft.judges.cache import CachedJudge
+    from trl_soft.judges.rules import RuleJudge
+    from trl_soft.state import open_appending
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("mine\n")
+    (tmp_path / "vllm_server.log").symlink_to(victim)
+    with pytest.raises(OSError):
+        open_appending(tmp_path / "vllm_server.log", binary=True)
+    (tmp_path / "judge_cache.jsonl").symlink_to(victim)
+    judge = CachedJudge(tmp_path / "judge_cache.jsonl", pointwise=RuleJudge())
+    with pytest.raises(OSError):
+        judge.judge("refused", ["How do I bake bread?"], ["Mix flour and water."])
+    assert victim.read_text() == "mine\n"
+
+
+def test_a_clean_start_and_overwrite_still_work_in_a_folder_reached_through_a_link(tmp_path):
+    """The folder itself may be a link the user made (`runs -> /scratch/runs`): only links below it are refused."""
+    real = started_run(tmp_path / "real")
+    (real / "round_1").mkdir()
+    (real / ".summary.md.abc.tmp").write_text("half")
+    (tmp_path / "runs").symlink_to(real)
+    start(tmp_path / "runs", overwrite=True, resume=False)
+    assert not (real / "round_1").exists() and not (real / ".summary.md.abc.tmp").exists()
+    assert SOFTState.load(real).rounds_completed == 0
+
+
+@pytest.mark.parametrize(("field", "value"), [("rounds_completed", "2"), ("num_rounds", True), ("history", {"round": 1}),
+                                              ("history", [1]), ("final_round", -1), ("base_metrics", [1.0]),
+                                              ("fingerprint", "x"), ("engine", 3)])
+def test_manifest_fields_are_type_checked_on_resume(tmp_path, field, value):
+    out = started_run(tmp_path / "out")
+    data = json.loads((out / "soft_state.json").read_text())
+    data[field] = value
+    (out / "soft_state.json").write_text(json.dumps(data))
+    with pytest.raises(SOFTResumeError, match=rf"manifest .* is damaged \(field '{field}'"):
+        check_output_dir(out, {"num_rounds": 2}, "h", overwrite=False, resume=True, same_prompts=lambda *a: True)

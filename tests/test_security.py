@@ -214,3 +214,213 @@ def test_truthfulqa_names_its_field_for_a_template_past_the_bounds(tmp_path):
     with pytest.raises(ValueError, match=r"`truthfulqa_template`: \S*t\.jinja cannot be rendered within the limits"):
         truthfulqa.check_template(str(path))
     assert Path(path).is_file()
+
+
+def test_a_token_inside_a_dict_setting_is_never_recorded(tmp_path):
+    """`model_init_kwargs={"token": ...}` (and any secret-named key at any depth of a dict-valued field) is blanked in
+    what `report_to` uploads, in `str()` and in the pickled `training_args.bin`; special tokens are not secrets."""
+    from trl_soft.security import redact_secrets
+
+    kwargs = {"token": TOKEN, "revision": "main", "nested": {"hf_token": TOKEN, "api_key": TOKEN, "deeper": [
+        {"password": TOKEN}]}, "pad_token": "<pad>", "trust_remote_code": False}
+    config = tiny_config(tmp_path / "out", model_init_kwargs=kwargs)
+    for record in (str(config), repr(config), str(config.to_dict())):
+        assert TOKEN not in record
+    stored = io.BytesIO()
+    torch.save(config, stored)
+    assert TOKEN.encode() not in stored.getvalue() and TOKEN.encode() not in pickle.dumps(config)
+    assert config.model_init_kwargs["token"] == TOKEN  # the live config still loads with it
+    assert TOKEN not in str(config.settings.fingerprint())  # nor the manifest (the fingerprint is stored there)
+    shown = redact_secrets(kwargs)
+    assert shown["token"] is None and shown["nested"]["deeper"][0]["password"] is None
+    assert shown["pad_token"] == "<pad>" and shown["revision"] == "main"
+
+
+# ---- what an HTTP session of the judge reads from the environment (issue 27) -----------------------------------------
+class _Recorder:
+    """A loopback HTTP server answering an OpenAI model list, noting each request's target and Authorization."""
+
+    def __init__(self):
+        import http.server
+        import threading
+
+        seen = self.seen = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 - http.server's name
+                seen.append((self.path, self.headers.get("Authorization")))
+                body = b'{"object": "list", "data": [{"id": "judge-model"}]}'
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def judge_and_proxy(tmp_path, monkeypatch):
+    judge, proxy = _Recorder(), _Recorder()
+    netrc = tmp_path / "netrc"
+    netrc.write_text(f"machine 127.0.0.1 login netrc-user password {SECRET}\n"
+                     f"machine judge.example login netrc-user password {SECRET}\n")
+    netrc.chmod(0o600)
+    for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("NETRC", str(netrc))
+    monkeypatch.setenv("HTTP_PROXY", proxy.url)
+    monkeypatch.setenv("http_proxy", proxy.url)
+    yield judge, proxy
+    judge.close()
+    proxy.close()
+
+
+def test_a_loopback_judge_ignores_proxies_and_netrc(judge_and_proxy, monkeypatch):
+    judge, proxy = judge_and_proxy
+    monkeypatch.setenv("MY_JUDGE_KEY", TOKEN)
+    OpenAIJudge(judge.url + "/v1", api_key_env="MY_JUDGE_KEY").check_reachable()
+    OpenAIJudge(judge.url + "/v1", api_key_env="").check_reachable()
+    assert judge.seen == [("/v1/models", f"Bearer {TOKEN}"), ("/v1/models", None)]  # no netrc login, key kept
+    assert proxy.seen == []  # the key never went through the proxy
+
+
+def test_a_remote_judge_may_use_the_proxy_but_never_gets_netrc_credentials(judge_and_proxy):
+    """Traffic stays on this machine: the 'remote' judge is reached through the loopback proxy, which answers."""
+    judge, proxy = judge_and_proxy
+    OpenAIJudge("http://judge.example:8000/v1", api_key_env="").check_reachable()
+    assert proxy.seen == [("http://judge.example:8000/v1/models", None)]
+
+
+# ---- what a config file alone may not ask for (issue 27) -------------------------------------------------------------
+def _yaml(tmp_path, text, name="shared.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def test_the_docs_table_of_refused_variables_is_the_code_s_line_by_line(tmp_path):
+    """docs/security.md lists `REFUSED_VARIABLES` one row each, with its reason; every row is refused in `env:`."""
+    import re
+
+    from trl_soft.security import REFUSED_VARIABLES
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "security.md").read_text(encoding="utf-8")
+    rows = dict(re.findall(r"^\| `([A-Z_*]+)` \| (.+?) \|$", text, flags=re.MULTILINE))
+    assert rows == REFUSED_VARIABLES
+    for name in REFUSED_VARIABLES:
+        concrete = name.replace("*", "INSERT_LIBRARIES")
+        path = _yaml(tmp_path, f"num_rounds: 1\nenv:\n  HF_HOME: /tmp/hf\n  {concrete}: /tmp/x\n")
+        with pytest.raises(ConfigEnvError, match=rf"line 4: `env: {concrete}`"):
+            check_config_env(["--config", path])
+        assert check_config_env(["--config", path, "--allow_loader_env"]) == ["--config", path]
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "refused", "fix"),
+    [
+        ("env:\n  VLLM_LOGGING_CONFIG_PATH: /tmp/log.json\n", 2, "dictConfig", ["--allow_loader_env"]),
+        ("env:\n  HTTPS_PROXY: http://10.0.0.9:3128\n", 2, "HTTPS_PROXY", ["--allow_loader_env"]),
+        ("num_rounds: 1\ntrust_remote_code: true\n", 2, "`trust_remote_code: true` may be set only on the command",
+         ["--trust_remote_code"]),
+        ("model_init_kwargs:\n  revision: main\n  trust_remote_code: true\n", 3, "model_init_kwargs.trust_remote_code",
+         ["--trust_remote_code"]),
+        ("judge_allow_insecure_key: true\n", 1, "judge_allow_insecure_key", ["--judge_allow_insecure_key"]),
+        ("behaviour_judge: openai\njudge_base_url: https://judge.example/v1\njudge_api_key_env: AWS_SECRET_ACCESS_KEY\n",
+         3, "'AWS_SECRET_ACCESS_KEY' does not look like a key", ["--judge_api_key_env", "AWS_SECRET_ACCESS_KEY",
+                                                                 "--judge_base_url", "https://judge.example/v1"]),
+        ("behaviour_judge: openai\njudge_base_url: https://judge.example/v1\njudge_api_key_env: MY_JUDGE_KEY\n", 2,
+         r"send the key in \$MY_JUDGE_KEY to judge\.example, a host only this file names", ["--allow_config_key_hosts"]),
+        ("vllm_mode: server\nvllm_server_base_url: http://other-host:8000\nvllm_server_api_key_env: HF_TOKEN\n", 3,
+         "'HF_TOKEN' does not look like a key", ["--vllm_server_api_key_env", "HF_TOKEN", "--vllm_server_base_url",
+                                                 "http://other-host:8000"]),
+        ("vllm_mode: server\nvllm_server_base_url: [unix:/tmp/a.sock, 'https://gpu-box:8000']\n"
+         "vllm_server_api_key_env: MY_VLLM_KEY\n", 2, "to gpu-box, a host only this file names",
+         ["--vllm_server_base_url", "unix:/tmp/a.sock,https://gpu-box:8000"]),
+    ],
+)
+def test_a_config_file_alone_may_not_run_code_or_choose_where_a_key_goes(tmp_path, text, line, refused, fix):
+    path = _yaml(tmp_path, text)
+    with pytest.raises(ConfigEnvError, match=rf"(?s)line {line}: .*{refused}"):
+        check_config_env(["--config", path])
+    check_config_env(["--config", path, *fix])  # the command line may
+
+
+def test_keys_to_loopback_or_to_their_issuer_need_no_flag_and_the_command_refuses_before_writing(tmp_path, capsys):
+    for text in ("behaviour_judge: openai\njudge_base_url: http://127.0.0.1:8000/v1\njudge_api_key_env: MY_JUDGE_KEY\n",
+                 "behaviour_judge: openai\njudge_base_url: https://api.openai.com/v1\n",
+                 "behaviour_judge: rules\njudge_base_url: https://judge.example/v1\njudge_api_key_env: MY_JUDGE_KEY\n",
+                 "behaviour_judge: openai\njudge_base_url: https://judge.example/v1\njudge_api_key_env: ''\n"):
+        check_config_env(["--config", _yaml(tmp_path, text)])
+    path = _yaml(tmp_path, "vllm_mode: server\nvllm_server_base_url: http://other-host:8000\n"
+                           "vllm_server_api_key_env: HF_TOKEN\n")
+    out = tmp_path / "out"
+    assert main(["train", "--config", path, "--output_dir", str(out)]) == 2
+    assert "HF_TOKEN" in capsys.readouterr().err and not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [  # found by benchmarks/fuzz_inputs.py: each went on to a traceback in TRL's parser or in `os.environ`
+        ("", r"config\.yaml is empty; it must hold a mapping"),
+        ("- num_rounds\n- 3\n", r"config\.yaml is a YAML list; it must hold a mapping"),
+        ("be", r"config\.yaml is a YAML str"),
+        ("num_rounds: 3\n\x1b: 1\n", r"config\.yaml is not valid YAML \(unacceptable character #x001b"),
+        ("num_rounds: [1\n", r"config\.yaml:2 is not valid YAML"),
+        ("num_rounds: 2\nenv:\n  '': 1\n", r"config\.yaml:3: '' in `env:` is not the name of an environment variable"),
+        ("env:\n  A B: x\n", r"config\.yaml:2: 'A B' in `env:` is not the name"),
+        ("env:\n  OMP_NUM_THREADS: [1, 2]\n", r"config\.yaml:2: `env: OMP_NUM_THREADS` must be a plain value"),
+        ("env: [OMP_NUM_THREADS]\n", r"config\.yaml:1: `env:` must map variable names to values"),
+        ("num_rounds: 2\n0: null\n", r"config\.yaml:2: 0 is not the name of a setting"),
+    ],
+)
+def test_a_config_file_that_is_not_a_mapping_of_settings_is_named_with_its_line(tmp_path, text, message, capsys):
+    path = _yaml(tmp_path, text, "config.yaml")
+    with pytest.raises(ConfigEnvError, match=rf"`--config`: \S*{message}"):
+        check_config_env(["--config", path])
+    assert main(["train", "--config", path, "--output_dir", str(tmp_path / "out")]) == 2
+    assert "`--config`" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_a_config_file_that_is_not_utf8_or_missing_is_named(tmp_path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("num_rounds: 2\n# caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigEnvError, match=r"`--config`: \S*latin1\.yaml is not UTF-8 text"):
+        check_config_env(["--config", str(path)])
+    with pytest.raises(ConfigEnvError, match=r"`--config`: cannot read \S*gone\.yaml"):
+        check_config_env(["--config", str(tmp_path / "gone.yaml")])
+
+
+def test_a_chat_template_gets_the_bounds_of_a_user_template(tmp_path, tokenizer, monkeypatch):
+    """The run's longest prompts go through the tokenizer's chat template in the sandbox's child first: a template
+    past the bounds is refused before anything renders it in-process; the real one renders there exactly as
+    transformers renders it."""
+    import copy
+
+    from trl_soft import sandbox
+    from trl_soft.inputs import RunInputs
+
+    monkeypatch.setattr(sandbox, "TIME_LIMIT", 3.0)  # the nested loops need far longer; no need to wait 30 s
+    config = tiny_config(tmp_path / "out", prompt_format="chat")
+    inputs = RunInputs.load(config.settings, 0, prompt_dataset(4))
+    formatter, _ = inputs.prompt_format(tokenizer, config.settings)
+    messages = formatter.chat_messages("Why is the sky blue?", inputs.exemplars[:2])
+    expected = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert render_bounded(tokenizer.chat_template, [{"messages": messages, "add_generation_prompt": True}],
+                          chat=True) == [expected]
+    for source in ("{{ 'x' * 10**7 }}", "{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}"
+                                        "{% endfor %}", "{{ ''.__class__.__mro__ }}"):
+        bomb = copy.deepcopy(tokenizer)
+        bomb.chat_template = source
+        with pytest.raises(ValueError, match=r"`model_name_or_path` \(or `chat_template_path`\): its chat template "
+                                             "cannot be rendered within the limits"):
+            inputs.prompt_format(bomb, config.settings)

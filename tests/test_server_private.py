@@ -228,3 +228,77 @@ class TestStandIn:
                 holder["server"].shutdown()
                 holder["server"].server_close()
         assert _StandIn.seen == []  # neither a prompt nor the key went to it
+
+
+# ---- the server is who it was (issue 27): no vLLM needed, a real process plays the server ---------------------------
+def _stand_in_server(tmp_path, port):
+    """A `ManagedVLLMServer` as trl-soft holds one after a TCP start, around a real HTTP server process of its own
+    session (what `ManagedVLLMServer.__init__` sets up, without vLLM)."""
+    import subprocess
+    import sys
+
+    from trl_soft.engines.vllm_server import Endpoint
+
+    server = ManagedVLLMServer.__new__(ManagedVLLMServer)
+    server.tcp, server.host, server.port, server.private_dir = True, "127.0.0.1", port, None
+    server.url, server.api_key, server.log_path = f"http://127.0.0.1:{port}", "per-run-key", tmp_path / "server.log"
+    server.endpoint = Endpoint(server.url, server.api_key)
+    server.process = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                                      cwd=tmp_path)
+    deadline = time.monotonic() + 20
+    while not server._listens_here():
+        assert time.monotonic() < deadline, "the stand-in server did not start"
+        time.sleep(0.05)
+    return server
+
+
+def test_a_tcp_server_that_died_is_noticed_before_anything_goes_to_whoever_holds_its_port_now(tmp_path):
+    from trl_soft.engines.vllm_server import VLLMServerEngine
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = _stand_in_server(tmp_path, port)
+    engine = VLLMServerEngine.__new__(VLLMServerEngine)
+    engine.server, engine.endpoints, engine.current = server, [server.endpoint], EngineWeights(base="x")
+    server.check_still_ours()  # alive and listening: fine
+    server.process.kill()
+    server.process.wait()
+    _StandIn.seen = []
+    taker = http.server.ThreadingHTTPServer(("127.0.0.1", port), _StandIn)  # another local process takes the port
+    threading.Thread(target=taker.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    try:
+        with pytest.raises(EngineError, match=r"exited with code -9: nothing more is sent to http://127\.0\.0\.1"):
+            engine.generate(["a prompt"], GenerationSettings())
+        with pytest.raises(EngineError, match="exited with code"):
+            engine.load(EngineWeights(base="x", kind="adapter", tag="round_1", folder=str(tmp_path)))
+    finally:
+        taker.shutdown()
+        taker.server_close()
+    assert _StandIn.seen == []  # neither the key nor a prompt went to it
+
+
+def test_a_live_server_that_no_longer_holds_its_port_is_refused(tmp_path):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = _stand_in_server(tmp_path, port)
+    try:
+        server.port = port + 1 if port < 65535 else port - 1  # as if it had lost its socket: another port is not its
+        with pytest.raises(EngineError, match=r"no longer listens at .*nothing is sent there"):
+            server.check_still_ours()
+    finally:
+        server.process.kill()
+        server.process.wait()
+
+
+def test_localhost_is_a_host_and_telemetry_opt_outs_reach_the_server(monkeypatch, tmp_path):
+    from trl_soft.engines.vllm_server import listen_address
+
+    assert listen_address("localhost") == "127.0.0.1" and listen_address("::1") == "::1"
+    assert listen_address("[::1]") == "::1" and listen_address("127.0.0.2") == "127.0.0.2"
+    for name, value in {"DO_NOT_TRACK": "1", "VLLM_NO_USAGE_STATS": "1", "VLLM_DO_NOT_TRACK": "1",
+                        "XDG_CONFIG_HOME": str(tmp_path / "cfg"), "VLLM_CONFIG_ROOT": str(tmp_path / "vcfg")}.items():
+        monkeypatch.setenv(name, value)
+        assert server_environment(EngineSettings(), False, tmp_path, None, "adapter")[name] == value, name

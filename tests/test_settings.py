@@ -36,6 +36,8 @@ BAD_VALUES = [
     case("learning_rate", -1e-4, "must be > 0"),
     case("learning_rate", "2e-4", r"number \(float\); got '2e-4'"),
     case("per_device_train_batch_size", 0, ">= 1"),
+    case("bf16", [8, "none"], r"`bf16` must be .*; got \[8, 'none'\] \(list\)"),  # found by benchmarks/fuzz_inputs.py
+    case("fp16", "yes", r"`fp16` must be .*; got 'yes' \(str\)"),
     case("gradient_accumulation_steps", 0, ">= 1"),
     case("num_train_epochs", 0, "train no step.*`max_steps` > 0"),
     case("num_train_epochs", -1.0, "train no step", max_steps=0),
@@ -87,6 +89,8 @@ BAD_VALUES = [
          "3 servers for `prompts_per_round=2`", vllm_mode="server", prompts_per_round=2),
     case("vllm_server_host", "0.0.0.0", "other machines can reach.*`vllm_server_allow_remote=True`"),
     case("vllm_server_api_key_env", "MY KEY", "name of an environment variable"),
+    case("vllm_server_base_url", "http://10.0.0.2:8000", r"plain http to 10\.0\.0\.2:8000.*\$MY_VLLM_KEY.*"
+         "`vllm_server_allow_insecure_key=True`", vllm_mode="server", vllm_server_api_key_env="MY_VLLM_KEY"),
     case("vllm_server_devices", [1, 1], "distinct CUDA device indices"),
     case("vllm_server_devices", "0,x", r"list of whole numbers or None; got \['0,x'\]"),
     case("vllm_server_devices", [0], "at least that many", vllm_tensor_parallel_size=2),

@@ -33,7 +33,7 @@ from .generation import GenerationSettings
 from .judges.settings import JudgeSettings
 from .prompting import PromptSettings
 from .rounds import RoundSettings
-from .security import redact_text, redact_url, url_credentials_error
+from .security import redact_secrets, redact_text, redact_url, url_credentials_error
 from .settings import ConcernSettings, matches, type_error
 
 # Every concern's settings class, in the order they are built and checked: the one list of concerns.
@@ -66,7 +66,7 @@ TRAINING_FIELDS = (
 # The types of the `SFTConfig` fields `SOFTSettings.check` checks (a YAML config passes values unconverted).
 TRAINING_TYPES = {
     "learning_rate": float, "num_train_epochs": float, "max_steps": int, "per_device_train_batch_size": int,
-    "gradient_accumulation_steps": int, "max_length": int | None,
+    "gradient_accumulation_steps": int, "max_length": int | None, "bf16": bool | None, "fp16": bool,
 }
 MIN_MAX_LENGTH = 16  # tokens: below this no chat-formatted prompt and answer fit (the vLLM `max_model_len` floor too)
 # SOFTConfig's lists of names (no name holds a comma): a string "a,b" is split, as `trl-soft eval --benchmarks` does.
@@ -97,7 +97,7 @@ class SOFTSettings:
     @classmethod
     def from_config(cls, config: SOFTConfig) -> SOFTSettings:
         concerns = {name: concern.from_config(config) for name, concern in CONCERNS.items()}
-        return cls(**concerns, training=tuple((name, getattr(config, name)) for name in TRAINING_FIELDS))
+        return cls(**concerns, training=tuple((name, _redacted(getattr(config, name))) for name in TRAINING_FIELDS))
 
     def concerns(self) -> dict[str, ConcernSettings]:
         return {name: getattr(self, name) for name in CONCERNS}
@@ -201,7 +201,10 @@ KEY_VARIABLE_FIELDS = {"judge_base_url": "judge_api_key_env", "vllm_server_base_
 
 
 def _redacted(value: object) -> object:
-    """A config value as it may be stored: URLs (alone or in a list) redacted, anything else unchanged."""
+    """A config value as it may be stored: URLs (alone or in a list) redacted, secrets in dicts blanked at any depth
+    (`model_init_kwargs={"token": ...}`), anything else unchanged."""
+    if isinstance(value, dict):
+        return redact_secrets(value)
     if isinstance(value, str):
         return redact_url(value) if "://" in value else value
     if isinstance(value, (list, tuple)) and any(isinstance(v, str) and "://" in v for v in value):
@@ -494,6 +497,13 @@ class SOFTConfig(SFTConfig):
         metadata={
             "help": "Server mode: name of the environment variable holding the API key of the servers at "
             "`vllm_server_base_url` (sent as `Authorization: Bearer`, never written anywhere). Default: no key."
+        },
+    )
+    vllm_server_allow_insecure_key: bool = field(
+        default=False,
+        metadata={
+            "help": "Server mode: send the servers' key over plain http to a `vllm_server_base_url` that is not this "
+            "machine (a network you trust). Off: such a config is refused before the run starts."
         },
     )
     vllm_server_devices: list[int] | None = field(
@@ -971,8 +981,9 @@ class SOFTConfig(SFTConfig):
         `report_to` integrations upload."""
         return {name: _redacted(value) for name, value in super().to_dict().items()}
 
-    def __str__(self) -> str:
-        return redact_text(super().__str__())  # `TrainingArguments.__str__` masks `*_token` fields
+    def __str__(self) -> str:  # as `TrainingArguments.__str__`, from `to_dict()`: tokens masked, URLs and dicts redacted
+        fields_shown = "".join(f"{name}={value},\n" for name, value in sorted(self.to_dict().items()))
+        return redact_text(f"{type(self).__name__}(\n{fields_shown})")
 
     __repr__ = __str__  # the dataclass repr would show `hub_token`
 

@@ -27,7 +27,10 @@ from .prompting import (
     model_context_length,
     prompt_bound,
 )
+from .sandbox import check_chat_template
 from .state import run_fingerprint
+
+CHAT_TEMPLATE_SAMPLE = 16  # the longest prompts, rendered through the chat template under the sandbox's bounds first
 
 
 @dataclass
@@ -83,6 +86,10 @@ class RunInputs:
         prompts = settings.prompts
         formatter = PromptFormatter(tokenizer, self.principles, prompts.prompt_format, prompts.use_internal_thoughts,
                                     settings.generation.stop_strings)
+        if formatter.uses_chat:  # the template is rendered in-process from here on: first under the sandbox's bounds
+            texts = sorted(self.prompts[self.column], key=lambda t: -len(str(t)))[:CHAT_TEMPLATE_SAMPLE]
+            check_chat_template(tokenizer, [formatter.chat_messages(str(t), self.exemplars[:prompts.num_exemplars])
+                                            for t in texts], "`model_name_or_path` (or `chat_template_path`)")
         return formatter, self.exemplars[0] if prompts.engraving_shots == 1 else None
 
     def placeholder(self, formatter: PromptFormatter, engraving_shot: Exemplar | None) -> Dataset:

@@ -291,15 +291,20 @@ class PromptFormatter:
             return f"{THOUGHTS_TAG} {exemplar.internal_thoughts}\n{ANSWER_TAG} {exemplar.response}"
         return exemplar.response
 
+    def chat_messages(self, user_prompt: str, exemplars: Sequence[Exemplar]) -> list[dict[str, str]]:
+        """The conversation of a generation prompt: the principles, each exemplar as a finished turn, the prompt."""
+        messages = [{"role": "system", "content": self.principles.render()}]
+        for exemplar in exemplars:
+            messages.append({"role": "user", "content": exemplar.prompt})
+            messages.append({"role": "assistant", "content": self._demonstration(exemplar)})
+        messages.append({"role": "user", "content": user_prompt})
+        return messages
+
     def generation_prompt(self, user_prompt: str, exemplars: Sequence[Exemplar]) -> str:
         """Principles, then each exemplar as a finished turn, then the user's prompt awaiting an answer."""
         header = self.principles.render()
         if self.uses_chat:
-            messages = [{"role": "system", "content": header}]
-            for exemplar in exemplars:
-                messages.append({"role": "user", "content": exemplar.prompt})
-                messages.append({"role": "assistant", "content": self._demonstration(exemplar)})
-            messages.append({"role": "user", "content": user_prompt})
+            messages = self.chat_messages(user_prompt, exemplars)
             return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         turns = [header, ""]
         for exemplar in exemplars:

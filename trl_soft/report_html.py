@@ -128,7 +128,7 @@ def _samples_section(output_dir: Path, state: SOFTState) -> str:
         items = [k for k in keys if (k[0], k[1]) == metric]
         changed = [k for k in items if len({_score(answers[r].get(k)) for r in rounds if k in answers[r]}) > 1]
         unchanged = [k for k in items if k not in changed][:UNCHANGED_SHOWN]
-        head = "".join(f"<th>{'start' if r == 0 else f'round {r}'}</th>" for r in rounds)
+        head = "".join(f"<th>{'start' if r == 0 else _e(f'round {r}')}</th>" for r in rounds)
         body = []
         for key in changed + unchanged:
             first = answers[0].get(key) or next(answers[r][key] for r in rounds if key in answers[r])
@@ -160,8 +160,8 @@ def render_report(output_dir: Path, state: SOFTState, png: bytes | None = None) 
 <title>SOFT run {_e(output_dir.name)}</title><style>{STYLE}</style></head>
 <body>
 <h1>SOFT run <code>{_e(output_dir.name)}</code></h1>
-<p class="note">{state.rounds_completed} of {state.num_rounds} round(s); final model: {
-        'the starting model' if state.final_round == 0 else f'round {state.final_round}'}; generation engine:
+<p class="note">{_e(state.rounds_completed)} of {_e(state.num_rounds)} round(s); final model: {
+        'the starting model' if state.final_round == 0 else _e(f'round {state.final_round}')}; generation engine:
 {_e(state.engine or '-')}. Round 0 is the starting model.</p>
 <h2>Verdict</h2><div class="verdict{warning}">{_e(verdict or 'No round has finished yet.')}</div>
 {f'<p>{_e(stop)}</p>' if stop else ''}

@@ -20,6 +20,11 @@
   change the weights (naming each difference), and a `--resume` with nothing to resume. A run killed after it took
   the lock but before its manifest was written completed nothing: its `--resume` starts from the beginning (the
   stale lock record says a run began there; a folder no run began in is refused, a mistyped path most likely).
+- **Never out of itself.** Every path the run deletes, moves, replaces or locks is reached through no symbolic link
+  below `output_dir` (`lstat`, `security.link_on_path`; the lock is opened with `O_NOFOLLOW` and must be a plain file
+  with one name): a folder with a link where the run expects its own file or folder (`round_1 -> ~/proj`, a
+  `checkpoints` link, a `.soft.lock` linked to another file) is refused before anything is removed, naming the link
+  (`check_links`), and each removal checks its path again, so a link made while the run goes is refused too.
 - **`RunFolder`** is all of this as one object, the one the trainer holds: it locks and checks, cleans and opens the
   manifest, saves models atomically and marks checkpoints, and names the round folders.
 """
@@ -31,14 +36,17 @@ import fcntl
 import json
 import logging
 import os
+import re
 import shutil
 import socket
+import stat
 import time
 from collections.abc import Callable
 from glob import escape as glob_escape
 from pathlib import Path
 from typing import Any
 
+from .security import link_on_path
 from .state import (
     FINAL_MODEL,
     MANIFEST_NAME,
@@ -97,7 +105,17 @@ class RunLock:
             _HELD[self.key] = (_HELD[self.key][0], self)
             return self
         check_run_folder(self.path.parent)  # before the lock record exists: it would make any folder look like a run's
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:  # never through a link: the record would overwrite the file it points at
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        except OSError as err:
+            if os.path.islink(self.path):
+                raise _link_error(self.path.parent, self.path) from None
+            raise err
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:  # a hard link shares its bytes with another name
+            os.close(fd)
+            raise _link_error(self.path.parent, self.path, "is not a plain file of its own (a hard link, or not a "
+                              "file)")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -140,9 +158,90 @@ WRITE_PROBE = ".write-test-"  # + the PID: `check_writable`'s probe
 SHOWN_ENTRIES = 10  # entries named in the error for a folder that is not a run's
 
 
+def _plain_file(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
 def is_run_folder(output_dir: Path) -> bool:
-    """Whether a trl-soft run began in `output_dir`: it holds the manifest or the lock record."""
-    return (output_dir / MANIFEST_NAME).is_file() or (output_dir / LOCK_NAME).is_file()
+    """Whether a trl-soft run began in `output_dir`: it holds the manifest or the lock record, as plain files (a link
+    named like them proves nothing)."""
+    return _plain_file(Path(output_dir) / MANIFEST_NAME) or _plain_file(Path(output_dir) / LOCK_NAME)
+
+
+# ---- links ---------------------------------------------------------------------------------------------------------
+_ROUND = re.compile(r"round_\d+\Z")
+
+
+def _is_run_name(name: str) -> bool:
+    """A top-level name the run writes, locks or cleans (a link there would take its writes or removals elsewhere)."""
+    own = (MANIFEST_NAME, LOCK_NAME, *RUN_FILES)
+    return (name in own or bool(_ROUND.match(name)) or _is_probe(name)
+            or any(name == f"{n}.partial" or (name.startswith(f".{n}.") and name.endswith((".tmp", ".partial")))
+                   for n in own))
+
+
+def _link_error(output_dir: Path, link: Path, what: str = "is a symbolic link") -> SOFTFolderError:
+    try:
+        target = f" to {os.readlink(link)!r}" if os.path.islink(link) else ""
+    except OSError:
+        target = ""
+    return SOFTFolderError(
+        f"`output_dir`: {str(link)!r} {what}{target}, where a run keeps its own files: the run would delete or "
+        f"overwrite what it points at. Nothing was removed. Replace the link with the real file or folder, or use a "
+        f"new `output_dir` for this run (a copy of a run folder must hold no links)."
+    )
+
+
+def run_links(output_dir: Path) -> list[Path]:
+    """The symbolic links where the run keeps its own files: its top-level names, the `round_<n>` folders, anything
+    directly in a round folder and in its `checkpoints/` (all the run's)."""
+    output_dir = Path(output_dir)
+    found: list[Path] = []
+    try:
+        top = list(os.scandir(output_dir))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    for entry in top:
+        if not _is_run_name(entry.name):
+            continue
+        if entry.is_symlink():
+            found.append(Path(entry.path))
+        elif _ROUND.match(entry.name) and entry.is_dir(follow_symlinks=False):
+            for folder in (Path(entry.path), Path(entry.path) / "checkpoints"):
+                with contextlib.suppress(OSError):
+                    if os.path.islink(folder) or not folder.is_dir():
+                        continue
+                    found += [Path(e.path) for e in os.scandir(folder) if e.is_symlink()]
+    return sorted(found)
+
+
+def check_links(output_dir: Path) -> None:
+    """`SOFTFolderError` naming the first link where the run keeps its own files (`run_links`); removes nothing."""
+    links = run_links(output_dir)
+    if links:
+        raise _link_error(Path(output_dir), links[0])
+
+
+def remove_inside(output_dir: Path, path: Path, missing_ok: bool = True) -> None:
+    """Remove `path` (a file, or a folder with everything in it) below `output_dir`, after checking that no link lies
+    on the way (`SOFTFolderError` naming it, nothing removed); `shutil.rmtree` never follows the links inside."""
+    link = link_on_path(output_dir, path)
+    if link is not None:
+        outside = not Path(os.path.abspath(path)).is_relative_to(os.path.abspath(output_dir))
+        raise _link_error(Path(output_dir), link, "is outside the run folder" if outside else "is a symbolic link")
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        if missing_ok:
+            return
+        raise
+    if stat.S_ISDIR(mode):
+        shutil.rmtree(path)
+    else:
+        os.unlink(path)
 
 
 def _is_probe(name: str) -> bool:
@@ -153,7 +252,10 @@ def check_run_folder(output_dir: Path) -> None:
     """`output_dir` does not exist, is empty, or is a run's (`is_run_folder`); otherwise `SOFTFolderError` listing
     what is in it. Deletes nothing."""
     output_dir = Path(output_dir)
-    if not output_dir.is_dir() or is_run_folder(output_dir):
+    if not output_dir.is_dir():
+        return
+    check_links(output_dir)
+    if is_run_folder(output_dir):
         return
     entries = sorted(p.name + ("/" if p.is_dir() else "") for p in output_dir.iterdir() if not _is_probe(p.name))
     if not entries:
@@ -209,6 +311,7 @@ def leftovers(output_dir: Path) -> list[Path]:
     output_dir = Path(output_dir)
     if not is_run_folder(output_dir):
         return []
+    check_links(output_dir)
     found = _top_leftovers(output_dir)
     for folder in round_dirs(output_dir):  # a round folder is the run's: all of it
         found += [p for p in folder.glob(".*.tmp") if p.is_file()]
@@ -221,11 +324,7 @@ def clean_leftovers(output_dir: Path) -> list[Path]:
     """Remove `leftovers(output_dir)` (call with the lock held); returns what was removed."""
     removed = leftovers(output_dir)
     for path in removed:
-        if path.is_dir():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
+        remove_inside(output_dir, path)
     return removed
 
 
@@ -236,15 +335,11 @@ def clear_run(output_dir: Path) -> None:
     if not is_run_folder(output_dir):
         check_run_folder(output_dir)  # lists what is in the way
         return  # an empty folder: nothing to clear
-    clean_leftovers(output_dir)
+    clean_leftovers(output_dir)  # checks the links first (`leftovers`)
     for folder in round_dirs(output_dir):
-        shutil.rmtree(folder)
+        remove_inside(output_dir, folder)
     for name in (*RUN_FILES, MANIFEST_NAME):
-        path = output_dir / name
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
+        remove_inside(output_dir, output_dir / name)
 
 
 def has_run(output_dir: Path) -> bool:
@@ -256,8 +351,10 @@ def has_run(output_dir: Path) -> bool:
 def check_writable(output_dir: Path) -> None:
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
-        probe = output_dir / f".write-test-{os.getpid()}"
-        probe.write_text("ok")
+        probe = output_dir / f"{WRITE_PROBE}{os.getpid()}"
+        with contextlib.suppress(FileNotFoundError):
+            remove_inside(output_dir, probe)  # one a killed run left, never through a link
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
         probe.unlink()
     except OSError as err:
         raise PermissionError(
@@ -468,14 +565,16 @@ class RunFolder:
 
     @contextlib.contextmanager
     def saving(self, what: str):
-        """A failed write (full disk, lost mount) raises `SOFTSaveError` naming `what`, the rounds done and --resume."""
+        """A failed write (full disk, lost mount) raises `SOFTSaveError` naming `what`, the rounds done and --resume.
+        A link where the run keeps its files (made while it runs) stops it first (`check_links`)."""
+        check_links(self.path)
         with saving(what, self.path, self.rounds_done):
             yield
 
     def save_model(self, save: Callable[[str], None], folder: Path, what: str) -> None:
         """`save(folder)` (every process calls it), written atomically; a failure is a `SOFTSaveError`."""
         with self.saving(what):
-            save_atomically(save, folder)
+            save_atomically(save, folder, root=self.path)
 
     def write(self, what: str, write: Callable[[], object], rounds_done: int | None = None) -> None:
         """`write()` on the main process (a failure is a `SOFTSaveError` naming `what`), then every process waits
@@ -499,7 +598,7 @@ class RunFolder:
 
     def drop_checkpoints(self, index: int) -> None:
         """A trained round's checkpoints (its saved model is all a resume needs now); main process only."""
-        shutil.rmtree(self.round(index).checkpoints, ignore_errors=True)
+        remove_inside(self.path, self.round(index).checkpoints)
 
 
 @contextlib.contextmanager
@@ -515,6 +614,6 @@ def writing_to(args, home: Path, folder: Path):
 
 __all__ = [
     "CHECKPOINT_DONE", "FINAL_MODEL", "LOCK_NAME", "RunFolder", "RunLock", "SOFTFolderError", "SOFTLockError", "SOFTResumeError",
-    "check_output_dir", "check_run_folder", "clean_leftovers", "clear_run", "has_run", "is_run_folder",
+    "check_links", "check_output_dir", "check_run_folder", "remove_inside", "run_links", "clean_leftovers", "clear_run", "has_run", "is_run_folder",
     "last_complete_checkpoint", "leftovers", "open_state", "writing_to",
 ]

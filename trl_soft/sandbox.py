@@ -41,7 +41,28 @@ try:
     from jinja2.exceptions import SecurityError
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-    env = ImmutableSandboxedEnvironment(keep_trailing_newline=True, undefined=jinja2.StrictUndefined)
+    if request.get("chat"):  # as transformers renders a chat template (its globals, filter and extensions)
+        from jinja2 import nodes
+        from jinja2.ext import Extension
+
+        class Generation(Extension):  # `{% generation %}...{% endgeneration %}`: only its body is rendered
+            tags = {"generation"}
+
+            def parse(self, parser):
+                lineno = next(parser.stream).lineno
+                body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+                return nodes.Scope(body, lineno=lineno)
+
+        def raise_exception(message):
+            raise jinja2.TemplateError(message)
+
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                            extensions=[Generation, "jinja2.ext.loopcontrols"])
+        env.filters["tojson"] = lambda value, indent=None, **kw: json.dumps(value, indent=indent, ensure_ascii=False)
+        env.globals["raise_exception"] = raise_exception
+        env.globals["strftime_now"] = lambda fmt: __import__("datetime").datetime.now().strftime(fmt)
+    else:
+        env = ImmutableSandboxedEnvironment(keep_trailing_newline=True, undefined=jinja2.StrictUndefined)
     try:
         template = env.from_string(request["source"])
     except jinja2.TemplateSyntaxError as err:
@@ -84,13 +105,15 @@ def render_bounded(
     max_chars: int = MAX_CHARS,
     time_limit: float = TIME_LIMIT,
     memory_limit: int = MEMORY_LIMIT,
+    chat: bool = False,
 ) -> list[str]:
     """`source` rendered once per row (each row: the template's variables), in the sandbox, in a child process under
-    the limits above. Raises `TemplateRenderError`."""
+    the limits above. Raises `TemplateRenderError`. `chat`: render as transformers renders a chat template (its
+    `raise_exception`, `strftime_now`, `tojson`, loop controls and `{% generation %}`; undefined names are empty)."""
     if not rows:
         return []
     request = {"source": source, "rows": [dict(r) for r in rows], "max_chars": max_chars, "memory": memory_limit,
-               "cpu": time_limit}
+               "cpu": time_limit, "chat": chat}
     try:
         done = subprocess.run(
             [sys.executable, "-I", "-c", _CHILD], input=json.dumps(request).encode("utf-8"), capture_output=True,
@@ -111,4 +134,27 @@ def render_bounded(
     raise TemplateRenderError(reply["kind"], reply["message"])
 
 
-__all__ = ["MAX_CHARS", "MEMORY_LIMIT", "TIME_LIMIT", "TemplateRenderError", "render_bounded"]
+def check_chat_template(tokenizer, conversations: Sequence[list[dict]], who: str) -> None:
+    """The tokenizer's chat template rendered for `conversations` (a run's own: its longest prompts with their
+    exemplars) under the same bounds as a user's template, before the run renders it in-process without them;
+    `ValueError` naming `who` (the setting that chose the template) when it does not stay within them."""
+    source = getattr(tokenizer, "chat_template", None)
+    if isinstance(source, dict):
+        source = source.get("default") or next(iter(source.values()), None)
+    if not isinstance(source, str) or not conversations:
+        return
+    specials = {name: str(getattr(tokenizer, name, None) or "") for name in ("bos_token", "eos_token", "pad_token")}
+    rows = [{"messages": list(messages), "add_generation_prompt": True, **specials} for messages in conversations]
+    try:
+        render_bounded(source, rows, chat=True, time_limit=TIME_LIMIT)  # read when called (a test may lower it)
+    except TemplateRenderError as err:
+        if err.kind in ("size", "memory", "time", "security"):
+            raise ValueError(
+                f"{who}: its chat template cannot be rendered within the limits ({err}; at most {MAX_CHARS} "
+                f"characters per text, {TIME_LIMIT:g} s, {MEMORY_LIMIT >> 20} MiB). Use another template "
+                "(`chat_template_path`), or `prompt_format='plain'`."
+            ) from None
+        # a template error on these messages is transformers' to report, as it would in the run
+
+
+__all__ = ["MAX_CHARS", "check_chat_template", "MEMORY_LIMIT", "TIME_LIMIT", "TemplateRenderError", "render_bounded"]

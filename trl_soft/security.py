@@ -9,9 +9,16 @@
   is the second line for a URL set after the checks ran.
 - **A key travels encrypted or stays on this machine** (`key_may_travel`): over https, or to a loopback address.
   Anything else needs the setting's explicit opt-in (`judge_allow_insecure_key`).
-- **Environment variables that change what a child process loads** (`LOADER_VARIABLES`: the dynamic loader's
-  `LD_*`, Python's `PYTHONPATH`, `PYTHONSTARTUP`, ...) are refused in a YAML config's `env:` block unless the person
-  running the command opts in (`trl-soft train --allow_loader_env`): a shared YAML must not choose what code runs.
+- **Environment variables that change what a process loads or runs, or where its traffic and keys go**
+  (`REFUSED_VARIABLES`: the dynamic loader's `LD_*`, Python's `PYTHONPATH`, `PYTHONSTARTUP`, vLLM's
+  `VLLM_LOGGING_CONFIG_PATH`, compile caches, proxies, CA bundles, hub and tracker endpoints, ...) are refused in a
+  YAML config's `env:` block unless the person running the command opts in (`trl-soft train --allow_loader_env`): a
+  shared YAML must not choose what code runs or where a key goes (`refused_variables`).
+- **A key is read only from a variable that looks like one for its service** when a config file names it
+  (`key_env_error`, `KEY_ENV_PATTERNS`): `AWS_SECRET_ACCESS_KEY` is not a judge's key.
+- **Secrets inside dict-valued settings** (`model_init_kwargs={"token": ...}`) are blanked in every record
+  (`redact_secrets`).
+- **Paths a run deletes, moves or locks** are reached through no symbolic link below the run folder (`link_on_path`).
 
 This module imports nothing of the package: anything may import it.
 """
@@ -19,8 +26,11 @@ This module imports nothing of the package: anything may import it.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
+import stat
 from collections.abc import Iterable
+from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 REDACTED = "***"
@@ -36,6 +46,46 @@ LOADER_VARIABLES = frozenset({
     "PYTHONBREAKPOINT", "PYTHONINSPECT",
 })
 LOADER_PREFIXES = ("LD_", "DYLD_")
+
+# What a config file's `env:` block may not set (without `--allow_loader_env`), by name, with why: the table of
+# docs/security.md ("What a config may make the run do") is this one, line by line (tests/test_security.py).
+_LIBS = "changes which libraries the dynamic loader loads"
+_PYTHON = "changes which code Python loads or runs"
+_CACHE = "a cache of compiled code the process loads and runs"
+_TRAFFIC = "sends the run's requests (and keys) through another host"
+_TRUST = "changes which TLS certificates are trusted"
+_KEYS = "sends a key to the host it names"
+REFUSED_VARIABLES: dict[str, str] = {
+    "PATH": "changes which programs a process starts",
+    "BASH_ENV": "a file the shell runs when it starts", "ENV": "a file the shell runs when it starts",
+    "LD_*": _LIBS, "DYLD_*": _LIBS, "GCONV_PATH": _LIBS,
+    **{name: _PYTHON for name in ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "PYTHONUSERBASE", "PYTHONPLATLIBDIR",
+                                  "PYTHONEXECUTABLE", "PYTHONBREAKPOINT", "PYTHONINSPECT")},
+    "PYTHONPYCACHEPREFIX": "Python reads compiled modules (.pyc) from this folder",
+    "PYTHONWARNINGS": "a warning filter imports the module its category names",
+    "VLLM_LOGGING_CONFIG_PATH": "vLLM hands this file to `logging.config.dictConfig`, which can call any function",
+    "VLLM_PLUGINS": "chooses which installed plugins vLLM loads and runs",
+    "HF_MODULES_CACHE": "transformers imports a model's own code from this folder",
+    "VLLM_CACHE_ROOT": _CACHE, "TORCHINDUCTOR_CACHE_DIR": _CACHE, "TRITON_CACHE_DIR": _CACHE,
+    "TORCH_EXTENSIONS_DIR": _CACHE,
+    "HTTP_PROXY": _TRAFFIC, "HTTPS_PROXY": _TRAFFIC, "ALL_PROXY": _TRAFFIC, "NO_PROXY": _TRAFFIC,
+    "REQUESTS_CA_BUNDLE": _TRUST, "CURL_CA_BUNDLE": _TRUST, "SSL_CERT_FILE": _TRUST, "SSL_CERT_DIR": _TRUST,
+    "NETRC": "credentials sent with HTTP requests",
+    "HF_ENDPOINT": _KEYS, "WANDB_BASE_URL": _KEYS, "MLFLOW_TRACKING_URI": _KEYS,
+}
+assert LOADER_VARIABLES <= set(REFUSED_VARIABLES)
+
+# The names a key's variable may have when a config file names it (the command line may name any variable).
+KEY_ENV_PATTERNS = {
+    "judge_api_key_env": re.compile(r"OPENAI_API_KEY|[A-Z0-9_]*JUDGE[A-Z0-9_]*_KEY"),
+    "vllm_server_api_key_env": re.compile(r"[A-Z0-9_]*VLLM[A-Z0-9_]*_KEY"),
+}
+KEY_ENV_SHAPES = {"judge_api_key_env": "OPENAI_API_KEY, or a name holding JUDGE and ending in _KEY",
+                  "vllm_server_api_key_env": "a name holding VLLM and ending in _KEY"}
+
+# Keys of dict-valued settings whose values are secrets (`redact_secrets`); a tokenizer's special tokens are not.
+_SECRET_KEY = re.compile(r"(^|_)(token|key|secret|password|passwd|credentials?)$", re.IGNORECASE)
+_SPECIAL_TOKEN = re.compile(r"(pad|bos|eos|unk|sep|cls|mask|additional_special)_token$", re.IGNORECASE)
 
 
 # ---- URLs ------------------------------------------------------------------------------------------------------------
@@ -137,7 +187,77 @@ def loader_variables(names: Iterable[str]) -> list[str]:
     return [n for n in names if str(n).upper() in LOADER_VARIABLES or str(n).upper().startswith(LOADER_PREFIXES)]
 
 
+def refused_variables(names: Iterable[str]) -> list[str]:
+    """The names among `names` a config file's `env:` block may not set (`REFUSED_VARIABLES`; any case)."""
+    refused = []
+    for name in names:
+        upper = str(name).upper()
+        if upper in REFUSED_VARIABLES or upper.startswith(LOADER_PREFIXES):
+            refused.append(str(name))
+    return refused
+
+
+def why_refused(name: str) -> str:
+    upper = name.upper()
+    return REFUSED_VARIABLES.get(upper) or REFUSED_VARIABLES[upper[:upper.index("_") + 1] + "*"]
+
+
+def key_env_error(field: str, name: object) -> str | None:
+    """Why a config file may not name `name` as the variable of `field`'s key, or None when it looks like a key of
+    that service (`KEY_ENV_PATTERNS`)."""
+    if not isinstance(name, str) or not name or field not in KEY_ENV_PATTERNS:
+        return None
+    if KEY_ENV_PATTERNS[field].fullmatch(name):
+        return None
+    return (f"`{field}`: {name!r} does not look like a key for this service ({KEY_ENV_SHAPES[field]}), so a config "
+            f"file may not send it; name it on the command line (`--{field} {name}`) if it is meant")
+
+
+def is_secret_key(name: object) -> bool:
+    return isinstance(name, str) and bool(_SECRET_KEY.search(name)) and not _SPECIAL_TOKEN.search(name)
+
+
+def redact_secrets(value):
+    """`value` (a dict-valued setting such as `model_init_kwargs`) with every secret-named entry blanked (None) at any
+    depth, and URLs redacted; a copy where anything changes, `value` itself otherwise."""
+    if isinstance(value, dict):
+        out = {k: (None if is_secret_key(k) and isinstance(v, str) else redact_secrets(v)) for k, v in value.items()}
+        return out if any(out[k] is not value[k] for k in value) else value
+    if isinstance(value, (list, tuple)):
+        out = [redact_secrets(v) for v in value]
+        return type(value)(out) if any(a is not b for a, b in zip(out, value)) else value
+    if isinstance(value, str) and "://" in value:
+        shown = redact_url(value)
+        return shown if shown != value else value
+    return value
+
+
+# ---- paths -----------------------------------------------------------------------------------------------------------
+def link_on_path(root: str | Path, path: str | Path) -> Path | None:
+    """The first symbolic link on the way from `root` (itself not looked at: a run folder may be reached through a
+    link the user made) down to `path`, `path` included; `path` itself when it is not below `root`; None when the way
+    holds no link (the parts that exist are checked with `lstat`, never followed)."""
+    root, path = Path(os.path.abspath(root)), Path(os.path.abspath(path))
+    try:
+        relative = path.relative_to(root)
+    except ValueError:
+        return path
+    current = root
+    for part in relative.parts:
+        current = current / part
+        try:
+            mode = os.lstat(current).st_mode
+        except FileNotFoundError:
+            return None
+        except OSError:
+            return current
+        if stat.S_ISLNK(mode):
+            return current
+    return None
+
+
 __all__ = [
-    "LOADER_VARIABLES", "REDACTED", "host_of", "is_env_name", "is_loopback", "key_may_travel", "loader_variables",
+    "KEY_ENV_PATTERNS", "LOADER_VARIABLES", "REFUSED_VARIABLES", "is_secret_key", "key_env_error", "link_on_path",
+    "redact_secrets", "refused_variables", "REDACTED", "host_of", "is_env_name", "is_loopback", "key_may_travel", "loader_variables",
     "redact_text", "redact_url", "url_credentials_error", "url_has_credentials",
 ]

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .security import redact_text
+from .security import link_on_path, redact_text
 
 MANIFEST_NAME = "soft_state.json"
 MANIFEST_VERSION = 2  # 2: the manifest lists the settings it was made with (`fingerprint`)
@@ -154,6 +154,7 @@ class SOFTState:
         if not isinstance(data, dict):
             raise ValueError(f"a manifest is a JSON object, this is a JSON {type(data).__name__}")
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        check_manifest_fields(known)
         return cls(**known)
 
     def save(self, output_dir: str | Path) -> None:
@@ -168,10 +169,41 @@ class SOFTState:
         self.rounds_completed = metrics["round"]
 
 
+_INT, _NUM, _TEXT, _DICT = (int,), (int, float), (str,), (dict,)
+# The manifest's fields and the JSON types each may hold (None where the field may be unset).
+MANIFEST_TYPES: dict[str, tuple[tuple[type, ...], bool]] = {
+    "config_hash": (_TEXT, False), "num_rounds": (_INT, False), "rounds_completed": (_INT, False),
+    "history": ((list,), False), "base_metrics": (_DICT, True), "stopped_early": ((bool,), False),
+    "stop_reason": (_TEXT, True), "final_round": (_INT, True), "collapse_round": (_INT, True),
+    "unmeasured": (_TEXT, True), "engine": (_TEXT, True), "fingerprint": (_DICT, True), "version": (_INT, False),
+    "created": (_NUM, False), "updated": (_NUM, False),
+}
+
+
+def check_manifest_fields(data: dict[str, Any]) -> None:
+    """Each field of a manifest read back has its type (`ValueError` naming the field, what it holds and what it
+    should): a resume must not go on with a manifest someone edited into another shape."""
+    for name, value in data.items():
+        types, optional = MANIFEST_TYPES[name]
+        ok = (value is None and optional) or (isinstance(value, types) and not (
+            isinstance(value, bool) and bool not in types))
+        if ok and value is not None and types == _INT and value < 0:
+            ok = False
+        if not ok:
+            raise ValueError(f"field {name!r} holds {json.dumps(value, default=str)[:60]} (a JSON "
+                             f"{type(value).__name__}), not {' or '.join(t.__name__ for t in types)}"
+                             + (" or null" if optional else "") + (" >= 0" if types == _INT else ""))
+    for number, row in enumerate(data.get("history") or []):
+        if not isinstance(row, dict) or isinstance(row.get("round"), bool) or not isinstance(row.get("round"), int):
+            raise ValueError(f"field 'history' entry {number} is not a round's metrics (an object with a whole "
+                             f"number 'round'): {json.dumps(row, default=str)[:60]}")
+
+
 # ---- the run's folder ------------------------------------------------------------------------------------------------
 def round_dirs(output_dir: str | Path) -> list[Path]:
     """The `round_<n>` folders of a run, sorted (only the names a run writes: a `round_notes/` is not one)."""
-    return sorted(p for p in Path(output_dir).glob("round_*") if p.is_dir() and p.name[len("round_"):].isdigit())
+    return sorted(p for p in Path(output_dir).glob("round_*")
+                  if p.is_dir() and not p.is_symlink() and p.name[len("round_"):].isdigit())
 
 
 def _plain(value: Any) -> Any:
@@ -254,12 +286,30 @@ def saving(what: str, output_dir: Path, rounds_done: int):
         ) from err
 
 
-def save_atomically(save: Callable[[str], None], target: Path) -> None:
+def open_appending(path: str | Path, binary: bool = False):
+    """`path` opened for appending (created if missing), never through a symbolic link at its name: a log or cache a
+    link replaced would add to the file it points at (`OSError` instead)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
+    return os.fdopen(fd, "ab") if binary else os.fdopen(fd, "a", encoding="utf-8")
+
+
+class SOFTLinkError(ValueError):
+    """A path the run would remove or replace is reached through a symbolic link below its folder."""
+
+
+def save_atomically(save: Callable[[str], None], target: Path, root: Path | None = None) -> None:
     """`save(folder)` (every process calls it, e.g. `Trainer.save_model`) into a temporary folder, then rename: a
-    crash never leaves a half-written model."""
+    crash never leaves a half-written model. With `root` (the run folder), neither the temporary folder nor `target`
+    may be reached through a symbolic link below it (`SOFTLinkError`, nothing removed)."""
     from .distributed import is_main_process, wait_for_everyone
 
     partial = target.with_name(target.name + ".partial")
+    for path in (partial, target) if root is not None else ():
+        link = link_on_path(root, path)
+        if link is not None:
+            raise SOFTLinkError(f"{str(link)!r} is a symbolic link (or outside {str(root)!r}) where the run saves "
+                                f"{target.name}: nothing was removed or saved through it. Replace the link with a "
+                                "real folder, or use a new `output_dir`.")
     if is_main_process():
         shutil.rmtree(partial, ignore_errors=True)
     wait_for_everyone()

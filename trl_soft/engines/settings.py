@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from functools import cache
 from urllib.parse import urlsplit
 
-from ..security import ENV_NAME, is_loopback, redact_url
+from ..security import ENV_NAME, host_of, is_loopback, key_may_travel, redact_url
 from ..settings import ConcernSettings
 
 BACKENDS = ("auto", "vllm", "hf")
@@ -50,6 +50,7 @@ class EngineSettings(ConcernSettings):
         "server_port": "vllm_server_port",
         "server_allow_remote": "vllm_server_allow_remote",
         "server_api_key_env": "vllm_server_api_key_env",
+        "server_allow_insecure_key": "vllm_server_allow_insecure_key",
         "server_devices": "vllm_server_devices",
         "server_pass_env": "vllm_server_pass_env",
         "server_timeout": "vllm_server_timeout",
@@ -66,7 +67,7 @@ class EngineSettings(ConcernSettings):
     # Where and how long the engine runs; not what it writes.
     NOT_FINGERPRINTED = frozenset({
         "vllm_mode", "max_lora_rank", "server_base_url", "server_host", "server_port", "server_timeout",
-        "server_allow_remote", "server_api_key_env", "server_devices", "server_pass_env",
+        "server_allow_remote", "server_api_key_env", "server_allow_insecure_key", "server_devices", "server_pass_env",
         "request_timeout", "tensor_parallel_size", "colocate_ranks", "gpu_memory_utilization", "cpu_kv_cache_gb",
         "max_model_len", "enforce_eager", "sleep_mode",
     })
@@ -81,6 +82,7 @@ class EngineSettings(ConcernSettings):
     server_port: int | None = None
     server_allow_remote: bool = False
     server_api_key_env: str | None = None
+    server_allow_insecure_key: bool = False
     server_devices: tuple[int, ...] = ()
     server_pass_env: tuple[str, ...] = ()
     server_timeout: float = 300.0
@@ -143,6 +145,14 @@ class EngineSettings(ConcernSettings):
             raise self.field_error(
                 "server_api_key_env", f"must be the name of an environment variable (e.g. 'VLLM_API_KEY'); got "
                 f"{self.server_api_key_env!r}."
+            )
+        insecure = [u for u in self.server_base_url if u.startswith("http://") and not key_may_travel(u)]
+        if self.server_api_key_env and insecure and not self.server_allow_insecure_key:
+            raise self.field_error(
+                "server_base_url", f"is plain http to {host_of(insecure[0])}, which is not this machine: the key in "
+                f"${self.server_api_key_env} (`vllm_server_api_key_env`) would cross the network unencrypted. Use an "
+                "https:// URL, an SSH tunnel to a loopback port or a Unix socket, unset `vllm_server_api_key_env`, or "
+                "set `vllm_server_allow_insecure_key=True` (a network you trust)."
             )
         if any(d < 0 for d in self.server_devices) or len(set(self.server_devices)) != len(self.server_devices):
             raise self.field_error(

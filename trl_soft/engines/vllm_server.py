@@ -34,6 +34,7 @@ import atexit
 import contextlib
 import ctypes
 import http.client
+import ipaddress
 import json
 import logging
 import os
@@ -57,6 +58,7 @@ from transformers import PreTrainedTokenizerBase
 from ..distributed import even_slices
 from ..generation import GenerationResult, GenerationSettings
 from ..security import is_loopback, key_may_travel, redact_url
+from ..state import open_appending
 from ..threads import map_in_flight
 from .base import EngineError, EngineWeights, StopRule, encode_prompts, prompt_seed, result_from_vllm, sampling_fields
 from .choice import EngineChoice
@@ -77,10 +79,24 @@ CONNECT_TIMEOUT = 10.0
 PASSED_ENV = frozenset({
     "PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "LD_LIBRARY_PATH", "XDG_CACHE_HOME",
     "HF_HOME", "HF_HUB_CACHE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "TRANSFORMERS_CACHE",
+    "DO_NOT_TRACK", "XDG_CONFIG_HOME",  # the user's telemetry opt-outs (with VLLM_NO_USAGE_STATS, VLLM_CONFIG_ROOT)
 })
 PASSED_PREFIXES = ("LC_", "VLLM_", "OMP_", "MKL_", "KMP_", "CUDA_", "NCCL_", "TORCH_", "TORCHINDUCTOR_", "TRITON_",
                    "PYTORCH_", "TRL_SOFT_")
 SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSW|CREDENTIAL", re.IGNORECASE)
+
+
+def listen_address(host: str) -> str:
+    """The address a name stands for, as the listening socket reports it (`localhost` -> 127.0.0.1)."""
+    bare = host.strip("[]")
+    with contextlib.suppress(ValueError):
+        return str(ipaddress.ip_address(bare))
+    if is_loopback(bare):
+        return "::1" if bare.lower().startswith("ip6-") else "127.0.0.1"
+    try:
+        return socket.gethostbyname(bare)
+    except OSError as err:
+        raise EngineError(f"`vllm_server_host`: {host!r} does not resolve to an address ({err}).") from None
 
 
 def port_is_free(host: str, port: int) -> bool:
@@ -233,9 +249,9 @@ def check_servers(settings: EngineSettings, on_cuda: bool) -> None:
         raise ValueError(str(err)) from None
     for url in settings.server_base_url:
         endpoint = Endpoint(url, key)
-        if key and url.startswith("http://") and not key_may_travel(url):
+        if key and url.startswith("http://") and not key_may_travel(url):  # allowed by `vllm_server_allow_insecure_key`
             logger.warning(f"the API key of `vllm_server_api_key_env` goes to {endpoint.label} unencrypted (http to "
-                           "another machine): use https, an SSH tunnel to a Unix socket, or a private network.")
+                           "another machine, `vllm_server_allow_insecure_key`).")
         try:
             endpoint.models(timeout=5.0)
         except ServerUnreachable as err:
@@ -288,7 +304,7 @@ class ManagedVLLMServer:
         self.private_dir: Path | None = None
         self.api_key: str | None = None
         if self.tcp:
-            host = settings.server_host or "127.0.0.1"
+            host = listen_address(settings.server_host or "127.0.0.1")
             if settings.server_port is not None:
                 if not port_is_free(host, settings.server_port):
                     raise EngineError(
@@ -343,7 +359,7 @@ class ManagedVLLMServer:
             logger.warning(f"the vLLM server listens on TCP {self.url}, which {reach} can reach; {routes}. Leave "
                            "`vllm_server_host`/`vllm_server_port` unset for a private Unix socket.")
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self._log = open_appending(self.log_path, binary=True)  # closed in stop(); never through a link
         self._log.write(f"\n==== trl-soft starts: {' '.join(command)}\n".encode())  # no secret is on the line
         self._log.flush()
         self.process = subprocess.Popen(
@@ -421,6 +437,31 @@ class ManagedVLLMServer:
             f"The vLLM server at {self.url} did not become ready within `vllm_server_timeout`={timeout:g} s. Raise "
             f"it, or read the log ({self.log_path}):\n{log_tail(self.log_path)}"
         )
+
+    def check_still_ours(self) -> None:
+        """Before each phase that talks to the server: the process trl-soft started is alive and (over TCP) still the
+        one listening at its port, or its private socket is still in place; otherwise `EngineError`, and nothing is
+        sent (a process that took the port after the server died would get the key, the prompts and
+        `/collective_rpc`, and could answer anything)."""
+        code = self.process.poll()
+        if code is not None:
+            raise EngineError(
+                f"The vLLM server trl-soft started exited with code {code}: nothing more is sent to {self.url}. The "
+                f"end of its log ({self.log_path}):\n{log_tail(self.log_path)}\n{RESUME_HINT}"
+            )
+        if self.tcp:
+            ours = self._listens_here()
+        else:
+            try:
+                ours = self.private_dir is not None and self._private_socket_ready()
+            except OSError:
+                ours = False
+        if not ours:
+            raise EngineError(
+                f"The vLLM server trl-soft started no longer listens at {self.url} (another process may hold the "
+                "address now): nothing is sent there. Leave `vllm_server_host`/`vllm_server_port` unset for a private "
+                f"Unix socket. {RESUME_HINT}"
+            )
 
     def exit_code(self, wait: float = 0.0) -> int | None:
         """The server's exit code, or None while it runs (waiting up to `wait` seconds for it to end)."""
@@ -588,9 +629,15 @@ class VLLMServerEngine:
         return names[0]
 
     # ---- the engine interface -------------------------------------------------------------------------------------
+    def check_server(self) -> None:
+        """The server trl-soft started is still the one at its address (`ManagedVLLMServer.check_still_ours`)."""
+        if self.server is not None:
+            self.server.check_still_ours()
+
     def load(self, weights: EngineWeights, model=None) -> float:
         if weights == self.current:
             return 0.0
+        self.check_server()
         started = time.perf_counter()
         previous = self.model_name
         if self.lora_mode == "adapter":
@@ -621,6 +668,7 @@ class VLLMServerEngine:
     ) -> list[GenerationResult]:
         if not prompts:
             return []
+        self.check_server()
         stop = StopRule.build(self.tokenizer, settings.stop_strings)
         encoded = encode_prompts(self.tokenizer, prompts)
         server_of = [0] * len(prompts)

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..state import open_appending
 from .base import PairwiseJudge, PointwiseJudge, Verdict, check_lengths
 
 PAIRWISE = "pairwise"
@@ -127,7 +128,7 @@ class CachedJudge:
         text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
         if self._needs_newline:  # end the line an interruption cut short, so the first new one stands alone
             text = "\n" + text
-        with open(self.path, "a", encoding="utf-8") as handle:
+        with open_appending(self.path) as handle:  # never through a link at its name
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())

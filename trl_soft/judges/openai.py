@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 
 import requests
 
-from ..security import redact_url, url_credentials_error
+from ..security import is_loopback, redact_url, url_credentials_error
 from ..threads import map_in_flight
 from .base import CRITERIA, JudgeError, Verdict, check_criterion, check_lengths
 from .prompts import (
@@ -55,6 +55,25 @@ def api_root(base_url: str) -> str:
     """`base_url` without a trailing slash, with "/v1" added when it is a bare server address."""
     root = base_url.rstrip("/")
     return root if urlsplit(root).path else root + "/v1"
+
+
+class _NoNetrc(requests.auth.AuthBase):
+    """An auth that adds nothing: with it set on the session, `requests` never looks in `~/.netrc` (whose login would
+    go to the host, or replace the bearer key)."""
+
+    def __call__(self, request):
+        return request
+
+
+def judge_session(base_url: str) -> requests.Session:
+    """The HTTP session of a judge at `base_url`: never sends `~/.netrc` credentials; to a loopback host it also ignores
+    the environment's proxies and CA settings (a call to this machine never leaves it)."""
+    session = requests.Session()
+    session.auth = _NoNetrc()
+    if is_loopback(urlsplit(base_url).hostname):
+        session.trust_env = False  # no HTTP(S)_PROXY, no netrc, no REQUESTS_CA_BUNDLE: loopback stays loopback
+        session.proxies = {}
+    return session
 
 
 class OpenAIJudge:
@@ -95,7 +114,7 @@ class OpenAIJudge:
         self.headers = {"Authorization": f"Bearer {key}"} if key else {}
         self._model = model
         self._lock = threading.Lock()
-        self.session = requests.Session()
+        self.session = judge_session(self.base_url)
         pool = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=max_in_flight)
         self.session.mount("http://", pool)
         self.session.mount("https://", pool)
