@@ -176,6 +176,7 @@ MANIFEST_TYPES: dict[str, tuple[tuple[type, ...], bool]] = {
     "history": ((list,), False), "base_metrics": (_DICT, True), "stopped_early": ((bool,), False),
     "stop_reason": (_TEXT, True), "final_round": (_INT, True), "collapse_round": (_INT, True),
     "unmeasured": (_TEXT, True), "engine": (_TEXT, True), "fingerprint": (_DICT, True), "version": (_INT, False),
+    "confirmation": (_DICT, True),
     "created": (_NUM, False), "updated": (_NUM, False),
 }
 
