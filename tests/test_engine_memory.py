@@ -189,7 +189,7 @@ def test_the_trainer_puts_the_engine_to_sleep_before_training(tmp_path, tokenize
     real_sleep, real_generate, real_train = EngineSession.sleep, EngineSession.generate, SFTTrainer.train
     monkeypatch.setattr(EngineSession, "sleep", lambda self: (events.append("sleep"), real_sleep(self))[1])
     monkeypatch.setattr(EngineSession, "generate", lambda self, texts, s, desc: (
-        events.append(f"generate {desc.split(':')[0]}"), real_generate(self, texts, s, desc))[1])
+        events.append(f"generate {desc.split(':')[0].split('/')[0]}"), real_generate(self, texts, s, desc))[1])
     monkeypatch.setattr(SFTTrainer, "train", lambda self, **kw: (events.append("train"), real_train(self, **kw))[1])
     trainer = SOFTTrainer(model=tiny_model, args=tiny_config(tmp_path / "out", num_rounds=1),
                           train_dataset=prompt_dataset(4), processing_class=tokenizer)
