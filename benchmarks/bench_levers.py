@@ -111,8 +111,12 @@ def read_run(folder: Path) -> dict:
             "selection": selection(state), "confirmation": state.get("confirmation")}
 
 
-def truthfulqa_items(model: str, data_dir: str) -> tuple[list[bool], list[float]]:
-    """Per question, MC1 correct and the MC2 score of `model` (a folder or 'embedded')."""
+def truthfulqa_items(model: str, data_dir: str, cache: Path | None = None) -> tuple[list[bool], list[float]]:
+    """Per question, MC1 correct and the MC2 score of `model` (a folder or 'embedded'); kept in `cache` (JSON) and
+    read back from it when it is there."""
+    if cache is not None and cache.is_file():
+        mc1, mc2 = json.loads(cache.read_text())
+        return mc1, mc2
     import torch
     from transformers import AutoTokenizer
 
@@ -127,6 +131,8 @@ def truthfulqa_items(model: str, data_dir: str) -> tuple[list[bool], list[float]
     requests, layout = truthfulqa.build_requests(items)
     scores = score_choices(network, tokenizer, requests, desc=f"TruthfulQA {Path(model).parent.name or model}")
     result = truthfulqa.aggregate(items, scores, layout)
+    if cache is not None:
+        cache.write_text(json.dumps([list(result.per_item_mc1), list(result.per_item_mc2)]))
     return list(result.per_item_mc1), list(result.per_item_mc2)
 
 
@@ -219,9 +225,10 @@ def main() -> None:
                 continue
             result = {"seed": seed, "arm": arm, "seconds": seconds, **read_run(folder)}
             if args.truthfulqa:
-                start_tqa = start_tqa or truthfulqa_items("embedded", args.data_dir)
+                start_tqa = start_tqa or truthfulqa_items("embedded", args.data_dir, out / "truthfulqa_start.json")
                 final = result["final_round"] or 0
-                final_tqa = start_tqa if final == 0 else truthfulqa_items(str(folder / "final_model"), args.data_dir)
+                final_tqa = start_tqa if final == 0 else truthfulqa_items(
+                    str(folder / "final_model"), args.data_dir, folder / "truthfulqa_final.json")
                 result["truthfulqa"] = paired_truthfulqa(start_tqa, final_tqa)
             result["changed"] = changed_answers(folder, args.changed)
             results.append(result)
