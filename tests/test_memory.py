@@ -264,7 +264,7 @@ def test_plan_command_refuses_vllm_that_cannot_fit_and_plans_without_a_gpu(llama
 
     argv = ["plan", "--model_name_or_path", llama_7b_config, *QLORA_FLAGS]
     assert main([*argv, "--gpu_memory", "24GiB", "--generation_backend", "vllm"]) == 1
-    assert "memory plan says vLLM does not fit" in capsys.readouterr().err
+    assert "memory plan says vLLM does not fit" in capsys.readouterr().out  # the error through the logger (one voice)
     assert main(argv) == 0  # no GPU here and no --gpu_memory: both engines' plans and what each needs
     out = capsys.readouterr().out
     assert "generation (vLLM" in out and "generation (transformers)" in out and out.count("GiB per GPU") == 2
