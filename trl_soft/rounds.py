@@ -29,8 +29,11 @@ PROMPT_SCHEDULES = ("disjoint", "reuse")
 # The columns of `generations.jsonl`, one row per prompt (see `Round.rows`).
 GENERATION_COLUMNS = (
     "prompt_index", "prompt", "exemplar_ids", "raw_output", "response", "num_tokens", "finished", "kept",
-    "filter_reason", "difficulty", "train_position", "cut", "retries", "from_round", "calls_for",
+    "filter_reason", "difficulty", "train_position",
 )
+# Columns added by the aligned data (issue 26): written in every row, read with their defaults when absent, so an
+# interrupted round written before them still resumes.
+ALIGNED_COLUMNS = ("cut", "retries", "from_round", "calls_for")
 # Best-of-n: a passing sample that was not the one chosen for its prompt (`Round.choose_best`).
 NOT_BEST = "not_best"
 ROUND_INITS = ("previous", "base")
