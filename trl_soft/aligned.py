@@ -12,8 +12,8 @@ the model had (Qi et al. 2023). Two levers, each its own setting:
   admission (`principle_gate_honesty_values`) whose samples all failed its gate is sampled again, `aligned_retry_batch`
   samples at a time, up to the budget, and its first answer that passes the gate and every filter is kept. The retry
   prompt (`aligned_retry_prompt`) is the model's own: by default the pool's exemplars of the same kind as chat turns
-  before the request, without principles (`same_kind`; on the embedded model these refuse harmful requests about three
-  times as often as the principled prompt); `zero_shot` is the bare request; `principled` the round's own prompt.
+  before the request, without principles (`same_kind`; on the embedded model these refused harmful requests more
+  often than zero-shot or the principled prompt, as measured in issue 26); `zero_shot` is the bare request; `principled` the round's own prompt.
   Nothing is ever written for the model: a prompt that finds no aligned answer within the budget keeps none.
 
 `AlignedSettings` is this concern's settings (built once by `SOFTConfig`); `AlignedData` does the work for a run.
