@@ -193,7 +193,7 @@ class AlignedData:
                     round_.replace_answer(s, result, answer, [e.id for e in ex])
             attempt += 1
             for s in missing:
-                round_.retries[s] = attempt * batch if attempt * batch <= budget else budget
+                round_.retries[s] = min(attempt * batch, budget)
             missing = [s for s in missing if s not in found]
 
 

@@ -66,17 +66,21 @@ class RunInputs:
         marks = settings.aligned.marks(
             train_dataset[marks_column] if marks_column is not None else None, train_dataset[rounds.prompt_column]
         )
+
+        def mix(rows: list[list[int]]) -> list[list[int]]:
+            return settings.aligned.mix(rows, marks, seed)
+
         return cls(
             prompts=train_dataset,
             column=rounds.prompt_column,
-            round_indices=settings.aligned.mix(rounds.prompt_indices(len(train_dataset), seed), marks, seed),
+            round_indices=mix(rounds.prompt_indices(len(train_dataset), seed)),
             principles=principles if principles is not None else load_principles(prompts.principles_path),
             exemplars=pool,
             sampler=ExemplarSampler(pool, prompts.num_exemplars, prompts.exemplar_sampling, seed),
             validation_set=list(validation_set) if validation_set is not None else load_validation_set(
                 settings.validation.path
             ),
-            mix=lambda rows: settings.aligned.mix(rows, marks, seed),
+            mix=mix,
             category_column=marks_column,
         )
 

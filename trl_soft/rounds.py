@@ -31,9 +31,8 @@ GENERATION_COLUMNS = (
     "prompt_index", "prompt", "exemplar_ids", "raw_output", "response", "num_tokens", "finished", "kept",
     "filter_reason", "difficulty", "train_position",
 )
-# Columns added by the aligned data (issue 26): written in every row, read with their defaults when absent, so an
-# interrupted round written before them still resumes.
-ALIGNED_COLUMNS = ("cut", "retries", "from_round", "calls_for")
+# The aligned data's columns (`cut`, `retries`, `from_round`, `calls_for`) are written in every row but not required:
+# `from_rows` reads them with their defaults, so an interrupted round written before them still resumes.
 # Best-of-n: a passing sample that was not the one chosen for its prompt (`Round.choose_best`).
 NOT_BEST = "not_best"
 ROUND_INITS = ("previous", "base")
