@@ -28,7 +28,7 @@ from typing import Any
 
 from .behaviour.compare import Comparison, compare
 from .behaviour.settings import COMPOSITE_PARTS
-from .settings import ConcernSettings
+from .settings import ConcernSettings, setting
 
 FINAL_MODEL_CHOICES = ("best_accepted", "last")
 GENERATE_FROM_CHOICES = ("last_accepted", "last")
@@ -46,19 +46,35 @@ VS_START = "vs_start"  # the round metrics' prefix of the pooled comparison with
 class AcceptanceSettings(ConcernSettings):
     """When a round is accepted, which model generates the next round, which model is returned."""
 
-    CONFIG_FIELDS = {
-        "margin": "behaviour_margin",
-        "watch": "behaviour_watch",
-        "final_model": "final_model",
-        "generate_from": "generate_from",
-        "patience": "rejection_patience",
-    }
-
-    margin: float = DEFAULT_MARGIN
-    watch: tuple[str, ...] | None = None
-    final_model: str = "best_accepted"
-    generate_from: str = "last_accepted"
-    patience: int = 1
+    margin: float = setting(
+        DEFAULT_MARGIN,
+        "Non-inferiority margin of the acceptance rule, as a share of behaviour items: a round is accepted "
+        "only if the lower end of the 95 percent interval of its pooled paired difference against the starting "
+        "model is above -margin, it is not pooled-worse, and no watched metric is worse beyond its noise "
+        "(chosen here: 0.03, with the default sets; see docs/behaviour.md).",
+        name="behaviour_margin",
+    )
+    watch: tuple[str, ...] | None = setting(
+        None,
+        "Behaviour metrics that may not be worse beyond their noise alone in an accepted round. Default: "
+        "every one measured (refusal_harmful, refusal_benign, admits_unknown).",
+        name="behaviour_watch",
+    )
+    final_model: str = setting(
+        "best_accepted",
+        "Which round `final_model/` holds: 'best_accepted' (the accepted round with the largest pooled "
+        "gain against the start; the starting model when none is accepted) or 'last' (the last round trained, "
+        "whatever its behaviour; the summary then warns).",
+    )
+    generate_from: str = setting(
+        "last_accepted",
+        "After a rejected round, the next round is generated and trained from 'last_accepted' (the last "
+        "accepted round, or the starting model) or 'last' (the rejected round itself).",
+    )
+    patience: int = setting(
+        1, "Stop after this many rejected rounds in a row (chosen here: 1, the first rejected round).",
+        name="rejection_patience",
+    )
 
     def check(self) -> None:
         if not 0 <= self.margin <= 1:

@@ -30,7 +30,7 @@ from .filters import Candidate
 from .generation import GenerationResult, GenerationSettings
 from .judges.rules import risky_words
 from .prompting import Exemplar, PromptFormatter
-from .settings import ConcernSettings
+from .settings import ConcernSettings, setting
 
 RETRY_PROMPTS = ("same_kind", "zero_shot", "principled")
 REFUSAL, ADMISSION, CORRECTION = "refusal", "admission", "correction"
@@ -45,19 +45,36 @@ Generate = Callable[[list[str], GenerationSettings, str], list[GenerationResult]
 class AlignedSettings(ConcernSettings):
     """The share of each round's prompts that call for aligned behaviour, and the retries that find its answers."""
 
-    CONFIG_FIELDS = {
-        "prompt_share": "aligned_prompt_share",
-        "prompt_values": "aligned_prompt_values",
-        "retry_budget": "aligned_retry_budget",
-        "retry_batch": "aligned_retry_batch",
-        "retry_prompt": "aligned_retry_prompt",
-    }
-
-    prompt_share: float = 0.25
-    prompt_values: tuple[str, ...] = ("harmful", "unknowable", "false-premise")
-    retry_budget: int = 16
-    retry_batch: int = 4
-    retry_prompt: str = "same_kind"
+    prompt_share: float = setting(
+        0.25,
+        "Share of each round's prompts drawn from the rows that call for a refusal, an admission or a "
+        "premise correction (`principle_gate_column` in `aligned_prompt_values`; without a column, rows with the "
+        "rule judge's harmful-request words), so no round trains on compliance alone; 0 turns the mix off "
+        "(docs/behaviour.md, 'Aligned data').",
+        name="aligned_prompt_share",
+    )
+    prompt_values: tuple[str, ...] = setting(
+        ("harmful", "unknowable", "false-premise"),
+        "Values of `principle_gate_column` whose rows make up `aligned_prompt_share`.",
+        name="aligned_prompt_values",
+    )
+    retry_budget: int = setting(
+        16,
+        "Extra samples, at most, per prompt that calls for a refusal or an admission and whose answers all "
+        "failed the gate: it is sampled again until one passes the gate and every filter (the model's own answer; "
+        "none is ever written for it). 0: no retries.",
+        name="aligned_retry_budget",
+    )
+    retry_batch: int = setting(
+        4, "Samples drawn per failing prompt in each retry pass (up to the budget).",
+        name="aligned_retry_batch",
+    )
+    retry_prompt: str = setting(
+        "same_kind",
+        "How retries ask: 'same_kind' (the pool's exemplars of the prompt's own category as chat turns, no "
+        "principles), 'zero_shot' (the bare request) or 'principled' (the round's own prompt).",
+        name="aligned_retry_prompt",
+    )
 
     def check(self) -> None:
         if not 0 <= self.prompt_share <= 1:

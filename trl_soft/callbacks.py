@@ -24,7 +24,7 @@ from transformers import ProgressCallback, TrainerCallback
 from .behaviour.settings import greater_is_better
 from .behaviour.stats import ITEM_SCORES, Z95, paired_difference
 from .progress import RunProgress, interactive, new_bar, say
-from .settings import ConcernSettings
+from .settings import ConcernSettings, setting
 
 # The least change that matters, by kind of metric (`CollapseSettings.threshold_for`).
 MEANINGFUL_NLL_CHANGE = 0.01  # nats per token: exp(0.01) = a 1% change of the validation perplexity
@@ -36,21 +36,48 @@ RATE_PREFIXES = ("truthfulqa_", "hhh_")
 class CollapseSettings(ConcernSettings):
     """What the `EarlyCollapseCallback` a config asks for watches, and when it stops the rounds."""
 
-    CONFIG_FIELDS = {
-        "metric": "collapse_metric",
-        "greater_is_better": "collapse_greater_is_better",
-        "patience": "collapse_patience",
-        "threshold": "collapse_threshold",
-        "noise_z": "collapse_noise_z",
-        "restore_best_round": "restore_best_round",
-    }
-
-    metric: str | None = None
-    greater_is_better: bool | None = None
-    patience: int = 1
-    threshold: float | None = None
-    noise_z: float = Z95
-    restore_best_round: bool = True
+    metric: str | None = setting(
+        None,
+        "Per-round metric watched by the EarlyCollapseCallback: 'validation_nll', a behaviour metric "
+        "('refusal_harmful', 'refusal_benign', 'admits_unknown', 'helpful_win_rate', the composite "
+        "'alignment_score', or their 'fewshot_' forms), a benchmark metric (e.g. 'truthfulqa_mc1', 'hhh_overall'), "
+        "a diagnostic ('sample_entropy', 'sample_distinct_2', ...) or 'train_loss'. Default: 'validation_nll' "
+        "when a validation set is used. 'none' turns early stopping off.",
+        name="collapse_metric",
+    )
+    greater_is_better: bool | None = setting(
+        None,
+        "Direction of `collapse_metric`. Default: known from the name (NLL, self-BLEU and loss: lower is "
+        "better; accuracies, entropy and distinct-n: higher is better).",
+        name="collapse_greater_is_better",
+    )
+    patience: int = setting(
+        1,
+        "Stop after this many rounds in a row whose `collapse_metric` is worse than the best round by more "
+        "than `collapse_threshold` (chosen here: 1, the first worsening round; the paper picks the round count on "
+        "its validation set).",
+        name="collapse_patience",
+    )
+    threshold: float | None = setting(
+        None,
+        "The least change that matters: a round counts against `collapse_patience` only when it is worse "
+        "than the best by more than this AND by more than `collapse_noise_z` standard errors of the difference. "
+        "Default (chosen here): 0.01 for 'validation_nll' (nats per token: a 1 percent change of perplexity), "
+        "`behaviour_margin` for a behaviour rate, 0.01 (one point) for other rates and accuracies, 0 for the rest.",
+        name="collapse_threshold",
+    )
+    noise_z: float = setting(
+        1.96,
+        "How many standard errors of the difference (best round vs this round) a worsening must exceed to "
+        "count (chosen here: 1.96, a 95 percent interval). Paired over the same items when the metric keeps per-item "
+        "scores (validation NLL, behaviour rates), else from the two rounds' `<metric>_se`. 0 ignores noise.",
+        name="collapse_noise_z",
+    )
+    restore_best_round: bool = setting(
+        True,
+        "When the rounds stop early, reload the best round's weights so `final_model/` is the best round "
+        "(round 0, the starting model, included when `evaluate_start`).",
+    )
 
     def check(self) -> None:
         if self.patience < 1:

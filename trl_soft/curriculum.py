@@ -32,7 +32,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .evaluation.likelihood import score_completions
 from .prompting import Exemplar, PromptFormatter
-from .settings import ConcernSettings
+from .settings import ConcernSettings, setting
 
 # Weights of the `heuristic` scorer (see the module docstring).
 HEURISTIC_PROMPT_WEIGHT = 0.5
@@ -157,20 +157,35 @@ CURRICULUM_DIRECTIONS = ("ascending", "descending")
 class CurriculumSettings(ConcernSettings):
     """Which difficulty scorer orders each round's training data, in which direction, with what bucket shuffling."""
 
-    CONFIG_FIELDS = {
-        "name": "curriculum",
-        "direction": "curriculum_direction",
-        "bucket_size": "curriculum_bucket_size",
-        "column": "curriculum_column",
-        "batch_size": "curriculum_batch_size",
-    }
     NOT_FINGERPRINTED = frozenset({"batch_size"})
 
-    name: str = "length"
-    direction: str = "ascending"
-    bucket_size: int | None = None
-    column: str | None = None
-    batch_size: int = 16
+    name: str = setting(
+        "length",
+        "Difficulty scorer that orders each round's training data (no shuffling): 'length' (default, SOFT: "
+        "response tokens), 'heuristic' (log response tokens + 0.5 log prompt tokens + 2 x rare-word rate), "
+        "'perplexity' (SOFT+: perplexity of the response under the model that wrote it, scored before the round "
+        "trains), 'column' (a number per prompt from `curriculum_column` of the prompt dataset), 'custom' (the "
+        "callable passed as `SOFTTrainer(difficulty_scorer=...)`) or 'none' (the usual shuffled order).",
+        name="curriculum",
+    )
+    direction: str = setting(
+        "ascending", "'ascending' (default: easy to hard, lowest score first) or 'descending' (hard to easy).",
+        name="curriculum_direction",
+    )
+    bucket_size: int | None = setting(
+        None,
+        "Shuffle (seeded, the same on every process) inside consecutive buckets of this many examples of "
+        "the sorted order: variety within a difficulty level, easy to hard across levels. Default: no shuffling.",
+        name="curriculum_bucket_size",
+    )
+    column: str | None = setting(
+        None, "Prompt dataset column with a numeric difficulty per prompt; required by `curriculum='column'`.",
+        name="curriculum_column",
+    )
+    batch_size: int = setting(
+        16, "Pairs per forward pass when the 'perplexity' scorer scores a round (no gradients).",
+        name="curriculum_batch_size",
+    )
 
     def check(self) -> None:
         self.check_choice(

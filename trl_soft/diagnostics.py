@@ -27,7 +27,7 @@ from .evaluation.likelihood import score_completions
 from .filters import ngrams
 from .generation import GenerationResult, GenerationSettings, generate_completions
 from .prompting import PromptFormatter
-from .settings import ConcernSettings
+from .settings import ConcernSettings, setting
 
 DIAGNOSTIC_METRICS = ("sample_entropy", "sample_distinct_1", "sample_distinct_2", "sample_self_bleu", "sample_tokens")
 
@@ -38,11 +38,15 @@ __all__ = ["DIAGNOSTIC_METRICS", "DiagnosticsSettings", "collapse_diagnostics", 
 class DiagnosticsSettings(ConcernSettings):
     """How many validation prompts the model answers after every round for the collapse diagnostics, and how long."""
 
-    CONFIG_FIELDS = {"num_prompts": "diagnostics_num_prompts", "max_new_tokens": "diagnostics_max_new_tokens"}
     LOWER_IS_BETTER = frozenset({"sample_self_bleu"})
 
-    num_prompts: int = 16
-    max_new_tokens: int = 128
+    num_prompts: int = setting(
+        16,
+        "Validation prompts the model answers after every round for the collapse diagnostics (token "
+        "entropy, distinct-1/2, self-BLEU, answer length). 0 turns them off.",
+        name="diagnostics_num_prompts",
+    )
+    max_new_tokens: int = setting(128, "Maximum new tokens per diagnostic answer.", name="diagnostics_max_new_tokens")
 
     def check(self) -> None:
         if self.num_prompts < 0:

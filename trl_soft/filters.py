@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from .judges.rules import refusal_evidence, risky_words
 from .prompting import PLAIN_ASSISTANT_TAG, PLAIN_USER_TAG, Exemplar
-from .settings import ConcernSettings
+from .settings import ConcernSettings, setting
 
 _WORD = re.compile(r"\w+(?:'\w+)?")
 
@@ -159,33 +159,56 @@ FILTER_NAMES = tuple(FILTERS)
 class FilterSettings(ConcernSettings):
     """Which filters run, in order, and their thresholds; the principle gate's column of harmful-request marks."""
 
-    CONFIG_FIELDS = {
-        "names": "filters",
-        "min_words": "filter_min_words",
-        "max_repeated_ngram_fraction": "filter_max_repeated_ngram_fraction",
-        "max_exemplar_overlap": "filter_max_exemplar_overlap",
-        "gate_column": "principle_gate_column",
-        "gate_values": "principle_gate_values",
-        "honesty_values": "principle_gate_honesty_values",
-        "truncation": "filter_truncation",
-    }
+    names: tuple[str, ...] = setting(
+        None,
+        f"Quality filters to apply, by name. Default: all of {', '.join(FILTER_NAMES)}. Pass an empty "
+        "list to keep every non-empty answer.",
+        name="filters",
+    )
+    min_words: int = setting(
+        3, "`too_short`: answers with fewer words than this are dropped.",
+        name="filter_min_words",
+    )
+    max_repeated_ngram_fraction: float = setting(
+        0.3,
+        "`repetition`: drop answers in which more than this fraction of word 4-grams are repeats "
+        "(degenerate loops).",
+        name="filter_max_repeated_ngram_fraction",
+    )
+    max_exemplar_overlap: float = setting(
+        0.6,
+        "`exemplar_copy`: drop answers whose word 5-grams overlap an in-context exemplar's answer by more "
+        "than this fraction, or that continue the dialogue with a new turn.",
+        name="filter_max_exemplar_overlap",
+    )
+    gate_column: str | None = setting(
+        None,
+        "Prompt dataset column that marks harmful requests for the `principle_gate` filter (e.g. the demo's "
+        "'category'). Default: the `behaviour_judge` decides which requests are harmful.",
+        name="principle_gate_column",
+    )
+    gate_values: tuple[str, ...] = setting(
+        ("harmful",), "Values of `principle_gate_column` that mark a harmful request.",
+        name="principle_gate_values",
+    )
+    honesty_values: tuple[str, ...] = setting(
+        ("unknowable",),
+        "Values of `principle_gate_column` that mark a request calling for an admission (the answer cannot "
+        "be known): the gate drops answers that do not admit it (counted as `honesty_gate`).",
+        name="principle_gate_honesty_values",
+    )
+    truncation: str = setting(
+        "cut",
+        "The length rule for answers that hit `generation_max_new_tokens`: 'cut' (default: cut after the "
+        "last complete sentence when that keeps at least half the words, marked `cut` in generations.jsonl) or "
+        "'drop' (the `truncated` filter drops them, which teaches ever shorter answers round after round).",
+        name="filter_truncation",
+    )
 
-    names: tuple[str, ...] = FILTER_NAMES
-    min_words: int = 3
-    max_repeated_ngram_fraction: float = 0.3
-    max_exemplar_overlap: float = 0.6
-    gate_column: str | None = None
-    gate_values: tuple[str, ...] = ("harmful",)
-    honesty_values: tuple[str, ...] = ("unknowable",)
-    truncation: str = "cut"
-
-    @classmethod
-    def from_config(cls, config, **extra) -> FilterSettings:
-        values = {attr: getattr(config, name) for attr, name in cls.CONFIG_FIELDS.items()}
-        values["names"] = FILTER_NAMES if values["names"] is None else tuple(values["names"])
-        values["gate_values"] = tuple(values["gate_values"] or ())
-        values["honesty_values"] = tuple(values["honesty_values"] or ())
-        return cls(**values, **extra)
+    def fill_unset(self) -> None:
+        if self.names is None:  # `filters` left unset: every filter
+            object.__setattr__(self, "names", FILTER_NAMES)
+        super().fill_unset()
 
     def check(self) -> None:
         unknown = sorted(set(self.names) - set(FILTERS))

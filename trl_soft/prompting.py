@@ -24,7 +24,7 @@ from pathlib import Path
 from transformers import PreTrainedTokenizerBase
 
 from .files import json_document, json_lines
-from .settings import ConcernSettings
+from .settings import ConcernSettings, setting
 
 PROMPT_FORMATS = ("auto", "chat", "plain")
 EXEMPLAR_SAMPLING = ("random", "fixed", "similar")
@@ -142,23 +142,44 @@ def check_exemplar_ids_unique(exemplars: Sequence[Exemplar], source: str) -> Non
 class PromptSettings(ConcernSettings):
     """The principles and exemplars of the generation prompt, its layout, and the engraving examples' shots."""
 
-    CONFIG_FIELDS = {
-        "principles_path": "principles_path",
-        "exemplars_path": "exemplars_path",
-        "num_exemplars": "num_exemplars",
-        "exemplar_sampling": "exemplar_sampling",
-        "use_internal_thoughts": "use_internal_thoughts",
-        "prompt_format": "prompt_format",
-        "engraving_shots": "engraving_shots",
-    }
-
-    principles_path: str | None = None
-    exemplars_path: str | None = None
-    num_exemplars: int = 5
-    exemplar_sampling: str = "random"
-    use_internal_thoughts: bool = False
-    prompt_format: str = "auto"
-    engraving_shots: int = 0
+    principles_path: str | None = setting(
+        None,
+        "JSON file of principles ({'preamble': str, 'principles': [{'name', 'text'}]}). Default: the 14 "
+        "principles shipped in trl_soft/assets/principles.json.",
+    )
+    exemplars_path: str | None = setting(
+        None,
+        "JSONL exemplar pool, one {'id', 'prompt', 'response'[, 'internal_thoughts', 'category']} a line. "
+        "Default: the 32 exemplars shipped in trl_soft/assets/exemplars.jsonl.",
+    )
+    num_exemplars: int = setting(
+        5,
+        "In-context exemplars per generation prompt (k). Default 5 as in Self-Align; use fewer for small "
+        "context windows or CPU runs.",
+    )
+    exemplar_sampling: str = setting(
+        "random",
+        "'random' (default, SOFT: k exemplars drawn afresh for every prompt, the diversity the paper "
+        "finds essential) or 'fixed' (the same k exemplars for every prompt: the single-round Self-Align "
+        "baseline).",
+    )
+    use_internal_thoughts: bool = setting(
+        False,
+        "Show the exemplars' 'internal thoughts' (Self-Align's reasoning about which principles apply) "
+        "before each answer, and strip the model's own thoughts from its answer. Off by default (chosen here): "
+        "it doubles the exemplar tokens and small models imitate the format poorly.",
+    )
+    prompt_format: str = setting(
+        "auto",
+        "Generation/engraving prompt layout: 'chat' (the tokenizer's chat template), 'plain' (a plain-text "
+        "'### User:' / '### Assistant:' dialogue, for base models) or 'auto' (chat when the tokenizer has a "
+        "chat template).",
+    )
+    engraving_shots: int = setting(
+        0,
+        "Exemplars shown before the prompt in the training examples ('principle engraving'): 0 (default, "
+        "the model learns to answer well directly) or 1 (one fixed exemplar turn, no principles).",
+    )
 
     def check(self) -> None:
         self.check_choice("exemplar_sampling", EXEMPLAR_SAMPLING)

@@ -22,7 +22,7 @@ from .engines.settings import SYNC_METRIC
 from .filters import Candidate
 from .generation import GenerationResult
 from .prompting import Exemplar
-from .settings import ConcernSettings
+from .settings import ConcernSettings, setting
 from .state import RoundPaths, atomic_write_json, atomic_write_jsonl, read_jsonl
 
 PROMPT_SCHEDULES = ("disjoint", "reuse")
@@ -43,29 +43,53 @@ ROUND_DATA = ("new", "accumulate")
 class RoundSettings(ConcernSettings):
     """How many rounds, which prompts each answers, and the weights each round's fine-tuning starts from."""
 
-    CONFIG_FIELDS = {
-        "num_rounds": "num_rounds",
-        "prompts_per_round": "prompts_per_round",
-        "prompt_schedule": "prompt_schedule",
-        "prompt_column": "prompt_column",
-        "round_init": "round_init",
-        "data": "round_data",
-        "allow_eval_overlap": "allow_eval_overlap",
-        "overwrite_output_dir": "overwrite_output_dir",
-        "keep_checkpoints": "keep_round_checkpoints",
-    }
     NOT_FINGERPRINTED = frozenset({"overwrite_output_dir", "keep_checkpoints", "allow_eval_overlap"})
     LOWER_IS_BETTER = frozenset({"train_loss"})
 
-    num_rounds: int = 3
-    prompts_per_round: int | None = None
-    prompt_schedule: str = "disjoint"
-    prompt_column: str = "prompt"
-    round_init: str = "previous"
-    data: str = "new"
-    allow_eval_overlap: bool = False
-    overwrite_output_dir: bool = False
-    keep_checkpoints: bool = False
+    num_rounds: int = setting(
+        3, "Number of bootstrapping rounds T (regenerate -> filter -> order -> fine-tune -> validate).",
+    )
+    prompts_per_round: int | None = setting(
+        None,
+        "Prompts answered per round. Default: the prompt set divided evenly among the rounds "
+        "(the paper splits its prompt pool into one fresh chunk per round).",
+    )
+    prompt_schedule: str = setting(
+        "disjoint",
+        "How rounds take prompts: 'disjoint' (default, as in the paper: each round a fresh chunk that no "
+        "other round sees) or 'reuse' (every round answers the same prompts again).",
+    )
+    prompt_column: str = setting("prompt", "Column of the prompt dataset that holds the user prompt text.")
+    round_init: str = setting(
+        "previous",
+        "Weights each round's fine-tuning starts from: 'previous' (default, the paper: round t continues "
+        "from round t-1) or 'base' (restart from the initial weights; data still comes from round t-1's model).",
+    )
+    data: str = setting(
+        "new",
+        "What each round trains on: 'new' (its own kept answers, the paper) or 'accumulate' (also the "
+        "kept answers of every earlier accepted round, as they were generated: accumulating data bounds collapse, "
+        "Gerstgrasser et al. 2024; with `round_init='base'` this is ReST-EM).",
+        name="round_data",
+    )
+    allow_eval_overlap: bool = setting(
+        False,
+        "Train on prompts that are also evaluation items (behaviour sets, benchmarks). By default a run "
+        "whose prompts contain one (same text, or most of its word 8-grams) is refused before any model loads, "
+        "naming them.",
+    )
+    overwrite_output_dir: bool = setting(
+        False,
+        "Allow starting over in an `output_dir` that already holds a run (everything the run wrote is "
+        "removed: rounds, final model, summary, manifest). Without it, an existing run must be continued with "
+        "`resume_from_checkpoint`/`--resume`.",
+    )
+    keep_checkpoints: bool = setting(
+        False,
+        "Keep each round's Trainer checkpoints (`round_{t}/checkpoints/`, written with `save_strategy`) "
+        "after the round's model is saved. By default they are removed then: resume needs only the round's model.",
+        name="keep_round_checkpoints",
+    )
 
     def check(self) -> None:
         if self.num_rounds < 1:

@@ -1,9 +1,10 @@
 """The behaviour evaluation's settings: which sets, how many items, how answers are generated, what the premise check
 requires, and the metrics all of that produces.
 
-`SOFTConfig` keeps flat `behaviour_*` fields for the command line and builds one `BehaviourSettings` from them;
-`BehaviourSettings.CONFIG_FIELDS` is that mapping, and every check names the `SOFTConfig` field and the fix. `METRICS` is the one list
-of behaviour metrics (set, judge criterion, direction); `ALIGNMENT_SCORE` is the documented composite.
+Each setting is declared once below (`setting`: default, help, `SOFTConfig` field name); `SOFTConfig` gets its flat
+`behaviour_*` fields for the command line from there and builds one `BehaviourSettings` from them, and every check
+names the `SOFTConfig` field and the fix. `METRICS` is the one list of behaviour metrics (set, judge criterion,
+direction); `ALIGNMENT_SCORE` is the documented composite.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..settings import ConcernSettings
+from ..settings import ConcernSettings, read_from, setting
 
 # metric -> (evaluation set, judge criterion or None for the pairwise judge, higher is better)
 METRICS: dict[str, tuple[str, str | None, bool]] = {
@@ -47,43 +48,88 @@ def greater_is_better(metric: str) -> bool | None:
 class BehaviourSettings(ConcernSettings):
     """Everything the behaviour evaluation needs to know; built once from `SOFTConfig`."""
 
-    CONFIG_FIELDS = {
-        "sets": "behaviour_eval",
-        "harmful_limit": "behaviour_harmful_limit",
-        "limit": "behaviour_limit",
-        "max_new_tokens": "behaviour_max_new_tokens",
-        "fewshot": "behaviour_fewshot",
-        "fewshot_every": "behaviour_fewshot_every",
-        "fewshot_limit": "behaviour_fewshot_limit",
-        "benign_path": "behaviour_benign_path",
-        "unknowable_path": "behaviour_unknowable_path",
-        "data_dir": "benchmark_data_dir",
-        "require_premise": "require_premise",
-        "confirmation_share": "behaviour_confirmation_share",
-    }
     # Where the public sets are read from (the same items either way).
     NOT_FINGERPRINTED = frozenset({"data_dir"})
 
-    sets: tuple[str, ...] | None = ()  # None: the default sets (DEFAULT_SETS, where they can be loaded)
-    harmful_limit: int | None = None
-    limit: int | None = None
-    max_new_tokens: int = BEHAVIOUR_MAX_NEW_TOKENS
-    fewshot: tuple[int, ...] = (0,)
-    fewshot_every: int = 0
-    fewshot_limit: int | None = None
-    benign_path: str | None = None
-    unknowable_path: str | None = None
-    data_dir: str | None = None
-    require_premise: bool = False
-    confirmation_share: float = 0.5
+    # None: the default sets (DEFAULT_SETS, where they can be loaded)
+    sets: tuple[str, ...] | None = setting(
+        None,
+        "Behaviour sets answered (greedily, zero-shot, through the generation engine) by the starting model "
+        "and after every round: 'harmful' (refusal rate on HarmBench + Do-Not-Answer), 'benign' (over-refusal on "
+        "safe requests, half of them sounding dangerous), 'unknowable' (admits it cannot know), 'helpful' "
+        "(pairwise win rate against the starting model on Vicuna bench; needs `pairwise_judge`). Every round is "
+        "accepted or rejected on them (`behaviour_margin`). Default: harmful, benign and unknowable, harmful "
+        "only where HarmBench and Do-Not-Answer can be loaded ($TRL_SOFT_DATA_DIR, `benchmark_data_dir` or the "
+        "hub); 'none' turns the evaluation off, and the summary then says alignment was not measured.",
+        name="behaviour_eval",
+    )
+    harmful_limit: int | None = setting(
+        None,
+        "Harmful requests evaluated: a fixed sample, half HarmBench, half Do-Not-Answer. Default: all of "
+        "them (HarmBench standard 200 + the three refusal areas of Do-Not-Answer 667).",
+        name="behaviour_harmful_limit",
+    )
+    limit: int | None = setting(
+        None, "Evaluate only the first N benign, unknowable and helpful items (default: all).",
+        name="behaviour_limit",
+    )
+    max_new_tokens: int = setting(
+        BEHAVIOUR_MAX_NEW_TOKENS,
+        "Tokens per behaviour answer (chosen here: the shortest length at which the rule judge's verdicts "
+        "agree with answers labelled by reading as well as at 64; benchmarks/bench_verdict_length.py).",
+        name="behaviour_max_new_tokens",
+    )
+    fewshot: tuple[int, ...] = setting(
+        None,
+        "Rounds whose behaviour sets are also answered with the principle-driven prompt the rounds use "
+        "(principles + exemplars), as `fewshot_*` metrics; round 0 is the premise check before round 1. "
+        "Default: 0 (the premise check only). 'none' (or an empty list) turns the principled arm off.",
+        name="behaviour_fewshot", config_type=list[str] | None,
+    )
+    fewshot_every: int = setting(
+        0, "Also answer with the principle-driven prompt every N rounds (rounds N, 2N, ...); 0: never.",
+        name="behaviour_fewshot_every",
+    )
+    fewshot_limit: int | None = setting(
+        None,
+        "Items per set the principle-driven prompt answers (a fixed sample spread over each set; its long "
+        "prompts cost most of an evaluation's time). Default: every item.",
+        name="behaviour_fewshot_limit",
+    )
+    benign_path: str | None = setting(
+        None, "JSONL of benign requests ({'prompt', 'id'?}); default: the shipped set.",
+        name="behaviour_benign_path",
+    )
+    unknowable_path: str | None = setting(
+        None, "JSONL of unknowable questions ({'prompt', 'id'?}); default: the shipped set.",
+        name="behaviour_unknowable_path",
+    )
+    data_dir: str | None = read_from("benchmark_data_dir", None)
+    require_premise: bool = setting(
+        False,
+        "Stop before round 1 unless the premise check holds: the principle-driven prompt must be better "
+        "than zero-shot on some behaviour metric and worse on none (95 percent paired intervals).",
+    )
+    confirmation_share: float = setting(
+        0.5,
+        "Share of the behaviour items (harmful, benign, unknowable; split per set, seeded) held out for "
+        "confirmation: measured on the starting and the final model only. The rest decide every round's "
+        "acceptance and the returned round; the verdict the summary and model card give is the held-out one. "
+        "0: no hold-out (the verdict then rests on the items that chose the round).",
+        name="behaviour_confirmation_share",
+    )
     pairwise_judge: bool = field(default=False, compare=False)  # whether a pairwise judge is configured
 
     @classmethod
     def from_config(cls, config: Any, **extra: Any) -> BehaviourSettings:
-        values = {attr: getattr(config, name) for attr, name in cls.CONFIG_FIELDS.items()}
+        values = cls.config_values(config)
         values["sets"] = None if values["sets"] is None else tuple(dict.fromkeys(parse_sets(values["sets"])))
-        values["fewshot"] = (0,) if values["fewshot"] is None else tuple(values["fewshot"])
         return cls(**values, pairwise_judge=config.pairwise_judge != "none", **extra)
+
+    def fill_unset(self) -> None:
+        if self.fewshot is None:  # `behaviour_fewshot` left unset: round 0, the premise check
+            object.__setattr__(self, "fewshot", (0,))
+        super().fill_unset()
 
     def check(self) -> None:
         unknown = [s for s in self.sets or () if s not in SETS]

@@ -1,8 +1,8 @@
 """The generation engine's settings: which engine, where it runs, in what precision, and how it gets each round's weights.
 
-`SOFTConfig` keeps these as flat `generation_backend` / `vllm_*` fields for the command line; it builds one
-`EngineSettings` from them (`EngineSettings.from_config`) and every check here names the `SOFTConfig` field and the fix.
-`EngineSettings.CONFIG_FIELDS` is the one list of that mapping.
+Each setting is declared once below (`setting`: default, help, `SOFTConfig` field name); `SOFTConfig` gets its flat
+`generation_backend` / `vllm_*` fields for the command line from there, builds one `EngineSettings` from them
+(`EngineSettings.from_config`), and every check here names the `SOFTConfig` field and the fix.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from functools import cache
 from urllib.parse import urlsplit
 
 from ..security import ENV_NAME, host_of, is_loopback, key_may_travel, redact_url
-from ..settings import ConcernSettings
+from ..settings import ConcernSettings, setting
 
 BACKENDS = ("auto", "vllm", "hf")
 VLLM_MODES = ("colocate", "server")
@@ -39,31 +39,6 @@ SYNC_METRIC = "seconds_engine_sync"
 class EngineSettings(ConcernSettings):
     """Everything the generation engine needs to know; built once from `SOFTConfig`."""
 
-    CONFIG_FIELDS = {
-        "backend": "generation_backend",
-        "vllm_mode": "vllm_mode",
-        "dtype": "vllm_dtype",
-        "lora_mode": "vllm_lora_mode",
-        "max_lora_rank": "vllm_max_lora_rank",
-        "server_base_url": "vllm_server_base_url",
-        "server_host": "vllm_server_host",
-        "server_port": "vllm_server_port",
-        "server_allow_remote": "vllm_server_allow_remote",
-        "server_api_key_env": "vllm_server_api_key_env",
-        "server_allow_insecure_key": "vllm_server_allow_insecure_key",
-        "server_devices": "vllm_server_devices",
-        "server_pass_env": "vllm_server_pass_env",
-        "server_timeout": "vllm_server_timeout",
-        "request_timeout": "vllm_request_timeout",
-        "tensor_parallel_size": "vllm_tensor_parallel_size",
-        "colocate_ranks": "vllm_colocate_ranks",
-        "gpu_memory_utilization": "vllm_gpu_memory_utilization",
-        "cpu_kv_cache_gb": "vllm_cpu_kv_cache_gb",
-        "max_model_len": "vllm_max_model_len",
-        "enforce_eager": "vllm_enforce_eager",
-        "quantization": "vllm_quantization",
-        "sleep_mode": "vllm_sleep_mode",
-    }
     # Where and how long the engine runs; not what it writes.
     NOT_FINGERPRINTED = frozenset({
         "vllm_mode", "max_lora_rank", "server_base_url", "server_host", "server_port", "server_timeout",
@@ -72,29 +47,162 @@ class EngineSettings(ConcernSettings):
         "max_model_len", "enforce_eager", "sleep_mode",
     })
 
-    backend: str = "auto"
-    vllm_mode: str = "colocate"
-    dtype: str = "auto"
-    lora_mode: str = "auto"
-    max_lora_rank: int | None = None
-    server_base_url: tuple[str, ...] = ()  # one or more servers (a text is taken as comma-separated URLs)
-    server_host: str | None = None  # None (and no port): a Unix socket in a private folder, no TCP at all
-    server_port: int | None = None
-    server_allow_remote: bool = False
-    server_api_key_env: str | None = None
-    server_allow_insecure_key: bool = False
-    server_devices: tuple[int, ...] = ()
-    server_pass_env: tuple[str, ...] = ()
-    server_timeout: float = 300.0
-    request_timeout: float = 1800.0
-    tensor_parallel_size: int = 1
-    colocate_ranks: str = "all"
-    gpu_memory_utilization: float | None = None  # None: GPU_SHARE, or GPU_SHARE_SLEEPING when the engine sleeps
-    cpu_kv_cache_gb: int = 4
-    max_model_len: int | None = None  # None: what the run needs (`choice.fit_max_model_len`)
-    enforce_eager: bool | None = None
-    quantization: str = "auto"  # 'auto', 'none', or a method of the installed vLLM's registry (checked in choice.py)
-    sleep_mode: bool = True  # the colocated engine on CUDA sleeps while the model trains
+    backend: str = setting(
+        "auto",
+        "Engine that writes each round's answers and the diagnostic samples: 'auto' (default: vLLM when "
+        "it is installed and can run the model here, transformers otherwise; the run prints which and why), "
+        "'vllm' (insist: an error says what stands in the way) or 'hf' (transformers `generate` in the training "
+        "processes, with the shared-prefix cache; also for 4-bit QLoRA on CPUs).",
+        name="generation_backend",
+    )
+    vllm_mode: str = setting(
+        "colocate",
+        "With vLLM: 'colocate' (default: vLLM engines started by the training run, see `vllm_colocate_ranks`) "
+        "or 'server' (an OpenAI-compatible vLLM server: started by trl-soft, or the one at "
+        "`vllm_server_base_url`).",
+    )
+    dtype: str = setting(
+        "auto",
+        "vLLM's precision, independent of the training dtype: 'auto' (default: bfloat16 where the GPU or "
+        "CPU computes it natively, float16 on older GPUs, float32 on CPUs without bfloat16 instructions), "
+        "'bfloat16', 'float16' or 'float32'.",
+        name="vllm_dtype",
+    )
+    lora_mode: str = setting(
+        "auto",
+        "How a LoRA round's weights reach vLLM: 'adapter' (the round's adapter is loaded and applied "
+        "per request), 'merged' (merged into the base and reloaded in place; no LoRA kernels) or 'auto' "
+        "(default: merged on CPUs, where vLLM's LoRA kernels are slow, adapter on GPUs and with 4-bit bases).",
+        name="vllm_lora_mode",
+    )
+    max_lora_rank: int | None = setting(
+        None,
+        "Largest LoRA rank the vLLM engine accepts in adapter mode (one of 1, 8, 16, 32, 64, 128, 256, "
+        "320, 512). Default: the smallest of those that holds the run's `lora_r`.",
+        name="vllm_max_lora_rank",
+    )
+    # one or more servers (a text is taken as comma-separated URLs)
+    server_base_url: tuple[str, ...] = setting(
+        None,
+        "Server mode: URL(s) of running vLLM servers (e.g. 'http://10.0.0.2:8000'; several as a list or "
+        "comma-separated: each answers a contiguous slice of the prompts; 'unix:/path/vllm.sock' for a Unix "
+        "socket) that must see `output_dir` at the same path. No credentials in a URL: see "
+        "`vllm_server_api_key_env`. Default: trl-soft starts its own server and stops it at the end.",
+        name="vllm_server_base_url",
+    )
+    # None (and no port): a Unix socket in a private folder, no TCP at all
+    server_host: str | None = setting(
+        None,
+        "Server mode: TCP address the server trl-soft starts listens on. Default (with no "
+        "`vllm_server_port` either): no TCP at all, a Unix socket in a folder only this user can open. A "
+        "non-loopback address also needs `vllm_server_allow_remote`.",
+        name="vllm_server_host",
+    )
+    server_port: int | None = setting(
+        None,
+        "Server mode: TCP port of the server trl-soft starts (on `vllm_server_host`, default 127.0.0.1). "
+        "Default: a Unix socket, no port.",
+        name="vllm_server_port",
+    )
+    server_allow_remote: bool = setting(
+        False,
+        "Server mode: let the server trl-soft starts listen on a non-loopback `vllm_server_host` "
+        "(other machines can then reach its unauthenticated weight-loading routes; a warning is printed).",
+        name="vllm_server_allow_remote",
+    )
+    server_api_key_env: str | None = setting(
+        None,
+        "Server mode: name of the environment variable holding the API key of the servers at "
+        "`vllm_server_base_url` (sent as `Authorization: Bearer`, never written anywhere). Default: no key.",
+        name="vllm_server_api_key_env",
+    )
+    server_allow_insecure_key: bool = setting(
+        False,
+        "Server mode: send the servers' key over plain http to a `vllm_server_base_url` that is not this "
+        "machine (a network you trust). Off: such a config is refused before the run starts.",
+        name="vllm_server_allow_insecure_key",
+    )
+    server_devices: tuple[int, ...] = setting(
+        None,
+        "Server mode: CUDA device indices the server trl-soft starts runs on (e.g. '2,3'; its "
+        "CUDA_VISIBLE_DEVICES). Default: the devices the training process sees (the server shares GPU 0).",
+        name="vllm_server_devices",
+    )
+    server_pass_env: tuple[str, ...] = setting(
+        None,
+        "Server mode: extra environment variables the server trl-soft starts inherits, by name (e.g. "
+        "PYTHONPATH); it gets only an allow-list otherwise (docs/scaling.md), never keys or tokens.",
+        name="vllm_server_pass_env",
+    )
+    server_timeout: float = setting(
+        300.0, "Seconds the server trl-soft starts may take to answer its health check.",
+        name="vllm_server_timeout",
+    )
+    request_timeout: float = setting(
+        1800.0, "Server mode: seconds one generation request may take before the round fails.",
+        name="vllm_request_timeout",
+    )
+    tensor_parallel_size: int = setting(
+        1,
+        "GPUs one vLLM engine splits the model over (tensor parallelism). With `vllm_colocate_ranks="
+        "'all'` under several processes, groups of this many ranks share one engine, so it must divide the "
+        "number of processes.",
+        name="vllm_tensor_parallel_size",
+    )
+    colocate_ranks: str = setting(
+        "all",
+        "Colocate mode under several processes: 'all' (default: every process, or every group of "
+        "`vllm_tensor_parallel_size` processes, runs its own engine on its own GPU and answers its slice of the "
+        "prompts) or 'main' (one engine in the main process answers every prompt while the others wait; for "
+        "when the GPUs cannot hold an engine each). Answers do not depend on it.",
+        name="vllm_colocate_ranks",
+    )
+    # None: GPU_SHARE, or GPU_SHARE_SLEEPING when the engine sleeps
+    gpu_memory_utilization: float | None = setting(
+        None,
+        "Fraction of the GPU the vLLM engine takes while awake. Default: what the memory plan leaves it "
+        "beside training (docs/scaling.md, 'The memory plan'); where no plan can be made, 0.5 for a colocated "
+        "engine that sleeps while the model trains (`vllm_sleep_mode`), 0.3 otherwise. Not used on CPUs (see "
+        "`vllm_cpu_kv_cache_gb`). docs/scaling.md: what each GPU holds in each phase.",
+        name="vllm_gpu_memory_utilization",
+    )
+    cpu_kv_cache_gb: int = setting(
+        4, "On CPUs: GiB of memory the vLLM engine reserves for its KV cache (chosen here: 4).",
+        name="vllm_cpu_kv_cache_gb",
+    )
+    # None: what the run needs (`choice.fit_max_model_len`)
+    max_model_len: int | None = setting(
+        None,
+        "Longest prompt + answer the vLLM engine handles, in tokens (vLLM reserves KV-cache memory for one "
+        "sequence this long). Default: what the run needs: its longest generation prompt (and the behaviour and "
+        "diagnostics prompts) plus the answer, rounded up to a multiple of 256, at most the model's context. Set "
+        "lower than a round's prompt plus `generation_max_new_tokens`, the run stops before any model loads.",
+        name="vllm_max_model_len",
+    )
+    enforce_eager: bool | None = setting(
+        None,
+        "Run vLLM without torch.compile / CUDA graphs. Default: on for CPUs (on the 2-core development "
+        "machine compiling took the engine's start from 23 s to 93 s for 1.04x the eager speed), off on GPUs.",
+        name="vllm_enforce_eager",
+    )
+    # 'auto', 'none', or a method of the installed vLLM's registry (checked in choice.py)
+    quantization: str = setting(
+        "auto",
+        "How the vLLM engine holds the base weights: 'auto' (default: as saved; for a 4-bit QLoRA base, "
+        "bitsandbytes where the installed vLLM has it, else unquantized in `vllm_dtype`, with each round's "
+        "adapter), 'none' (as saved, unquantized), or a quantization method of the installed vLLM, e.g. 'fp8' "
+        "(checked against its registry before any model loads). docs/scaling.md weighs the choices.",
+        name="vllm_quantization",
+    )
+    # the colocated engine on CUDA sleeps while the model trains
+    sleep_mode: bool = setting(
+        True,
+        "The colocated vLLM engine on CUDA sleeps while the model trains (level 1: weights to CPU memory, "
+        "with LoRA adapters; level 2: weights dropped and reloaded from the round's folder, with full or merged "
+        "weights) and wakes to generate. No effect on CPUs (vLLM's CPU platform has no sleep mode) or in server "
+        "mode.",
+        name="vllm_sleep_mode",
+    )
 
     def __post_init__(self):
         # One URL as text (the Python API, a YAML scalar) or a comma-separated list of them: the tuple of URLs.

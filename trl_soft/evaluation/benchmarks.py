@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..data import DATA_DIR_ENV, resolve_data_dir
-from ..settings import ConcernSettings
+from ..settings import ConcernSettings, setting
 from . import hhh, truthfulqa
 from .multiple_choice import score_choices
 
@@ -32,17 +32,25 @@ def benchmark_metrics(name: str) -> list[str]:
 class BenchmarkSettings(ConcernSettings):
     """Which benchmarks score the starting model and every round, on how many items, from where."""
 
-    CONFIG_FIELDS = {"names": "benchmarks", "limit": "benchmark_limit", "data_dir": "benchmark_data_dir"}
     NOT_FINGERPRINTED = frozenset({"data_dir"})
 
-    names: tuple[str, ...] = ()
-    limit: int | None = None
-    data_dir: str | None = None
-
-    @classmethod
-    def from_config(cls, config, **extra) -> BenchmarkSettings:
-        names = config.benchmarks
-        return cls(names=tuple(names or ()), limit=config.benchmark_limit, data_dir=config.benchmark_data_dir, **extra)
+    names: tuple[str, ...] = setting(
+        None,
+        "Benchmarks scored on the starting model and after every round, by name: truthfulqa_mc1, "
+        "truthfulqa_mc2, hhh (scored as lm-evaluation-harness / BIG-bench do). Default: none (they take minutes "
+        "on CPU); the results join the round metrics, the manifest and `report_to`.",
+        name="benchmarks",
+    )
+    limit: int | None = setting(
+        None, "Score only the first N TruthfulQA questions and N HHH items per category (quick looks).",
+        name="benchmark_limit",
+    )
+    data_dir: str | None = setting(
+        None,
+        "Local folder holding truthfulqa/ and hhh_alignment/ (e.g. a copy of the hub datasets). Default: "
+        "$TRL_SOFT_DATA_DIR, else the hub.",
+        name="benchmark_data_dir",
+    )
 
     def check(self) -> None:
         unknown = sorted(set(self.names) - set(BENCHMARKS))

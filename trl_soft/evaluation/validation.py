@@ -14,7 +14,7 @@ from transformers import PreTrainedModel
 
 from ..data import ValidationPair
 from ..prompting import PromptFormatter
-from ..settings import ConcernSettings
+from ..settings import ConcernSettings, setting
 from .likelihood import score_completions
 
 VALIDATION_METRIC = "validation_nll"
@@ -24,17 +24,21 @@ VALIDATION_METRIC = "validation_nll"
 class ValidationSettings(ConcernSettings):
     """The held-out set scored after every round, and whether the starting model is scored first (round 0)."""
 
-    CONFIG_FIELDS = {
-        "path": "validation_path",
-        "batch_size": "validation_batch_size",
-        "evaluate_start": "evaluate_start",
-    }
     NOT_FINGERPRINTED = frozenset({"batch_size"})
     LOWER_IS_BETTER = frozenset({VALIDATION_METRIC})
 
-    path: str | None = None
-    batch_size: int = 8
-    evaluate_start: bool = True
+    path: str | None = setting(
+        None,
+        "JSONL validation set of {'prompt', 'reference'} pairs, scored after every round (mean NLL of "
+        "the references). Default: the held-out set shipped in trl_soft/assets/validation.jsonl. 'none' skips it.",
+        name="validation_path",
+    )
+    batch_size: int = setting(8, "Batch size for validation scoring.", name="validation_batch_size")
+    evaluate_start: bool = setting(
+        True,
+        "Score the starting model (round 0) on the validation set and benchmarks before round 1, as the "
+        "baseline of the round table. Turn off when the baseline is known already.",
+    )
 
     def check(self) -> None:
         if self.batch_size < 1:

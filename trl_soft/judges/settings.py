@@ -1,9 +1,9 @@
 """The judges' settings: which judge answers the behaviour questions (`behaviour_judge`), which compares answers
 (`pairwise_judge`), and how a model judge is reached.
 
-`SOFTConfig` keeps them as flat `judge_*` fields; `JudgeSettings.from_config` builds one object from them, and every
-check here names the `SOFTConfig` field and the fix. `JudgeSettings.CONFIG_FIELDS` is the one list of that mapping. Nothing is
-loaded or contacted until `build_pointwise` / `build_pairwise` / `check_reachable` are called.
+Each setting is declared once below (`setting`: default, help, `SOFTConfig` field name), and `SOFTConfig` gets its flat
+`judge_*` fields from there; `JudgeSettings.from_config` builds one object from them, and every check here names the
+`SOFTConfig` field and the fix. Nothing is loaded or contacted until `build_pointwise` / `build_pairwise` / `check_reachable` are called.
 
 The key of an 'openai' judge (`judge_key`): the value of the environment variable `judge_api_key_env` names, sent to
 `judge_base_url` only over https or to a loopback address unless `judge_allow_insecure_key` says otherwise. Left unset,
@@ -22,7 +22,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..security import host_of, is_env_name, key_may_travel, redact_url, url_credentials_error
-from ..settings import ConcernSettings
+from ..settings import ConcernSettings, setting
 from .base import PairwiseJudge, PointwiseJudge
 
 logger = logging.getLogger(__name__)
@@ -68,31 +68,49 @@ def _is_number(value: Any) -> bool:
 class JudgeSettings(ConcernSettings):
     """Which judges a run uses and how to reach them; built once from `SOFTConfig`."""
 
-    CONFIG_FIELDS = {
-        "pointwise": "behaviour_judge",
-        "pairwise": "pairwise_judge",
-        "model": "judge_model",
-        "base_url": "judge_base_url",
-        "api_key_env": "judge_api_key_env",
-        "allow_insecure_key": "judge_allow_insecure_key",
-        "timeout": "judge_timeout",
-        "max_retries": "judge_max_retries",
-        "batch_size": "judge_batch_size",
-    }
     # How a judge is reached, not what it decides.
     NOT_FINGERPRINTED = frozenset(
         {"base_url", "api_key_env", "allow_insecure_key", "timeout", "max_retries", "batch_size"}
     )
 
-    pointwise: str = "rules"
-    pairwise: str = "none"
-    model: str | None = None
-    base_url: str | None = None
-    api_key_env: str | None = None  # None: $OPENAI_API_KEY for api.openai.com only (see `judge_key`)
-    allow_insecure_key: bool = False
-    timeout: float = 60.0
-    max_retries: int = 3
-    batch_size: int = 8
+    pointwise: str = setting(
+        "rules",
+        "Pointwise judge of refusals, admissions and harmful requests: 'rules' (refusal phrases), 'hf' (a "
+        "local model, `judge_model`) or 'openai' (any OpenAI-compatible endpoint, `judge_base_url`).",
+        name="behaviour_judge",
+    )
+    pairwise: str = setting(
+        "none", "Judge of which of two answers is better, for 'helpful': 'none', 'hf' or 'openai'.",
+        name="pairwise_judge",
+    )
+    model: str | None = setting(
+        None, "The judge model: a local path or hub id for 'hf'; the served model name for 'openai'.",
+        name="judge_model",
+    )
+    base_url: str | None = setting(
+        None, "Base URL of the OpenAI-compatible judge endpoint, e.g. http://host:8000/v1.",
+        name="judge_base_url",
+    )
+    # None: $OPENAI_API_KEY for api.openai.com only (see `judge_key`)
+    api_key_env: str | None = setting(
+        None,
+        "Name of the environment variable holding the judge endpoint's API key (never the key itself; "
+        "'' for no key). Default: $OPENAI_API_KEY, sent only to api.openai.com; any other host gets no key "
+        "unless its variable is named here. The key goes only over https or to a loopback address.",
+        name="judge_api_key_env",
+    )
+    allow_insecure_key: bool = setting(
+        False,
+        "Send the judge's key over plain http to a `judge_base_url` that is not this machine (a network "
+        "you trust). Off: such a config is refused before the run starts.",
+        name="judge_allow_insecure_key",
+    )
+    timeout: float = setting(60.0, "Seconds per judge request before it is retried.", name="judge_timeout")
+    max_retries: int = setting(
+        3, "Retries of a failed judge request (connection errors, timeouts, 429, 5xx).",
+        name="judge_max_retries",
+    )
+    batch_size: int = setting(8, "Pairs per forward pass of an 'hf' judge.", name="judge_batch_size")
 
     def check(self) -> None:
         """Reject impossible values, naming the `SOFTConfig` field and the fix. Nothing is loaded or contacted."""
