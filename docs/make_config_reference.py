@@ -1,4 +1,5 @@
-"""Regenerate the field table in docs/configuration.md from SOFTConfig's own help texts.
+"""Regenerate the field table in docs/configuration.md from the settings the concerns declare (`setting(...)` in each
+settings class of `CONCERNS`; `SOFTConfig`'s own fields are generated from the same declarations).
 
     python docs/make_config_reference.py          # rewrite the table
     python docs/make_config_reference.py --check  # exit 1 if the doc is out of date (the test suite runs this)
@@ -14,6 +15,7 @@ from trl import SFTConfig
 
 from trl_soft import SOFTConfig
 from trl_soft.config import CONCERNS
+from trl_soft.settings import config_settings
 
 DOC = Path(__file__).with_name("configuration.md")
 BEGIN, END = "<!-- BEGIN SOFTConfig fields -->", "<!-- END SOFTConfig fields -->"
@@ -21,17 +23,21 @@ BEGIN, END = "<!-- BEGIN SOFTConfig fields -->", "<!-- END SOFTConfig fields -->
 
 def field_table() -> str:
     inherited = {f.name for f in dataclasses.fields(SFTConfig)}
-    owner: dict[str, str] = {}
+    declared = {entry.name: (concern, settings, entry) for concern, settings in CONCERNS.items()
+                for entry in config_settings(settings)}
+    readers: dict[str, list[str]] = {}
     for concern, settings in CONCERNS.items():
         for name in settings.CONFIG_FIELDS.values():
-            owner.setdefault(name, f"{concern} (`{settings.__name__}`)")
+            if name in declared and declared[name][0] != concern:
+                readers.setdefault(name, []).append(concern)
     rows = ["| field | default | concern | what it does |", "|---|---|---|---|"]
     for f in dataclasses.fields(SOFTConfig):
         if f.name in inherited:
             continue
-        default = f.default if f.default is not dataclasses.MISSING else None
-        text = f.metadata.get("help", "").replace("|", "\\|")
-        rows.append(f"| `{f.name}` | `{default!r}` | {owner.get(f.name, '')} | {text} |")
+        concern, settings, entry = declared[f.name]
+        owner = f"{concern} (`{settings.__name__}`)" + "".join(f"; read by {r} too" for r in readers.get(f.name, ()))
+        text = entry.help.replace("|", "\\|")
+        rows.append(f"| `{f.name}` | `{entry.value!r}` | {owner} | {text} |")
     return "\n".join(rows)
 
 

@@ -3,13 +3,20 @@ one table of impossible values (every concern's, and the checks that need two co
 `SOFTConfig` is built with an error naming the field; every `SOFTConfig` field belonging to a concern; the fingerprint
 a resumed run is matched by; the metrics a configuration produces, and which way each is better."""
 
-from dataclasses import fields
+import ast
+from collections import Counter
+from dataclasses import MISSING, fields
+from pathlib import Path
 
 import pytest
 from trl import SFTConfig
 
+import trl_soft
 from trl_soft import SOFTConfig
+from trl_soft.behaviour.settings import BehaviourSettings
 from trl_soft.config import CONCERNS
+from trl_soft.generation import GenerationSettings
+from trl_soft.settings import CONFIG, DECLARED, config_settings, config_type
 
 from .conftest import tiny_config
 
@@ -204,9 +211,89 @@ NOT_FINGERPRINTED = {
 
 def test_every_field_soft_config_adds_belongs_to_a_concern():
     named = {name for concern in CONCERNS.values() for name in concern.CONFIG_FIELDS.values()}
-    assert set(OWN_FIELDS) - named == set(), "add these fields to a concern's CONFIG_FIELDS"
+    assert set(OWN_FIELDS) - named == set(), "declare these fields in a concern, with `setting`"
     assert named <= {f.name for f in fields(SOFTConfig)}, "CONFIG_FIELDS names a field SOFTConfig lacks"
     assert {"vllm_server_port", "judge_timeout", "generation_batch_size"} <= NOT_FINGERPRINTED
+
+
+# ---- each setting declared once: in its concern, with `setting(...)`; SOFTConfig's fields are generated from it -------
+PACKAGE = Path(trl_soft.__file__).parent
+# Attributes that share a SOFTConfig field's name but are not that setting: `trl-soft eval --benchmarks` (another
+# command's argument; it scores all three by default, a run none) and whether a pairwise judge is configured (passed
+# to `BehaviourSettings.from_config`, a bool, not the `pairwise_judge` setting).
+OTHER_ATTRIBUTES = {("scripts/evaluate.py", "benchmarks"), ("behaviour/settings.py", "pairwise_judge")}
+
+
+def _declarations() -> list[tuple[str, str, str]]:
+    """(SOFTConfig field, 'setting' or 'read_from' or 'default', where) for every class attribute in the package's
+    source whose SOFTConfig name is one of SOFTConfig's own fields, and every hand-written `CONFIG_FIELDS`."""
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        where = path.relative_to(PACKAGE).as_posix()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.Assign, ast.AnnAssign)):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                written = isinstance(node.value, ast.Dict)  # (ConcernSettings derives it: `_ConfigFields()`)
+                if written and any(isinstance(t, ast.Name) and t.id == "CONFIG_FIELDS" for t in targets):
+                    found.append(("CONFIG_FIELDS", "mapping", f"{where}:{node.lineno}"))
+            if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value is not None):
+                continue
+            call = node.value if isinstance(node.value, ast.Call) else None
+            kind = getattr(call.func, "id", None) if call else None
+            if kind == "setting":
+                name = next((k.value.value for k in call.keywords if k.arg == "name"), node.target.id)
+                found.append((name, "setting", f"{where}:{node.lineno}"))
+            elif kind == "read_from":
+                found.append((call.args[0].value, "read_from", f"{where}:{node.lineno}"))
+            elif node.target.id in OWN_FIELDS and (where, node.target.id) not in OTHER_ATTRIBUTES:
+                found.append((node.target.id, "default", f"{where}:{node.lineno}"))
+    return found
+
+
+def test_each_setting_is_declared_once_in_the_source():
+    found = _declarations()
+    declared = Counter(name for name, kind, _ in found if kind == "setting")
+    assert sorted(declared) == OWN_FIELDS, "every SOFTConfig field comes from one `setting(...)` in a concern"
+    assert {name for name, count in declared.items() if count > 1} == set(), "a setting declared twice"
+    elsewhere = [(name, where) for name, kind, where in found if kind in ("default", "mapping")]
+    assert elsewhere == [], "a default (or the mapping to SOFTConfig) written outside the setting's declaration"
+    read = {name for name, kind, _ in found if kind == "read_from"}
+    assert read <= set(declared) | {f.name for f in fields(SFTConfig)}
+    config_class = next(node for node in ast.parse((PACKAGE / "config.py").read_text(encoding="utf-8")).body
+                        if isinstance(node, ast.ClassDef) and node.name == "SOFTConfig")
+    assert not [n for n in config_class.body if isinstance(n, ast.AnnAssign)], "SOFTConfig declares no field itself"
+
+
+def test_soft_config_fields_are_the_concerns_settings_by_construction(tmp_path):
+    own = {f.name: f for f in fields(SOFTConfig) if f.name in OWN_FIELDS}
+    for concern in CONCERNS.values():
+        for entry in config_settings(concern):
+            f = own.pop(entry.name)
+            default = f.default_factory() if f.default_factory is not MISSING else f.default
+            assert (SOFTConfig.__annotations__[f.name], default, f.metadata["help"]) == (entry.type, entry.value, entry.help)
+            assert entry.help, f"`{entry.name}` has no help"
+    assert own == {}
+    # what a concern reads from a field declared elsewhere has that field's default
+    defaults = {f.name: f.default for f in fields(SOFTConfig) if f.default is not MISSING}
+    for concern in CONCERNS.values():
+        for f in fields(concern):
+            if CONFIG in f.metadata and not f.metadata[DECLARED]:
+                assert f.default == defaults[f.metadata[CONFIG]], (concern.__name__, f.name)
+    # and a concern built without a config is the one a default SOFTConfig builds
+    built = SOFTConfig(output_dir=str(tmp_path), report_to="none").settings.concerns()
+    assert {name: concern() for name, concern in CONCERNS.items()} == built
+
+
+def test_config_fields_are_derived_from_the_settings():
+    from trl_soft.rounds import RoundSettings
+
+    assert RoundSettings.CONFIG_FIELDS["data"] == "round_data"  # named by its setting
+    assert RoundSettings.CONFIG_FIELDS["num_rounds"] == "num_rounds"  # the attribute's own name
+    assert GenerationSettings.CONFIG_FIELDS["seed"] == "seed"  # read from SFTConfig's field
+    assert "pairwise_judge" not in BehaviourSettings.CONFIG_FIELDS  # passed to `from_config`, not a setting
+    assert config_type(tuple[str, ...], None) == list[str] | None
+    assert config_type(tuple[int, ...], ()) == list[int]
+    assert config_type(int | None, None) == int | None
 
 
 # A valid value other than the default, for the fields whose default does not say what else is valid (choices,
