@@ -1,5 +1,6 @@
-"""`trl_soft.config`: `SOFTConfig`'s defaults, what it derives from them, and the command line and YAML that fill it. Every impossible value, of every concern,
-is in the one table of tests/test_settings.py, with the fingerprint, the metric names and the metric directions."""
+"""`trl_soft.config`: `SOFTConfig`'s defaults, what it derives from them, and the command line and YAML that fill it.
+Every impossible value, of every concern, is in the one table of tests/test_settings.py, with the fingerprint, the
+metric names and the metric directions."""
 
 import torch
 
