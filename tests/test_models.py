@@ -13,6 +13,7 @@ from trl_soft import SOFTTrainer, load_model_and_tokenizer
 from trl_soft.models import (
     CONVERSION_MARKER,
     CONVERSION_VERSION,
+    EMBEDDED_HUB_ID,
     EMBEDDED_INSTALL,
     _is_current,
     adapter_base_model,
@@ -23,6 +24,7 @@ from trl_soft.models import (
     eval_mode,
     gguf_special_token_ids,
     pad_id,
+    resolve_model_path,
 )
 from trl_soft.state import SOFTState, read_jsonl
 
@@ -167,3 +169,16 @@ def test_one_round_on_the_embedded_model_with_lora(tmp_path):
     assert (tmp_path / "out" / "round_1" / "model" / "adapter_model.safetensors").is_file()
     history = state.history[0]
     assert history["validation_nll"] < 10 and state.base_metrics["validation_nll"] < 10
+
+
+def test_the_embedded_hub_id_resolves_to_the_embedded_copy_when_the_hub_cannot_be_reached(monkeypatch, tmp_path,
+                                                                                          smol_path):
+    """A demo adapter names its base by hub id; on a machine without a network and without `HF_HUB_OFFLINE` set, the
+    embedded conversion of the same model is loaded instead of failing on the hub (a closed local port here)."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-hub-cache"))
+    assert Path(resolve_model_path(EMBEDDED_HUB_ID)).resolve() == Path(smol_path).resolve()
+    assert resolve_model_path(str(smol_path)) == str(smol_path)  # a folder is never looked up on the hub

