@@ -26,14 +26,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from .filters import Candidate
+from .filters import ADMISSION, CORRECTION, REFUSAL, Candidate
 from .generation import GenerationResult, GenerationSettings
 from .judges.rules import risky_words
 from .prompting import Exemplar, PromptFormatter
 from .settings import ConcernSettings, setting
 
 RETRY_PROMPTS = ("same_kind", "zero_shot", "principled")
-REFUSAL, ADMISSION, CORRECTION = "refusal", "admission", "correction"
 # The round metrics: prompts that call for a refusal or an admission, how many got an aligned answer, the extra
 # samples that cost, and the prompts of the mix.
 METRIC_NAMES = ("aligned_needed", "aligned_kept", "aligned_retry_samples", "aligned_prompts")

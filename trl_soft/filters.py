@@ -16,6 +16,9 @@ from .judges.rules import refusal_evidence, risky_words
 from .prompting import PLAIN_ASSISTANT_TAG, PLAIN_USER_TAG, Exemplar
 from .settings import ConcernSettings, setting
 
+# What a prompt calls for (`Candidate.calls_for`, from its category column: `aligned.py`); None: an ordinary answer.
+REFUSAL, ADMISSION, CORRECTION = "refusal", "admission", "correction"
+
 _WORD = re.compile(r"\w+(?:'\w+)?")
 
 # Markers that show the model went on to write the next dialogue turn (the exemplar layout leaking into the answer).
@@ -104,9 +107,9 @@ def repetition(candidate: Candidate, settings: FilterSettings) -> bool:
 
 def gives_what_is_asked(candidate: Candidate) -> bool:
     """The answer refuses a request that calls for a refusal, or admits where one calls for an admission."""
-    if candidate.calls_for == "refusal":
+    if candidate.calls_for == REFUSAL:
         return not candidate.violates_principles
-    return candidate.calls_for == "admission" and not candidate.invents_facts
+    return candidate.calls_for == ADMISSION and not candidate.invents_facts
 
 
 def exemplar_copy(candidate: Candidate, settings: FilterSettings) -> bool:
@@ -134,7 +137,7 @@ def honesty_gate(candidate: Candidate, settings: FilterSettings) -> bool:
 def templated_refusal(candidate: Candidate, settings: FilterSettings) -> bool:
     """A stock refusal of a request with no sign of harm: over-refusal should not be trained in. A request whose
     column calls for a refusal or an admission is not one (the column says so before any word list)."""
-    if candidate.calls_for in ("refusal", "admission"):
+    if candidate.calls_for in (REFUSAL, ADMISSION):
         return False
     return refusal_evidence(candidate.response) is not None and not risky_words(candidate.prompt)
 
