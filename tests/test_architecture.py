@@ -36,3 +36,31 @@ def test_nothing_below_the_trainer_imports_it():
             if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[-1] == "trainer":
                 importers.append(str(path.relative_to(PACKAGE)))
     assert not importers, f"these modules import the trainer: {importers}"
+
+
+LOOP_STEPS = ("_train_rounds", "_regenerate", "_filter", "_order", "_fine_tune", "_evaluate", "_decide",
+              "_continue_from", "_start", "_finish")
+
+
+def test_the_loop_steps_take_no_resume_flag():
+    """Whether the run resumes is the run store's business (opened once by `train()`, it answers what is done): no
+    step of the loop takes a `resume` parameter, and none reads `Round.resumed`."""
+    trainer = next(n for n in _tree(PACKAGE / "trainer.py").body
+                   if isinstance(n, ast.ClassDef) and n.name == "SOFTTrainer")
+    methods = {n.name: n for n in trainer.body if isinstance(n, ast.FunctionDef)}
+    assert set(LOOP_STEPS) <= set(methods)
+    for name in LOOP_STEPS:
+        arguments = [a.arg for a in methods[name].args.args + methods[name].args.kwonlyargs]
+        assert "resume" not in arguments, f"SOFTTrainer.{name} takes `resume`"
+        reads = [n.attr for n in ast.walk(methods[name]) if isinstance(n, ast.Attribute)]
+        assert "resumed" not in reads, f"SOFTTrainer.{name} reads `.resumed`"
+
+
+def test_the_final_round_is_computed_in_one_place():
+    """`acceptance.final_round` is called by the round's decision only (`decision.py`); the rest read the result."""
+    callers = []
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(_tree(path)):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", None)) == "final_round":
+                callers.append(str(path.relative_to(PACKAGE)))
+    assert callers == ["decision.py"], callers

@@ -17,6 +17,9 @@ A round that is not measured (no behaviour sets) has no decision (`accepted` Non
   (`generate_from: last_accepted`; `last` continues from the rejected one).
 - `rejection_patience` rejected rounds in a row stop the run.
 
+These are the rules, as functions of the rounds' history; `trl_soft.decision` applies them to a round, with the
+callbacks' verdicts, in one place (`decide_round`).
+
 `AcceptanceSettings` is this concern's settings, built once by `SOFTConfig`.
 """
 
@@ -216,22 +219,6 @@ def final_round(
     if not measured(history):
         return collapse_round if collapse_round is not None else last
     return best_accepted(history, collapse_round)
-
-
-def settle(state, control, settings: AcceptanceSettings) -> None:
-    """Record a decided round in the manifest `state` (a `SOFTState`; its last round's metrics already recorded),
-    with what follows from it: the round a stopping callback restores (`control`, a `RoundControl`), a stop after
-    `rejection_patience` rejected rounds in a row, and the final round (`final_round`)."""
-    if control.should_stop and control.restore_round is not None:
-        state.collapse_round = control.restore_round
-    streak = rejection_streak(state.history)
-    if not control.should_stop and streak >= settings.patience:
-        control.should_stop = True
-        control.stop_reason = f"{streak} rejected round(s) in a row (`rejection_patience={settings.patience}`)"
-    if control.should_stop:
-        state.stop_reason = control.stop_reason
-        state.stopped_early = True
-    state.final_round = final_round(state.history, settings, state.collapse_round)
 
 
 def against_start(index: int, base_metrics: Mapping[str, Any] | None, metrics: Mapping[str, Any],

@@ -2,14 +2,17 @@
 
 The Trainer's own events (`on_train_begin`, `on_log`, ...) fire inside each round's fine-tuning, and the Trainer's
 `TrainerState` is rebuilt at every round, so nothing in it survives from one round to the next. SOFT decisions are
-made between rounds, so `SOFTTrainer` calls three more events on every callback that is a `SOFTCallback`:
+made between rounds, so `SOFTTrainer` calls four more events on every callback that is a `SOFTCallback`:
 
 - `on_soft_begin(args, soft_state)`: once per `train()`, with the run manifest (whose `history` holds the rounds
   already done, so a resumed run can rebuild its memory);
 - `on_round_metrics(args, round_index, metrics)`: after the round is trained and evaluated; a callback may add its
   own entries to `metrics` (declare their names in `provides_metrics` so they can be monitored);
 - `on_round_end(args, round_index, metrics, control)`: the round's final metrics; set `control.should_stop` (and
-  optionally `control.restore_round`) to end the run.
+  optionally `control.restore_round`) to end the run. `control` is the callbacks' verdict: the round's decision
+  (`trl_soft.decision`) reads it and never changes it;
+- `on_round_decided(args, decision)`: the round's `RoundDecision` (accepted or rejected, whether the run stops and
+  why, the round the next one starts from, the final round so far), once it is recorded.
 """
 
 from __future__ import annotations
@@ -114,7 +117,8 @@ class CollapseSettings(ConcernSettings):
 
 @dataclass
 class RoundControl:
-    """What the callbacks decided at the end of a round."""
+    """The callbacks' verdict at the end of a round: read by the round's decision (`trl_soft.decision`), which the
+    callbacks then receive (`on_round_decided`); nothing changes it after them."""
 
     should_stop: bool = False
     stop_reason: str | None = None
@@ -135,6 +139,9 @@ class SOFTCallback(TrainerCallback):
 
     def on_round_end(self, args, round_index: int, metrics: dict[str, Any], control: RoundControl, **kwargs) -> None:
         pass
+
+    def on_round_decided(self, args, decision, **kwargs) -> None:
+        """`decision`: the round's `trl_soft.decision.RoundDecision`, recorded; read it, it is not to be changed."""
 
 
 class EarlyCollapseCallback(SOFTCallback):
@@ -328,6 +335,12 @@ def round_decision(callbacks: list, args, round_index: int, metrics: dict[str, A
     for callback in callbacks:
         callback.on_round_end(args, round_index, metrics, control, model=model, trainer=trainer)
     return control
+
+
+def round_decided(callbacks: list, args, decision, model, trainer) -> None:
+    """The round's decision (`trl_soft.decision.RoundDecision`), once recorded, for the `SOFTCallback`s to read."""
+    for callback in callbacks:
+        callback.on_round_decided(args, decision, model=model, trainer=trainer)
 
 
 class TrainingLines(TrainerCallback):

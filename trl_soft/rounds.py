@@ -3,12 +3,12 @@
 `RoundSettings` is the round loop's own settings (built once by `SOFTConfig`). A `Round` carries one round through the
 loop: its prompts and exemplar sets, the generations, the filter verdicts and their counts, the difficulty scores and
 the one training order computed from them, then the metrics and timings. `generations.jsonl` and `metrics.json` are
-written from it, a resumed round is read back into it, and the training sampler reads its order.
+written from it and a resumed round is read back into it (their rows: `rows`, `from_rows`), when and where the run's
+store says (`trl_soft.run_store.RunStore`); the training sampler reads its order.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -367,17 +367,6 @@ class Round:
 
     def save_metrics(self) -> None:
         atomic_write_json(self.paths.metrics, self.metrics)
-
-    def save_training(self, global_step: int, training_loss: float) -> None:
-        """What training the round gave (its model is saved already)."""
-        atomic_write_json(self.paths.training, {"global_step": global_step, "training_loss": training_loss})
-
-    def read_training(self) -> tuple[int, float] | None:
-        """`(global_step, training_loss)` of an interrupted attempt that trained and saved this round, else None."""
-        if not (self.paths.training.is_file() and self.paths.model.is_dir()):
-            return None
-        data = json.loads(self.paths.training.read_text(encoding="utf-8"))
-        return data["global_step"], data["training_loss"]
 
     @classmethod
     def from_rows(

@@ -25,8 +25,10 @@
   with one name): a folder with a link where the run expects its own file or folder (`round_1 -> ~/proj`, a
   `checkpoints` link, a `.soft.lock` linked to another file) is refused before anything is removed, naming the link
   (`check_links`), and each removal checks its path again, so a link made while the run goes is refused too.
-- **`RunFolder`** is all of this as one object, the one the trainer holds: it locks and checks, cleans and opens the
-  manifest, saves models atomically and marks checkpoints, and names the round folders.
+- **`RunFolder`** is all of this as one object: it locks and checks, cleans and opens the manifest, saves models
+  atomically and marks checkpoints, and names the round folders. The trainer holds it for the lock and the checks
+  (before any model loads); the run's store (`trl_soft.run_store.RunStore`) opens the manifest and writes the rounds'
+  files through it.
 """
 
 from __future__ import annotations

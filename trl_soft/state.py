@@ -3,7 +3,8 @@
 `TrainerState` is rebuilt by every `Trainer.train()` call, so what must survive across rounds (and across a crash or
 a restart) lives here: which rounds are complete, their metrics, and a hash of the configuration that produced them.
 Every file is written to a temporary name in the same folder and renamed into place, so a crash never leaves a
-half-written manifest, generations file or metrics file.
+half-written manifest, generations file or metrics file. The run's store (`trl_soft.run_store.RunStore`) is what
+opens, updates (from each round's decision) and saves the manifest during a run.
 """
 
 from __future__ import annotations

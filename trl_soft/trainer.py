@@ -5,10 +5,12 @@
     regenerate (model of round t-1 answers a fresh chunk of prompts, principles + k exemplars per prompt)
     -> filter -> order (curriculum) -> fine-tune (engraving examples: no principles) -> evaluate -> decide
 
-A `Round` record (`rounds.py`) carries each round through those steps; `round_{t}/generations.jsonl` and
-`round_{t}/metrics.json` are written from it, and the run manifest `soft_state.json` is updated after every round,
-all atomically, so `train(resume_from_checkpoint=True)` continues after the last completed round (and reuses a round's
-generations if they were written before an interruption).
+A `Round` record (`rounds.py`) carries each round through those steps. The run's store (`run_store.py`), opened once
+per `train()`, fresh or resumed, says what is already done (a round's generations, its trained model, a checkpoint)
+and writes every file, atomically: `round_{t}/generations.jsonl`, the round's model, `round_{t}/metrics.json` and the
+manifest `soft_state.json` after every round, so `train(resume_from_checkpoint=True)` continues after the last
+completed round and reuses what an interrupted round wrote. The round's decision (`decision.py`) is made in one place:
+accepted or not, whether to stop, the round the next one starts from, the final round.
 
 Every concern lives in its own module with its own settings (built once by `SOFTConfig`); this file wires them.
 """
@@ -26,13 +28,14 @@ from transformers.trainer_utils import TrainOutput
 from trl import SFTTrainer
 
 from . import models
-from .acceptance import accepted_so_far, against_start, final_round, generating_round, settle
+from .acceptance import accepted_so_far, generating_round
 from .aligned import AlignedData
 from .behaviour.run import BehaviourRun, SOFTPremiseError
-from .callbacks import RoundControl, SOFTCallback, round_decision, training_lines, with_collapse_callback
+from .callbacks import SOFTCallback, round_decided, round_decision, training_lines, with_collapse_callback
 from .config import SOFTConfig, SOFTSettings
 from .curriculum import Scorer, ScoringContext
 from .data import ValidationPair
+from .decision import RoundDecision, decide_round
 from .distributed import is_main_process, wait_for_everyone
 from .engines.session import EngineSession
 from .evaluation.suite import RoundEvaluator
@@ -45,7 +48,8 @@ from .quantization import check_kbit_supported, wants_kbit
 from .report_html import write_reports
 from .reporting import SOFT_CITATION, complete_model_card, printed_summary, round_line
 from .rounds import Round, SOFTRoundError
-from .run_folder import RunFolder, SOFTLockError, SOFTResumeError, checkpoint_loss_sum, last_complete_checkpoint
+from .run_folder import RunFolder, SOFTLockError, SOFTResumeError, checkpoint_loss_sum
+from .run_store import RunStore
 from .sampler import CurriculumSampler
 from .state import FINAL_MODEL, SOFTSaveError, SOFTState, config_hash
 
@@ -152,7 +156,7 @@ class SOFTTrainer(SFTTrainer):
             engine_choice, settings.engine, self.soft_output_dir, args.seed, lambda: self.model, processing_class,
             self.accelerator,
         )
-        self.soft_state: SOFTState | None = None
+        self.store, self.soft_state = None, None  # `train()` opens the run's store (`RunStore`); its manifest
         self._start_weights: dict | None = None  # with `round_init='base'`: each round's start
         self.round: Round | None = None  # the round being (or last) trained: the HF hooks below read its order
         self.stops = StopRequests(self.soft_output_dir)  # SIGTERM / Ctrl-C during `train()`
@@ -175,40 +179,41 @@ class SOFTTrainer(SFTTrainer):
         try:
             self._check_run_folder(self.args, resume)
             with self.stops.installed():
-                return self._train_rounds(resume)
+                rounds = self.settings.rounds
+                self.store = RunStore.open(self.folder, self.soft_fingerprint, self.soft_config_hash, rounds.num_rounds,
+                                           resume, rounds.overwrite_output_dir, self.args.seed)
+                return self._train_rounds()
         finally:
             self.engine.close()  # a server trl-soft started is stopped, whatever happened
             self.folder.release()
 
-    def _train_rounds(self, resume: bool) -> TrainOutput:
-        state = self._start(resume)
+    def _train_rounds(self) -> TrainOutput:
+        state = self._start()
         output = TrainOutput(global_step=0, training_loss=float("nan"), metrics={})
-        first = self.settings.rounds.num_rounds + 1 if state.stopped_early else state.rounds_completed + 1
-        for index in range(first, self.settings.rounds.num_rounds + 1):
+        for index in range(self.store.next_round(), self.settings.rounds.num_rounds + 1):
             self.stops.check(f"before round {index}")
             self.progress.round_start(index, self.sampling.per_prompt * len(self.inputs.round_indices[index - 1]))
-            round_ = self.round = self._regenerate(index, resume)
-            if not round_.resumed:  # an interrupted attempt filtered and ordered it already
+            round_ = self.round = self.store.generated(index, self.engine.sync_seconds)  # an earlier attempt's
+            if round_ is None:  # not generated yet (an earlier attempt's round is filtered and ordered already)
+                round_ = self.round = self._regenerate(index)
                 self._filter(round_)
                 self._order(round_)
-                self.folder.write(f"Round {index}: writing {round_.paths.generations}", round_.save_generations)
+                self.store.save_generations(round_)
             self.stops.check(f"after generating round {index}")
-            output = self._fine_tune(round_, resume)
+            output = self._fine_tune(round_)
             self.stops.check(f"after training round {index}")
             self._evaluate(round_)
-            control = self._decide(round_, state, output)
-            if control.should_stop:
+            decision = self._decide(round_, output)
+            if decision.stop:
                 break
-            self._continue_from(state)
+            self._continue_from(decision.generating_round)
         self._finish(state)
         return TrainOutput(output.global_step, output.training_loss, {"soft_history": state.history})
 
     # ---- regenerate, filter, order ----------------------------------------------------------------------------------
-    def _regenerate(self, index: int, resume: bool) -> Round:
-        """This round's prompts answered few-shot by the current model (or read back from an interrupted attempt)."""
-        paths, seed, started = self.folder.round(index), self.args.seed + index, time.perf_counter()
-        if resume and paths.generations.is_file():
-            return Round.read(index, paths, seed, self.engine.sync_seconds).timed("seconds_generate", started)
+    def _regenerate(self, index: int) -> Round:
+        """This round's prompts answered few-shot by the current model."""
+        paths, seed, started = self.store.round(index), self.args.seed + index, time.perf_counter()
         set_seed(seed)  # every phase of a round starts from `seed + round`, whatever an earlier attempt reused
         sync_start = self.engine.sync_seconds
         indices, prompts, exemplar_sets = self.inputs.round_prompts(index)
@@ -239,7 +244,7 @@ class SOFTTrainer(SFTTrainer):
         self.aligned.fill(round_, values, self.engine.generate, replace(self.sampling, seed=round_.seed),
                           self.formatter, verdicts)
         if self.settings.rounds.data == "accumulate":
-            round_.carry([Round.read(i, self.folder.round(i), 0) for i in accepted_so_far(self.soft_state.history)])
+            round_.carry([self.store.generated(i) for i in accepted_so_far(self.store.state.history)])
         round_.timed("seconds_filter", started)
 
     def _order(self, round_: Round) -> None:
@@ -263,26 +268,24 @@ class SOFTTrainer(SFTTrainer):
         round_.timed("seconds_score", started)
 
     # ---- train ------------------------------------------------------------------------------------------------------
-    def _fine_tune(self, round_: Round, resume: bool) -> TrainOutput:
+    def _fine_tune(self, round_: Round) -> TrainOutput:
         """Fine-tune on the kept answers without principles (in the curriculum's order), then save the round (its
         model, then its training figures); an interrupted attempt's checkpoints are resumed, its saved model reused."""
         round_.check_kept(self.soft_output_dir)
         self.engine.sleep()  # a colocated engine on CUDA gives its GPU memory to training; it wakes to generate
-        started, paths = time.perf_counter(), round_.paths
-        trained = round_.read_training() if resume else None
+        started = time.perf_counter()
+        trained = self.store.trained(round_.index)
         if trained is not None:  # the interrupted attempt trained and saved this round: only its evaluation remains
             self._load_round_weights(round_.index)
             output = TrainOutput(trained[0], trained[1], {})
         else:
-            output = self._train_round(round_, last_complete_checkpoint(paths.checkpoints) if resume else None)
-            self.folder.save_model(self.save_model, paths.model, f"Round {round_.index}: saving its model to {paths.model}")
-            self.folder.write(f"Round {round_.index}: writing its training figures",
-                              lambda: round_.save_training(output.global_step, output.training_loss))
+            output = self._train_round(round_, self.store.checkpoint(round_.index))
+            self.store.save_trained(self.save_model, round_, output.global_step, output.training_loss)
             self.engine.use_round(round_.index)
         self._current_round = round_.index
         round_.timed("seconds_train", started)
         if is_main_process() and not self.settings.rounds.keep_checkpoints:
-            self.folder.drop_checkpoints(round_.index)
+            self.store.drop_checkpoints(round_.index)
         return output
 
     def _train_round(self, round_: Round, checkpoint: str | None) -> TrainOutput:
@@ -309,44 +312,44 @@ class SOFTTrainer(SFTTrainer):
                 round_.index, self.model, self.accelerator, self.engine.generate, round_.paths.root
             ))
 
-    def _decide(self, round_: Round, state: SOFTState, output: TrainOutput) -> RoundControl:
-        """Accept or reject the round against the starting model (pooled paired behaviour items); then the callbacks,
-        which may stop the run, and the rejections in a row (`rejection_patience`); then the round is recorded."""
-        metrics = round_.final_metrics(output.training_loss, output.global_step, self.engine.sync_seconds)
-        decision = against_start(round_.index, state.base_metrics, metrics, self.settings.acceptance,
-                                 self.behaviour.enabled)
-        metrics.update(decision.metrics())
-        round_.metrics = metrics
-        control = round_decision(self._soft_callback_list(), self.args, round_.index, metrics, self.model, self)
-        state.record_round(metrics)
-        settle(state, control, self.settings.acceptance)
-        metrics["stop_reason"] = state.stop_reason if control.should_stop else None
-        self.folder.write(f"Round {round_.index}: writing its metrics and the manifest",  # before weights are swapped
-                          lambda: (round_.save_metrics(), state.save(self.soft_output_dir)), state.rounds_completed)
+    def _decide(self, round_: Round, output: TrainOutput) -> RoundDecision:
+        """The round's decision (`decide_round`): accepted or rejected against the starting model (pooled paired
+        behaviour items), the callbacks' verdicts, the stop (theirs, or `rejection_patience`), the next round's start
+        and the final round; recorded (metrics and manifest), then given to the callbacks."""
+        state, callbacks = self.store.state, self._soft_callback_list()
+
+        def verdicts(metrics):
+            round_.metrics = metrics  # the callbacks see the round (`trainer.round`) with its metrics
+            return round_decision(callbacks, self.args, round_.index, metrics, self.model, self)
+
+        decision = decide_round(
+            round_.index, round_.final_metrics(output.training_loss, output.global_step, self.engine.sync_seconds),
+            state.base_metrics, state.history, state.collapse_round, self.settings.acceptance, self.behaviour.enabled,
+            verdicts,
+        )
+        self.store.record(round_, decision)  # before weights are swapped
+        metrics = decision.metrics
         self.log({f"soft/{k}": v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
         self.progress.round_end(round_.index, round_line(  # one line: the round's figures, its decision, the stop
-            metrics, state.base_metrics, control.stop_reason if control.should_stop else None,
-            self.settings.acceptance.watch,
+            metrics, state.base_metrics, decision.stop_reason, self.settings.acceptance.watch,
         ), round_.timings)
-        return control
+        round_decided(callbacks, self.args, decision, self.model, self)
+        return decision
 
-    def _continue_from(self, state: SOFTState) -> None:
+    def _continue_from(self, source: int) -> None:
         """After a rejected round, the next one is generated and trained from the last accepted model
-        (`generate_from`)."""
-        source = generating_round(state.history, self.settings.acceptance)
-        if source is not None and source != self._current_round:
+        (`generate_from`; `source`, from the round's decision)."""
+        if source != self._current_round:
             if is_main_process():
                 say(f"the next round starts from {'the starting model' if source == 0 else f'round {source}'} (the "
                     "last accepted model).")
             self._load_round_weights(source)
 
     # ---- start and finish -------------------------------------------------------------------------------------------
-    def _start(self, resume: bool) -> SOFTState:
-        """Open the manifest, load the weights to continue from, and score the starting model (round 0)."""
-        rounds = self.settings.rounds
-        state = self.soft_state = self.folder.open(
-            self.soft_fingerprint, self.soft_config_hash, rounds.num_rounds, resume, rounds.overwrite_output_dir
-        )
+    def _start(self) -> SOFTState:
+        """The store's manifest (fresh or resumed), the weights to continue from, the starting model scored (round 0)."""
+        rounds, state = self.settings.rounds, self.store.state
+        self.soft_state = state
         state.engine = self.engine.choice.describe()
         state.unmeasured = self.behaviour.unmeasured_note() or None
         self._start_weights = models.trainable_snapshot(self.model) if rounds.round_init == "base" else None
@@ -359,33 +362,29 @@ class SOFTTrainer(SFTTrainer):
             keeps_start = self.behaviour.enabled or any(
                 getattr(c, "requires_start_weights", False) for c in self._soft_callback_list()
             )
-            start = self.folder.round(0)
             if keeps_start:  # the acceptance rule or a stop may return the starting model
-                self.folder.save_model(self.save_model, start.model, f"Saving the starting model to {start.model}")
+                self.store.save_start_model(self.save_model)
             if self.evaluator.scores_start:
                 set_seed(self.args.seed)
                 with self.progress.phase(0, "evaluate (starting model)"):
                     state.base_metrics = {"round": 0, **self.evaluator.evaluate(
-                        0, self.model, self.accelerator, self.engine.generate, start.root
+                        0, self.model, self.accelerator, self.engine.generate, self.store.round(0).root
                     )}
-                if is_main_process():
-                    state.save(self.soft_output_dir)
+                self.store.save_manifest()
                 self.behaviour.check_premise(state.base_metrics.get("premise"))
         for callback in self._soft_callback_list():
             callback.on_soft_begin(self.args, state)
         return state
 
     def _finish(self, state: SOFTState) -> None:
-        """Load the final round's weights (the best accepted round, see `acceptance.py`), save them as the final
+        """Load the final round's weights (the last decision's final round, see `decision.py`), save them as the final
         model with its model card, and write the run summary and reports."""
-        state.final_round = final_round(state.history, self.settings.acceptance, state.collapse_round)
         if state.final_round != self._current_round:
             self._load_round_weights(state.final_round)
         state.confirmation = self.behaviour.confirm(state.final_round, self.engine.generate, state.base_metrics)
-        final_dir = self.soft_output_dir / FINAL_MODEL
-        self.folder.save_model(self.save_model, final_dir, f"Saving the final model to {final_dir}")
+        final_dir = self.store.save_final_model(self.save_model)
         if is_main_process():
-            state.save(self.soft_output_dir)
+            self.store.save_manifest()
             with self.folder.hf_output(self.args, final_dir):  # the model card belongs next to the final weights
                 self.create_model_card(model_name=self.soft_output_dir.name)
             reports = write_reports(self.soft_output_dir, state)  # summary.md; with matplotlib, plots and HTML
@@ -443,6 +442,6 @@ class SOFTTrainer(SFTTrainer):
         super()._issue_warnings_after_load(load_result)
 
     def _load_round_weights(self, round_index: int) -> None:
-        self._load_from_checkpoint(str(self.folder.saved_model(round_index)))
+        self._load_from_checkpoint(str(self.store.saved_model(round_index)))
         self.engine.use_round(round_index)
         self._current_round = round_index
