@@ -164,8 +164,7 @@ class Fuzz:
 
 def classify(err: BaseException) -> tuple[str, str]:
     """`error` for the kinds of error the checks raise whose message names what to fix; `traceback` otherwise."""
-    from trl_soft.run_folder import SOFTFolderError, SOFTLockError, SOFTResumeError
-    from trl_soft.state import SOFTLinkError
+    from trl_soft.errors import SOFTFolderError, SOFTLinkError, SOFTLockError, SOFTResumeError
 
     message = str(err)
     expected = (ValueError, TypeError, FileNotFoundError, PermissionError, NotADirectoryError, IsADirectoryError,

@@ -20,6 +20,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from .errors import ConfigEnvError
 from .progress import console
 from .prompting import asset_path
 
@@ -44,9 +45,10 @@ commands:
 def _report(argv: Sequence[str]) -> int:
     import argparse
 
+    from .errors import SOFTResumeError
     from .report_html import plot_png, write_html
     from .reporting import behaviour_verdict, format_round_table, format_stop_line, plot_rounds, printed_table
-    from .run_folder import SOFTResumeError, load_manifest
+    from .run_folder import load_manifest
 
     parser = argparse.ArgumentParser(prog="trl-soft report", description="Print the round table of a SOFT run.")
     parser.add_argument("output_dir", help="the run's output_dir (holds soft_state.json)")
@@ -91,12 +93,6 @@ OPT_INS = (ALLOW_LOADER_ENV, ALLOW_CONFIG_KEY_HOSTS)
 # server trl-soft starts to other machines. Given on the command line they are the user's choice.
 COMMAND_LINE_ONLY = ("trust_remote_code", "judge_allow_insecure_key", "vllm_server_allow_insecure_key",
                      "vllm_server_allow_remote")
-
-
-class ConfigEnvError(ValueError):
-    """A YAML config asks for something only the command line may: a variable of `security.REFUSED_VARIABLES` in its
-    `env:` block (without `--allow_loader_env`), a `COMMAND_LINE_ONLY` setting, a key's variable that does not look
-    like one, or a key sent to a host only the file names (without `--allow_config_key_hosts`)."""
 
 
 def _key_lines(node, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], int]:
@@ -273,7 +269,8 @@ def check_config_env(argv: Sequence[str]) -> list[str]:
 def _stoppable(job) -> int:
     """Run `job` with SIGTERM / Ctrl-C ending it on one line (no traceback), exit code 128 + the signal. Inside
     `train()` the trainer defers them to its next safe point (`trl_soft.interrupts`); before it, they stop at once."""
-    from .interrupts import SOFTInterrupted, stop_at_once
+    from .errors import SOFTInterrupted
+    from .interrupts import stop_at_once
 
     try:
         with stop_at_once():

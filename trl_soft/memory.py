@@ -24,6 +24,8 @@ import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from .errors import PlanError
+
 GIB = 2**30
 # Per process: the CUDA context, cuBLAS workspaces and allocator slack that no tensor accounts for.
 CUDA_RESERVE = 1 * GIB
@@ -56,10 +58,6 @@ ATTENTION_BIAS = {"qwen2": ("q_proj", "k_proj", "v_proj")}  # biases without `at
 PEFT_DEFAULT_TARGETS = ("q_proj", "v_proj")
 LINEAR_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 SHARDINGS = ("none", "zero1", "zero2", "zero3", "fsdp")
-
-
-class PlanError(ValueError):
-    """The model's config cannot be planned (a field missing, an unknown size)."""
 
 
 def gib(n: float) -> str:

@@ -332,7 +332,7 @@ def peft_fingerprint(peft_config, model) -> dict | None:
 def check_load_result(model, load_result) -> None:
     """Saved weights loaded into `model` must cover it whole: a missing (untied) or unexpected key means the folder
     was saved from a different model or PEFT setup (`SOFTResumeError`)."""
-    from .run_folder import SOFTResumeError
+    from .errors import SOFTResumeError
 
     missing = [k for k in load_result.missing_keys if k not in tied_parameter_names(model)]
     if missing or load_result.unexpected_keys:

@@ -46,6 +46,7 @@ from glob import escape as glob_escape
 from pathlib import Path
 from typing import Any
 
+from .errors import SOFTFolderError, SOFTLockError, SOFTResumeError
 from .security import link_on_path
 from .state import (
     FINAL_MODEL,
@@ -66,18 +67,6 @@ LOCK_NAME = ".soft.lock"
 CHECKPOINT_DONE = ".soft-checkpoint-complete"  # written into a Trainer checkpoint once all of it is on disk
 
 _HELD: dict[str, tuple[int, object]] = {}  # resolved folder -> (fd, owner) for the locks this process holds
-
-
-class SOFTLockError(RuntimeError):
-    """Another live process is running SOFT in the same `output_dir`."""
-
-
-class SOFTResumeError(ValueError):
-    """The run in `output_dir` cannot be continued as asked (nothing to resume, damaged files, changed settings)."""
-
-
-class SOFTFolderError(ValueError):
-    """`output_dir` holds files no trl-soft run wrote (no manifest, no lock record): nothing is started or deleted."""
 
 
 # ---- the lock --------------------------------------------------------------------------------------------------------

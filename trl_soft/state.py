@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .errors import SOFTLinkError, SOFTSaveError
 from .security import link_on_path, redact_text
 
 MANIFEST_NAME = "soft_state.json"
@@ -265,10 +266,6 @@ def _short(value: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-class SOFTSaveError(OSError):
-    """Writing a round's artifact failed (a full disk, a lost mount): the message names the round and how to resume."""
-
-
 @contextlib.contextmanager
 def saving(what: str, output_dir: Path, rounds_done: int):
     """Turn an `OSError` (or a safetensors write error) while saving `what` into a `SOFTSaveError` that names it, the
@@ -292,10 +289,6 @@ def open_appending(path: str | Path, binary: bool = False):
     link replaced would add to the file it points at (`OSError` instead)."""
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
     return os.fdopen(fd, "ab") if binary else os.fdopen(fd, "a", encoding="utf-8")
-
-
-class SOFTLinkError(ValueError):
-    """A path the run would remove or replace is reached through a symbolic link below its folder."""
 
 
 def save_atomically(save: Callable[[str], None], target: Path, root: Path | None = None) -> None:

@@ -28,26 +28,27 @@ from trl import SFTTrainer
 from . import models
 from .acceptance import accepted_so_far, against_start, final_round, generating_round, settle
 from .aligned import AlignedData
-from .behaviour.run import BehaviourRun, SOFTPremiseError
+from .behaviour.run import BehaviourRun
 from .callbacks import RoundControl, SOFTCallback, round_decision, training_lines, with_collapse_callback
 from .config import SOFTConfig, SOFTSettings
 from .curriculum import Scorer, ScoringContext
 from .data import ValidationPair
 from .distributed import is_main_process, wait_for_everyone
 from .engines.session import EngineSession
+from .errors import SOFTInterrupted, SOFTLockError, SOFTPremiseError, SOFTResumeError, SOFTRoundError, SOFTSaveError
 from .evaluation.suite import RoundEvaluator
 from .filters import last_sentence
 from .inputs import RunInputs
-from .interrupts import RoundStops, SOFTInterrupted, StopRequests
+from .interrupts import RoundStops, StopRequests
 from .progress import RunProgress, follow_log_level, say
 from .prompting import Exemplar, Principles
 from .quantization import check_kbit_supported, wants_kbit
 from .report_html import write_reports
 from .reporting import SOFT_CITATION, complete_model_card, printed_summary, round_line
-from .rounds import Round, SOFTRoundError
-from .run_folder import RunFolder, SOFTLockError, SOFTResumeError, checkpoint_loss_sum, last_complete_checkpoint
+from .rounds import Round
+from .run_folder import RunFolder, checkpoint_loss_sum, last_complete_checkpoint
 from .sampler import CurriculumSampler
-from .state import FINAL_MODEL, SOFTSaveError, SOFTState, config_hash
+from .state import FINAL_MODEL, SOFTState, config_hash
 
 __all__ = [
     "SOFTInterrupted", "SOFTLockError", "SOFTPremiseError", "SOFTResumeError", "SOFTRoundError", "SOFTSaveError",

@@ -21,10 +21,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..distributed import is_main_process, run_on_main
+from ..errors import EngineError, EngineUnavailable
 from ..generation import GenerationResult, GenerationSettings
 from ..state import ENGINE_WEIGHTS, SERVER_LOG
-from .base import EngineError, EngineWeights, GenerationEngine
-from .choice import EngineChoice, EngineUnavailable, ModelFacts, choose_engine, vllm_installed
+from .base import EngineWeights, GenerationEngine
+from .choice import EngineChoice, ModelFacts, choose_engine, vllm_installed
 from .hf import HFEngine
 from .ranks import PerRankEngine, RankPlacement
 from .settings import SYNC_METRIC, EngineSettings

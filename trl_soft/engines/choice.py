@@ -26,7 +26,8 @@ from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
 
-from ..memory import PROMPT_TOKENS_ESTIMATE, GenerationShape, MemoryPlan, PlanError
+from ..errors import EngineUnavailable, PlanError
+from ..memory import PROMPT_TOKENS_ESTIMATE, GenerationShape, MemoryPlan
 from ..security import redact_url
 from .settings import EngineSettings, resolve_dtype, smallest_lora_rank
 
@@ -122,10 +123,6 @@ class EngineChoice:
         if self.backend != "vllm":
             return self
         return replace(self, max_model_len=fit_max_model_len(need, context, explicit))
-
-
-class EngineUnavailable(ValueError):
-    """`generation_backend='vllm'` was asked for where vLLM cannot generate for this run."""
 
 
 def vllm_installed() -> bool:

@@ -54,6 +54,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from ..distributed import is_main_process, map_by_group, process_state, run_everywhere, run_on_main
+from ..errors import EngineStartError
 from ..generation import GenerationResult, GenerationSettings
 from .base import EngineWeights, GenerationEngine
 from .choice import EngineChoice
@@ -70,10 +71,6 @@ ACK_SECONDS = 30.0
 GRACE_SECONDS = 5.0
 EXIT_CODE = 1
 _attempts = itertools.count()  # every process starts its engines in the same order: one key space per start
-
-
-class EngineStartError(RuntimeError):
-    """The generation engine failed to start on a process; every process stops with this same message."""
 
 
 @dataclass(frozen=True)

@@ -32,9 +32,10 @@ from pathlib import Path
 
 from transformers import PreTrainedTokenizerBase
 
+from ..errors import EngineError
 from ..generation import GenerationResult, GenerationSettings
 from ..progress import bar_factory, show_load_bars  # inside a phase: its one bar, not one per call
-from .base import EngineError, EngineWeights, StopRule, encode_prompts, prompt_seed, result_from_vllm, sampling_fields
+from .base import EngineWeights, StopRule, encode_prompts, prompt_seed, result_from_vllm, sampling_fields
 from .choice import EngineChoice
 from .ranks import RankPlacement
 from .settings import EngineSettings

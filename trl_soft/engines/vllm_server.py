@@ -56,11 +56,12 @@ from urllib.parse import urlsplit
 from transformers import PreTrainedTokenizerBase
 
 from ..distributed import even_slices
+from ..errors import EngineError, ServerUnreachable
 from ..generation import GenerationResult, GenerationSettings
 from ..security import is_loopback, key_may_travel, redact_url
 from ..state import open_appending
 from ..threads import map_in_flight
-from .base import EngineError, EngineWeights, StopRule, encode_prompts, prompt_seed, result_from_vllm, sampling_fields
+from .base import EngineWeights, StopRule, encode_prompts, prompt_seed, result_from_vllm, sampling_fields
 from .choice import EngineChoice
 from .settings import EngineSettings
 from .vllm_local import engine_arguments, engine_environment
@@ -129,10 +130,6 @@ def log_tail(path: Path, lines: int = 15) -> str:
 
 
 # ---- talking HTTP over TCP or a Unix socket ----------------------------------------------------------------------
-class ServerUnreachable(OSError):
-    """No answer from a server: it refused the connection, timed out, or closed it."""
-
-
 class _UnixHTTPConnection(http.client.HTTPConnection):
     def __init__(self, path: str, timeout: float):
         super().__init__("localhost", timeout=timeout)

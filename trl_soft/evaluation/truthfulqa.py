@@ -152,7 +152,8 @@ def render_prompts(template: str, questions: Sequence[str], path: str | None = N
     """The prompts of `questions` (one child process for all, `trl_soft.sandbox`); a template that reaches for
     anything but `question` (an unsafe attribute, a name it is not given), does not compile, or exceeds the limits is
     refused naming `truthfulqa_template`."""
-    from ..sandbox import TemplateRenderError, render_bounded
+    from ..errors import TemplateRenderError
+    from ..sandbox import render_bounded
 
     try:
         return render_bounded(template, [{"question": q} for q in questions])

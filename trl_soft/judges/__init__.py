@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .base import CRITERIA, JudgeError, PairwiseJudge, PointwiseJudge, Verdict
+from ..errors import JudgeError
+from .base import CRITERIA, PairwiseJudge, PointwiseJudge, Verdict
 from .cache import CachedJudge
 from .rules import RuleJudge
 from .settings import PAIRWISE_JUDGES, POINTWISE_JUDGES, JudgeSettings

@@ -15,9 +15,10 @@ from typing import Any
 
 import torch
 
+from ..errors import JudgeError
 from ..models import pad_id
 from ..progress import bar as phase_bar  # inside a phase: its one bar, not one per call
-from .base import CRITERIA, JudgeError, Verdict, check_criterion, check_lengths
+from .base import CRITERIA, Verdict, check_criterion, check_lengths
 from .prompts import (
     FIRST_VARIANTS,
     NO_VARIANTS,

@@ -26,9 +26,10 @@ from urllib.parse import urlsplit
 
 import requests
 
+from ..errors import JudgeError
 from ..security import is_loopback, redact_url, url_credentials_error
 from ..threads import map_in_flight
-from .base import CRITERIA, JudgeError, Verdict, check_criterion, check_lengths
+from .base import CRITERIA, Verdict, check_criterion, check_lengths
 from .prompts import (
     FIRST_WORDS,
     NO_WORDS,

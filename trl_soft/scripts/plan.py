@@ -22,15 +22,9 @@ from dataclasses import dataclass, field, replace
 from trl import ModelConfig, TrlParser, get_peft_config, get_quantization_config
 
 from ..config import SOFTConfig
-from ..engines.choice import (
-    EngineChoice,
-    EngineUnavailable,
-    fit_memory,
-    generation_shape,
-    vllm_installed,
-    vllm_quantization_methods,
-)
+from ..engines.choice import EngineChoice, fit_memory, generation_shape, vllm_installed, vllm_quantization_methods
 from ..engines.settings import smallest_lora_rank
+from ..errors import EngineUnavailable
 from ..memory import (
     GIB,
     PROMPT_TOKENS_ESTIMATE,
