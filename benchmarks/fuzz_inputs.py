@@ -311,7 +311,7 @@ def run_folders(draw) -> dict:
 
 # ---- what each input is thrown at ------------------------------------------------------------------------------------
 def parse_train(argv: list[str]) -> None:
-    from trl_soft.cli import check_config_env
+    from trl_soft.config_file import check_config_env
     from trl_soft.scripts.train import make_parser
 
     make_parser("trl-soft train").parse_args_and_config(args=check_config_env(argv))
