@@ -24,6 +24,10 @@ import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import torch
+from huggingface_hub import hf_hub_download
+
+from .distributed import run_everywhere
 from .errors import PlanError
 
 GIB = 2**30
@@ -184,8 +188,6 @@ def read_model_config(name_or_path: str, revision: str | None = None) -> dict:
         if not path.is_file():
             raise PlanError(f"{name_or_path} holds no config.json")
     else:
-        from huggingface_hub import hf_hub_download
-
         try:
             path = Path(hf_hub_download(name_or_path, "config.json", revision=revision))
         except Exception as err:  # offline, private, no such repository: the plan says so, the run goes on
@@ -556,11 +558,8 @@ def quantized_4bit_bytes(model: ModelShape, double_quant: bool) -> int:
 def device_memory() -> tuple[int, int] | None:
     """(free, total) bytes of this process's GPU (`torch.cuda.mem_get_info`), the smallest over every process (so
     that every rank takes the same decision); None without CUDA."""
-    import torch
-
     if not torch.cuda.is_available():
         return None
-    from .distributed import run_everywhere
 
     readings = run_everywhere(lambda: tuple(torch.cuda.mem_get_info()))
     return min(free for free, _ in readings), min(total for _, total in readings)

@@ -4,15 +4,19 @@ opens the summary, and the per-round plot."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from huggingface_hub import ModelCard
 
 from . import acceptance
 from .behaviour.compare import leaning_p
 from .behaviour.evaluate import format_premise
 from .behaviour.settings import FEWSHOT_PREFIX, METRICS
 from .behaviour.stats import ITEM_SCORES
+from .models import EMBEDDED_HUB_ID, EMBEDDED_SOURCE_NOTE, base_model_of, hub_id_of
 from .progress import PREFIX
 from .security import redact_text
 from .state import SUMMARY_NAME, SOFTState, atomic_write_text
@@ -279,10 +283,6 @@ def finish_model_card(folder: Path, base_id: str | None, ref: str, base_note: st
     peft` for an adapter with a quick start that loads it on its base (`ref`: the hub id the user pushes to, else
     the folder), no stray metadata (TRL's `licence: license`); and a saved adapter names the hub id as its base
     (`adapter_config.json`), so it loads on another machine. `base_note` says where a converted base came from."""
-    import re
-
-    from huggingface_hub import ModelCard
-
     folder = Path(folder)
     readme, adapter_config = folder / "README.md", folder / "adapter_config.json"
     card = ModelCard.load(readme)
@@ -536,8 +536,6 @@ def plot_rounds(state: SOFTState, path: Any, groups: Sequence[tuple[str, Sequenc
 def complete_model_card(folder: Path, model, ref: str, state: SOFTState | None, fingerprint: dict) -> None:
     """The card TRL wrote in `folder`, made to load (`finish_model_card`: the base model's hub id, `library_name`, the
     quick start, the adapter's base) and, for a run, followed by its SOFT settings and round table."""
-    from .models import EMBEDDED_HUB_ID, EMBEDDED_SOURCE_NOTE, base_model_of, hub_id_of
-
     base = hub_id_of(base_model_of(model))
     finish_model_card(folder, base, ref, EMBEDDED_SOURCE_NOTE if base == EMBEDDED_HUB_ID else None)
     if state is not None:

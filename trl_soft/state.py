@@ -21,6 +21,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from safetensors import SafetensorError
+
+from .distributed import is_main_process, wait_for_everyone
 from .errors import SOFTLinkError, SOFTSaveError
 from .security import link_on_path, redact_text
 
@@ -270,8 +273,6 @@ def _short(value: Any, limit: int = 80) -> str:
 def saving(what: str, output_dir: Path, rounds_done: int):
     """Turn an `OSError` (or a safetensors write error) while saving `what` into a `SOFTSaveError` that names it, the
     rounds already safe in `output_dir`, and `--resume`."""
-    from safetensors import SafetensorError
-
     try:
         yield
     except (OSError, SafetensorError) as err:
@@ -295,8 +296,6 @@ def save_atomically(save: Callable[[str], None], target: Path, root: Path | None
     """`save(folder)` (every process calls it, e.g. `Trainer.save_model`) into a temporary folder, then rename: a
     crash never leaves a half-written model. With `root` (the run folder), neither the temporary folder nor `target`
     may be reached through a symbolic link below it (`SOFTLinkError`, nothing removed)."""
-    from .distributed import is_main_process, wait_for_everyone
-
     partial = target.with_name(target.name + ".partial")
     for path in (partial, target) if root is not None else ():
         link = link_on_path(root, path)

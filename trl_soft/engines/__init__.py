@@ -29,6 +29,8 @@ from .choice import EngineChoice, ModelFacts, choose_engine, vllm_installed
 from .hf import HFEngine
 from .ranks import PerRankEngine, RankPlacement
 from .settings import SYNC_METRIC, EngineSettings
+from .vllm_local import VLLMColocateEngine
+from .vllm_server import VLLMServerEngine
 
 __all__ = [
     "EngineChoice",
@@ -56,10 +58,7 @@ def make_vllm_engine(
     """Start the vLLM engine `choice` describes (this process only; `placement`: its place among per-rank engines)."""
     work_dir = Path(output_dir) / ENGINE_WEIGHTS
     if choice.mode == "server":
-        from .vllm_server import VLLMServerEngine
-
         return VLLMServerEngine(choice, settings, tokenizer, work_dir, seed, Path(output_dir) / SERVER_LOG)
-    from .vllm_local import VLLMColocateEngine
 
     return VLLMColocateEngine(choice, settings, tokenizer, work_dir, seed, placement)
 

@@ -26,6 +26,9 @@ from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
 
+import torch
+from transformers import AutoConfig
+
 from ..errors import EngineUnavailable, PlanError
 from ..memory import PROMPT_TOKENS_ESTIMATE, GenerationShape, MemoryPlan
 from ..security import redact_url
@@ -137,8 +140,6 @@ def read_architecture(path: str | None) -> str | None:
         if os.path.isdir(path):
             architectures = json.loads((Path(path) / "config.json").read_text()).get("architectures")
         else:
-            from transformers import AutoConfig
-
             architectures = AutoConfig.from_pretrained(path).architectures
     except Exception:  # no config to be had (offline, private): vLLM itself will say at start-up
         return None
@@ -174,7 +175,6 @@ def vllm_quantization_methods() -> tuple[str, ...]:
 
 def _check_quantization_hardware(method: str) -> None:
     """A method the registry has but this GPU cannot run (e.g. fp8 below its minimum compute capability)."""
-    import torch
     from vllm.model_executor.layers.quantization import get_quantization_config
 
     try:

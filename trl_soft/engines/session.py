@@ -25,6 +25,7 @@ from .base import EngineWeights, GenerationEngine
 from .choice import EngineChoice, choose_engine, fit_memory, generation_shape, read_model_facts
 from .hf import HFEngine
 from .settings import EngineSettings
+from .vllm_server import check_servers
 from .weights import prepare_merged_weights
 
 logger = logging.getLogger(__name__)
@@ -61,8 +62,6 @@ class EngineSession:
         except EngineUnavailable as err:
             raise ValueError(str(err)) from None
         if choice.backend == "vllm" and choice.mode == "server":
-            from .vllm_server import check_servers
-
             check_servers(settings, on_cuda)  # devices that exist, servers that answer: before any weights load
         if is_main_process():
             logger.info(f"generation engine: {choice.describe()}")

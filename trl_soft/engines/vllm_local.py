@@ -30,6 +30,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
 from transformers import PreTrainedTokenizerBase
 
 from ..errors import EngineError
@@ -107,8 +108,6 @@ def sleep_mode_available() -> bool:
 
 def release_cached_memory() -> None:
     """Return the blocks PyTorch's allocator caches in this process to the GPU (no-op without CUDA)."""
-    import torch
-
     gc.collect()
     if torch.cuda.is_available():
         with contextlib.suppress(RuntimeError):

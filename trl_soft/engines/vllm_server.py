@@ -53,6 +53,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import psutil
+import torch
 from transformers import PreTrainedTokenizerBase
 
 from ..distributed import even_slices
@@ -228,8 +230,6 @@ def check_servers(settings: EngineSettings, on_cuda: bool) -> None:
     if settings.vllm_mode != "server":
         return
     if settings.server_devices and not settings.external_server:
-        import torch
-
         count = torch.cuda.device_count() if on_cuda else 0
         missing = [d for d in settings.server_devices if d >= count]
         if missing:
@@ -375,8 +375,6 @@ class ManagedVLLMServer:
     # ---- is the server that answers the one we started? -----------------------------------------------------------
     def _listens_here(self) -> bool:
         """Whether a process of the server's group holds the listening socket at (host, port)."""
-        import psutil
-
         wildcard = {"0.0.0.0", "::"}
         for pid in group_members(self.process.pid):
             with contextlib.suppress(psutil.Error):
@@ -509,8 +507,6 @@ def _signal_group(pgid: int, sig: int) -> None:
 
 def group_members(pgid: int) -> list[int]:
     """Live processes of a process group (zombies are dead; reaping them is their parent's business)."""
-    import psutil
-
     members = []
     for process in psutil.process_iter(["status"]):
         with contextlib.suppress(psutil.Error, ProcessLookupError):
