@@ -20,8 +20,10 @@ from .errors import ConfigEnvError, SOFTInterrupted, SOFTResumeError
 from .interrupts import stop_at_once
 from .progress import console
 from .prompting import asset_path
-from .report_html import plot_png, write_html
-from .reporting import behaviour_verdict, format_round_table, format_stop_line, plot_rounds, printed_table
+from .reporting.html import plot_png, write_html
+from .reporting.plots import plot_rounds
+from .reporting.table import format_round_table, printed_table
+from .reporting.verdict import behaviour_verdict, format_stop_line
 from .run_folder import load_manifest
 from .scripts import behaviour as behaviour_script
 from .scripts import evaluate as evaluate_script

@@ -35,7 +35,6 @@ from .curriculum import Scorer, ScoringContext
 from .data import ValidationPair
 from .distributed import is_main_process, wait_for_everyone
 from .engines.session import EngineSession
-from .errors import SOFTInterrupted, SOFTLockError, SOFTPremiseError, SOFTResumeError, SOFTRoundError, SOFTSaveError
 from .evaluation.suite import RoundEvaluator
 from .filters import last_sentence
 from .inputs import RunInputs
@@ -43,17 +42,14 @@ from .interrupts import RoundStops, StopRequests
 from .progress import RunProgress, follow_log_level, say
 from .prompting import Exemplar, Principles
 from .quantization import check_kbit_supported, wants_kbit
-from .report_html import write_reports
-from .reporting import SOFT_CITATION, complete_model_card, printed_summary, round_line
+from .reporting.html import write_reports
+from .reporting.model_card import SOFT_CITATION, complete_model_card
+from .reporting.summary import printed_summary
+from .reporting.table import round_line
 from .rounds import Round
 from .run_folder import RunFolder, checkpoint_loss_sum, last_complete_checkpoint
 from .sampler import CurriculumSampler
 from .state import FINAL_MODEL, SOFTState, config_hash
-
-__all__ = [
-    "SOFTInterrupted", "SOFTLockError", "SOFTPremiseError", "SOFTResumeError", "SOFTRoundError", "SOFTSaveError",
-    "SOFTTrainer",
-]
 
 
 class SOFTTrainer(SFTTrainer):
