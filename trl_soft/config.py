@@ -24,9 +24,9 @@ from .aligned import AlignedSettings
 from .behaviour.settings import BEHAVIOUR_MAX_NEW_TOKENS, BehaviourSettings
 from .callbacks import CollapseSettings
 from .curriculum import CurriculumSettings
-from .diagnostics import DiagnosticsSettings
 from .engines.settings import EngineSettings
 from .evaluation.benchmarks import BenchmarkSettings
+from .evaluation.diagnostics import DiagnosticsSettings
 from .evaluation.validation import VALIDATION_METRIC, ValidationSettings
 from .filters import FILTER_NAMES, FilterSettings
 from .generation import GenerationSettings
