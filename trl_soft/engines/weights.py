@@ -79,7 +79,7 @@ def _check_supported(sharding: str) -> None:
 def _gathered(tensors: list[torch.Tensor], sharding: str) -> Iterator[list[torch.Tensor]]:
     """The full values of `tensors` for the duration of the block (a collective under 'dtensor' and 'zero3')."""
     if sharding == "zero3":
-        import deepspeed
+        import deepspeed  # not a dependency: only a DeepSpeed ZeRO-3 run has it (`_check_supported`)
 
         partitioned = [t for t in tensors if hasattr(t, "ds_id")]
         with deepspeed.zero.GatheredParameters(partitioned, modifier_rank=None):
