@@ -34,7 +34,7 @@ HOOKS = {
     "save_metrics": "trl_soft.rounds:Round.save_metrics",
     "evaluate": "trl_soft.evaluation.suite:RoundEvaluator.evaluate",  # also tracks which round is evaluated
     "validation": "trl_soft.evaluation.validation:validation_nll_items",
-    "summary": "trl_soft.reporting:write_summary",  # the last step of SOFTTrainer._finish
+    "summary": "trl_soft.reporting.summary:write_summary",  # the last step of SOFTTrainer._finish
     "open_state": "trl_soft.run_folder:open_state",  # the run's manifest is created (or read back to resume)
     "checkpoint_rng": "transformers.trainer:Trainer._save_rng_state",  # in _save_checkpoint: weights written,
     # optimizer too, RNG state and trainer_state.json not yet

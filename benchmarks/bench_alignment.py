@@ -54,7 +54,7 @@ from peft import LoraConfig
 
 from trl_soft import SOFTConfig, SOFTTrainer
 from trl_soft.data import load_prompt_dataset
-from trl_soft.rounds import SOFTRoundError
+from trl_soft.errors import SOFTRoundError
 from trl_soft.state import SOFTState
 
 METRICS = (

@@ -164,8 +164,7 @@ class Fuzz:
 
 def classify(err: BaseException) -> tuple[str, str]:
     """`error` for the kinds of error the checks raise whose message names what to fix; `traceback` otherwise."""
-    from trl_soft.run_folder import SOFTFolderError, SOFTLockError, SOFTResumeError
-    from trl_soft.state import SOFTLinkError
+    from trl_soft.errors import SOFTFolderError, SOFTLinkError, SOFTLockError, SOFTResumeError
 
     message = str(err)
     expected = (ValueError, TypeError, FileNotFoundError, PermissionError, NotADirectoryError, IsADirectoryError,
@@ -312,7 +311,7 @@ def run_folders(draw) -> dict:
 
 # ---- what each input is thrown at ------------------------------------------------------------------------------------
 def parse_train(argv: list[str]) -> None:
-    from trl_soft.cli import check_config_env
+    from trl_soft.config_file import check_config_env
     from trl_soft.scripts.train import make_parser
 
     make_parser("trl-soft train").parse_args_and_config(args=check_config_env(argv))

@@ -22,7 +22,7 @@ Continue an interrupted run with `--resume`; `--config file.yaml` takes any of t
 import sys
 
 from trl_soft import SOFTInterrupted
-from trl_soft.cli import check_config_env
+from trl_soft.config_file import check_config_env
 from trl_soft.progress import console, quiet_third_party
 from trl_soft.scripts.train import main, make_parser
 

@@ -120,7 +120,7 @@ def test_a_rejected_round_is_kept_on_resume_and_the_next_round_starts_from_the_s
     from safetensors.torch import load_file
 
     from trl_soft import SOFTCallback, SOFTTrainer
-    from trl_soft.interrupts import SOFTInterrupted
+    from trl_soft.errors import SOFTInterrupted
     from trl_soft.state import SOFTState, read_jsonl
 
     model = refusing_model(tokenizer)

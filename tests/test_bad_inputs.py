@@ -21,8 +21,8 @@ import yaml
 from datasets import Dataset
 from peft import LoraConfig
 
+from trl_soft.errors import SOFTResumeError
 from trl_soft.prompting import asset_path
-from trl_soft.run_folder import SOFTResumeError
 
 from .conftest import DATA, UNLOADABLE, make_tiny_llama, prompt_dataset, tiny_config
 

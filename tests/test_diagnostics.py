@@ -1,11 +1,11 @@
-"""`trl_soft.diagnostics`: diversity measures on hand-made texts, and the collapse diagnostics on a real model (the
+"""`trl_soft.evaluation.diagnostics`: diversity measures on hand-made texts, and the collapse diagnostics on a real model (the
 token entropy they average is checked against a direct computation in tests/test_evaluation.py)."""
 
 import math
 
 import pytest
 
-from trl_soft.diagnostics import collapse_diagnostics, distinct_n, self_bleu, sentence_bleu
+from trl_soft.evaluation.diagnostics import collapse_diagnostics, distinct_n, self_bleu, sentence_bleu
 from trl_soft.generation import GenerationSettings
 from trl_soft.prompting import PromptFormatter, load_principles
 

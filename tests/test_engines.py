@@ -115,7 +115,7 @@ def test_merged_lora_weights_equal_peft_merge_and_unload(tokenizer):
 
 
 def test_a_taken_port_is_refused_before_a_server_starts(tmp_path):
-    from trl_soft.engines.vllm_server import ManagedVLLMServer
+    from trl_soft.engines.server_process import ManagedVLLMServer
 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -129,7 +129,7 @@ def test_a_taken_port_is_refused_before_a_server_starts(tmp_path):
 
 
 def test_a_server_url_that_does_not_answer_is_a_clear_error(tmp_path, tokenizer):
-    from trl_soft.engines.vllm_server import free_port
+    from trl_soft.engines.ports import free_port
 
     url = f"http://127.0.0.1:{free_port('127.0.0.1')}"  # nothing listens there
     settings = EngineSettings(vllm_mode="server", server_base_url=url)

@@ -18,7 +18,7 @@ from peft import LoraConfig
 from trl_soft import SOFTCallback, SOFTTrainer
 from trl_soft.data import ValidationPair
 from trl_soft.engines import EngineChoice, EngineError, EngineSettings, EngineWeights, make_vllm_engine, vllm_installed
-from trl_soft.engines.vllm_server import group_members
+from trl_soft.engines.server_process import group_members
 from trl_soft.generation import generate_completions
 from trl_soft.models import load_model_and_tokenizer
 from trl_soft.state import SOFTState, read_jsonl
@@ -154,7 +154,7 @@ def test_a_server_that_dies_mid_run_is_a_clear_error_and_resume_finishes_on_a_ne
 
 
 def test_an_external_server_takes_each_rounds_adapter_through_its_runtime_lora_api(tmp_path, smol_path):
-    from trl_soft.engines.vllm_server import ManagedVLLMServer
+    from trl_soft.engines.server_process import ManagedVLLMServer
 
     settings = EngineSettings(vllm_mode="server", dtype="float32", cpu_kv_cache_gb=1)
     choice = EngineChoice("vllm", "test", "server", "float32", "adapter", max_lora_rank=8, base=smol_path)
@@ -194,7 +194,7 @@ def test_a_server_outlives_no_training_process_killed_with_sigkill(tmp_path, smo
     script.write_text(
         "import sys, time\n"
         "from trl_soft.engines import EngineChoice, EngineSettings\n"
-        "from trl_soft.engines.vllm_server import ManagedVLLMServer\n"
+        "from trl_soft.engines.server_process import ManagedVLLMServer\n"
         "if __name__ == '__main__':\n"
         "    settings = EngineSettings(vllm_mode='server', cpu_kv_cache_gb=1)\n"
         f"    choice = EngineChoice('vllm', 'test', 'server', 'bfloat16', base={smol_path!r})\n"

@@ -1,4 +1,4 @@
-"""`trl_soft.report_html`: the one-page HTML report of a finished run, opened in a real browser (headless Chromium).
+"""`trl_soft.reporting.html`: the one-page HTML report of a finished run, opened in a real browser (headless Chromium).
 
 One tiny real run per module (the tiny Llama, two rounds, behaviour on a few benign and unknowable items judged by the
 rule judge) writes `report.html` at its end; the browser renders it, and the screenshot must show the table and the
@@ -102,7 +102,7 @@ def test_every_manifest_value_is_escaped(tmp_path):
     """A manifest someone edited (or a copied run folder) with markup in each field: the page shows it as text."""
     from dataclasses import fields
 
-    from trl_soft.report_html import render_report
+    from trl_soft.reporting.html import render_report
     from trl_soft.state import SOFTState
 
     mark = '<script>alert(1)</script>'

@@ -340,7 +340,7 @@ def endpoint():
 
 
 def test_an_unreachable_judge_endpoint_is_a_fast_clear_error():
-    from trl_soft.engines.vllm_server import free_port
+    from trl_soft.engines.ports import free_port
 
     url = f"http://127.0.0.1:{free_port('127.0.0.1')}/v1"
     settings = JudgeSettings(pointwise="openai", base_url=url, timeout=2.0)
@@ -404,7 +404,7 @@ def embedded_verdicts():
 
 @pytest.fixture(scope="module")
 def vllm_server(tmp_path_factory, smol_path):
-    from trl_soft.engines.vllm_server import SERVED_NAME, ManagedVLLMServer
+    from trl_soft.engines.server_process import SERVED_NAME, ManagedVLLMServer
 
     choice = EngineChoice("vllm", "test", "server", "float32", base=smol_path)
     # loopback TCP (the judge speaks HTTP over TCP), where the server takes a per-run API key for its /v1 routes

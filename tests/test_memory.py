@@ -17,9 +17,10 @@ import pytest
 import torch
 from transformers import BitsAndBytesConfig, LlamaConfig, LlamaForCausalLM
 
-from trl_soft.engines.choice import EngineChoice, EngineUnavailable, fit_memory
+from trl_soft.engines.choice import EngineChoice, fit_memory
 from trl_soft.engines.settings import EngineSettings
 from trl_soft.engines.vllm_local import engine_arguments
+from trl_soft.errors import EngineUnavailable
 from trl_soft.memory import GIB, GenerationShape, MemoryPlan, ModelShape, TrainingShape, parse_size
 
 DOCS = runpy.run_path(str(Path(__file__).resolve().parents[1] / "docs" / "memory_plans.py"), run_name="plans")

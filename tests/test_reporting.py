@@ -1,4 +1,4 @@
-"""`trl_soft.reporting`: the stop line and the behaviour verdict that opens the summary, with the round table."""
+"""`trl_soft.reporting` (table, verdict, plots): the stop line and the behaviour verdict that opens the summary, with the round table."""
 
 import json
 import math
@@ -8,7 +8,8 @@ import pytest
 
 from trl_soft.acceptance import AcceptanceSettings, decide, final_round
 from trl_soft.behaviour import stats
-from trl_soft.reporting import behaviour_verdict, format_round_table, format_stop_line
+from trl_soft.reporting.table import format_round_table
+from trl_soft.reporting.verdict import behaviour_verdict, format_stop_line
 from trl_soft.state import SOFTState
 
 
@@ -223,7 +224,7 @@ def test_the_final_adapter_card_names_its_hub_base_and_loads(tmp_path, smol_path
 
 
 def test_the_printed_table_fits_100_columns_and_the_round_line_has_the_decision():
-    from trl_soft.reporting import compact_round_table, round_line
+    from trl_soft.reporting.table import compact_round_table, round_line
 
     start = [1] * 15 + [0] * 85
     base = {**_rate_row(0, start), "validation_nll": 3.0239}
@@ -252,7 +253,7 @@ def test_the_printed_table_fits_100_columns_and_the_round_line_has_the_decision(
 def test_the_plots_are_grouped_and_leave_out_what_no_reader_uses(tmp_path):
     """The report's plots: behaviour, validation and collapse, data per round; not the constant prompts count, the
     detectable-change sizes or the acceptance counts; a callback's own metric under "Other metrics"."""
-    from trl_soft.reporting import plot_groups, plot_rounds
+    from trl_soft.reporting.plots import plot_groups, plot_rounds
 
     def row(index):
         values = {"round": index, "validation_nll": 3.0 - index / 10, "refusal_benign": 0.1, "refusal_benign_low": 0.0,

@@ -6,7 +6,8 @@ import re
 
 import pytest
 
-from trl_soft.rounds import NOT_BEST, Round, RoundSettings, SOFTRoundError
+from trl_soft.errors import SOFTRoundError
+from trl_soft.rounds import NOT_BEST, Round, RoundSettings
 from trl_soft.state import round_paths
 
 # Six prompts; positions 0, 2 and 5 pass the filters and are trained on in the order 2, 5, 0 (by difficulty).

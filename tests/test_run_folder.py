@@ -14,12 +14,10 @@ import time
 
 import pytest
 
+from trl_soft.errors import SOFTFolderError, SOFTLockError, SOFTResumeError, SOFTSaveError
 from trl_soft.run_folder import (
     CHECKPOINT_DONE,
     RunLock,
-    SOFTFolderError,
-    SOFTLockError,
-    SOFTResumeError,
     check_output_dir,
     clean_leftovers,
     clear_run,
@@ -27,7 +25,7 @@ from trl_soft.run_folder import (
     leftovers,
     open_state,
 )
-from trl_soft.state import SOFTSaveError, SOFTState, atomic_write_text, fingerprint_changes, saving
+from trl_soft.state import SOFTState, atomic_write_text, fingerprint_changes, saving
 
 from .conftest import LOCK_HOLDER, start_lock_holder, unloaded_trainer
 
@@ -358,8 +356,8 @@ def test_a_lock_record_linked_to_another_file_is_refused_and_the_file_is_untouch
 
 
 def test_a_link_made_while_the_run_goes_is_refused_at_the_next_removal_or_save(tmp_path):
+    from trl_soft.errors import SOFTLinkError
     from trl_soft.run_folder import RunFolder
-    from trl_soft.state import SOFTLinkError
 
     user = project(tmp_path / "proj")
     out = started_run(tmp_path / "out", rounds_completed=0)

@@ -15,10 +15,12 @@ import pytest
 import torch
 
 from trl_soft import SOFTConfig
-from trl_soft.cli import ConfigEnvError, check_config_env, main
+from trl_soft.cli import main
+from trl_soft.config_file import check_config_env
+from trl_soft.errors import ConfigEnvError, TemplateRenderError
 from trl_soft.judges.openai import OpenAIJudge
 from trl_soft.judges.settings import JudgeSettings, judge_key
-from trl_soft.sandbox import TemplateRenderError, render_bounded
+from trl_soft.sandbox import render_bounded
 from trl_soft.security import (
     is_loopback,
     key_may_travel,

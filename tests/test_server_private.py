@@ -25,7 +25,7 @@ import pytest
 
 from trl_soft.distributed import even_slices as slices
 from trl_soft.engines import EngineChoice, EngineError, EngineSettings, EngineWeights, make_vllm_engine, vllm_installed
-from trl_soft.engines.vllm_server import ManagedVLLMServer, group_members, server_environment
+from trl_soft.engines.server_process import ManagedVLLMServer, group_members, server_environment
 from trl_soft.generation import GenerationSettings
 
 FAKE_TOKEN = "hf_not_for_the_server_123"
@@ -237,7 +237,7 @@ def _stand_in_server(tmp_path, port):
     import subprocess
     import sys
 
-    from trl_soft.engines.vllm_server import Endpoint
+    from trl_soft.engines.endpoint import Endpoint
 
     server = ManagedVLLMServer.__new__(ManagedVLLMServer)
     server.tcp, server.host, server.port, server.private_dir = True, "127.0.0.1", port, None
@@ -294,7 +294,7 @@ def test_a_live_server_that_no_longer_holds_its_port_is_refused(tmp_path):
 
 
 def test_localhost_is_a_host_and_telemetry_opt_outs_reach_the_server(monkeypatch, tmp_path):
-    from trl_soft.engines.vllm_server import listen_address
+    from trl_soft.engines.ports import listen_address
 
     assert listen_address("localhost") == "127.0.0.1" and listen_address("::1") == "::1"
     assert listen_address("[::1]") == "::1" and listen_address("127.0.0.2") == "127.0.0.2"

@@ -8,19 +8,19 @@ with quiet_imports():  # bitsandbytes logs a harmless kernel-hub warning when pe
     from .callbacks import EarlyCollapseCallback, RoundControl, SOFTCallback
     from .config import SOFTConfig, SOFTSettings
     from .curriculum import SCORERS, ScoringContext
-    from .models import load_model_and_tokenizer
-    from .prompting import Exemplar, Principles, load_exemplars, load_principles
-    from .rounds import Round
-    from .sampler import CurriculumSampler
-    from .trainer import (
+    from .errors import (
         SOFTInterrupted,
         SOFTLockError,
         SOFTPremiseError,
         SOFTResumeError,
         SOFTRoundError,
         SOFTSaveError,
-        SOFTTrainer,
     )
+    from .models import load_model_and_tokenizer
+    from .prompting import Exemplar, Principles, load_exemplars, load_principles
+    from .rounds import Round
+    from .sampler import CurriculumSampler
+    from .trainer import SOFTTrainer
 
 __version__ = "0.1.0"
 

@@ -31,6 +31,7 @@ from typing import Any
 
 from .behaviour.compare import Comparison, compare
 from .behaviour.settings import COMPOSITE_PARTS
+from .behaviour.stats import ITEM_SCORES
 from .settings import ConcernSettings, setting
 
 FINAL_MODEL_CHOICES = ("best_accepted", "last")
@@ -225,8 +226,6 @@ def against_start(index: int, base_metrics: Mapping[str, Any] | None, metrics: M
                   settings: AcceptanceSettings, measured_behaviour: bool) -> Decision:
     """Round `index`'s decision: its zero-shot behaviour items (`metrics`) against the starting model's
     (`base_metrics`, round 0); undecided when behaviour was measured but the start was not evaluated."""
-    from .behaviour.stats import ITEM_SCORES
-
     start = (base_metrics or {}).get(ITEM_SCORES)
     if measured_behaviour and start is None:
         return Decision(index, None, "the starting model was not evaluated (`evaluate_start=False`)")

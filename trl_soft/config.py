@@ -24,9 +24,9 @@ from .aligned import AlignedSettings
 from .behaviour.settings import BehaviourSettings
 from .callbacks import CollapseSettings
 from .curriculum import CurriculumSettings
-from .diagnostics import DiagnosticsSettings
 from .engines.settings import EngineSettings
 from .evaluation.benchmarks import BenchmarkSettings
+from .evaluation.diagnostics import DiagnosticsSettings
 from .evaluation.validation import VALIDATION_METRIC, ValidationSettings
 from .filters import FilterSettings
 from .generation import GenerationSettings

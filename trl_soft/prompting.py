@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from transformers import PreTrainedTokenizerBase
+from transformers import AutoConfig, PreTrainedTokenizerBase
 
 from .files import json_document, json_lines
 from .settings import ConcernSettings, setting
@@ -416,8 +416,6 @@ def model_context_length(model) -> int | None:
     config alone of a folder or hub id (no weights); None when it cannot be read (offline, no config)."""
     config = getattr(model, "config", None)
     if isinstance(model, str):
-        from transformers import AutoConfig
-
         try:
             config = AutoConfig.from_pretrained(model)
         except Exception:  # no config to be had: the lengths are then left to the engine

@@ -19,6 +19,7 @@ from typing import Any
 from .aligned import figures as aligned_figures
 from .data import split_rounds
 from .engines.settings import SYNC_METRIC
+from .errors import SOFTRoundError
 from .filters import Candidate
 from .generation import GenerationResult
 from .prompting import Exemplar
@@ -109,10 +110,6 @@ class RoundSettings(ConcernSettings):
     def prompt_indices(self, num_prompts: int, seed: int) -> list[list[int]]:
         """The prompt-dataset rows each round answers (seeded; the same on every process)."""
         return split_rounds(num_prompts, self.num_rounds, self.prompts_per_round, self.prompt_schedule, seed)
-
-
-class SOFTRoundError(RuntimeError):
-    """A round cannot go on (e.g. every generated answer was filtered out); earlier rounds stay on disk."""
 
 
 @dataclass

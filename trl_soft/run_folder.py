@@ -48,6 +48,9 @@ from glob import escape as glob_escape
 from pathlib import Path
 from typing import Any
 
+from .distributed import is_main_process, wait_for_everyone
+from .errors import SOFTFolderError, SOFTLockError, SOFTResumeError
+from .rounds import GENERATION_COLUMNS
 from .security import link_on_path
 from .state import (
     FINAL_MODEL,
@@ -68,18 +71,6 @@ LOCK_NAME = ".soft.lock"
 CHECKPOINT_DONE = ".soft-checkpoint-complete"  # written into a Trainer checkpoint once all of it is on disk
 
 _HELD: dict[str, tuple[int, object]] = {}  # resolved folder -> (fd, owner) for the locks this process holds
-
-
-class SOFTLockError(RuntimeError):
-    """Another live process is running SOFT in the same `output_dir`."""
-
-
-class SOFTResumeError(ValueError):
-    """The run in `output_dir` cannot be continued as asked (nothing to resume, damaged files, changed settings)."""
-
-
-class SOFTFolderError(ValueError):
-    """`output_dir` holds files no trl-soft run wrote (no manifest, no lock record): nothing is started or deleted."""
 
 
 # ---- the lock --------------------------------------------------------------------------------------------------------
@@ -378,8 +369,6 @@ def load_manifest(output_dir: Path) -> SOFTState | None:
 
 def check_round_files(output_dir: Path, state: SOFTState) -> None:
     """The generations an interrupted round left (read back on `--resume`) parse and have every column."""
-    from .rounds import GENERATION_COLUMNS
-
     paths = round_paths(output_dir, state.rounds_completed + 1)
     if not paths.generations.is_file():
         return
@@ -464,8 +453,6 @@ def open_state(
 ) -> SOFTState:
     """The manifest to continue (`resume`; `check_output_dir` has matched its settings), or a fresh one (`overwrite`
     clears everything an earlier run left); an earlier run that may be neither continued nor replaced is an error."""
-    from .distributed import is_main_process, wait_for_everyone
-
     check_run_folder(output_dir)  # the trainer checked it before taking the lock; a direct call is checked here
     existing = None if overwrite else load_manifest(output_dir)
     if resume and existing is not None:
@@ -506,8 +493,6 @@ class RunFolder:
         """Lock the folder and check what it holds against this run: before any model loads when called from the
         trainer's `__init__`, and again when `train()` starts, which knows whether it resumes. Any error releases the
         lock."""
-        from .distributed import is_main_process
-
         check_writable(self.path)
         main = is_main_process()
         with self.released_on_error():
@@ -540,8 +525,6 @@ class RunFolder:
     def open(self, fingerprint: dict[str, Any], run_config_hash: str, num_rounds: int, resume: bool,
              overwrite: bool) -> SOFTState:
         """Remove an interrupted attempt's leftovers (saying which), then open the manifest (`open_state`)."""
-        from .distributed import is_main_process, wait_for_everyone
-
         if is_main_process():
             removed = clean_leftovers(self.path)
             if removed:
@@ -581,8 +564,6 @@ class RunFolder:
     def write(self, what: str, write: Callable[[], object], rounds_done: int | None = None) -> None:
         """`write()` on the main process (a failure is a `SOFTSaveError` naming `what`), then every process waits
         for it; `rounds_done`: the rounds complete once it is written."""
-        from .distributed import is_main_process, wait_for_everyone
-
         if is_main_process():
             with self.saving(what):
                 write()

@@ -21,6 +21,8 @@ import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 
+from .errors import TemplateRenderError
+
 MAX_CHARS = 100_000  # per rendered text: a benchmark prompt is a few thousand
 TIME_LIMIT = 30.0  # seconds for one batch: 817 TruthfulQA prompts take well under one
 MEMORY_LIMIT = 1 << 30  # bytes of address space for the child
@@ -88,14 +90,6 @@ except RecursionError:
 except (OverflowError, ValueError, TypeError, ArithmeticError) as err:
     answer(kind="template", message=f"{type(err).__name__}: {err}")
 """
-
-
-class TemplateRenderError(ValueError):
-    """A template that could not be rendered within the bounds; `kind` says why (see the module docstring)."""
-
-    def __init__(self, kind: str, message: str):
-        super().__init__(message)
-        self.kind = kind
 
 
 def render_bounded(

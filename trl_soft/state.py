@@ -22,6 +22,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from safetensors import SafetensorError
+
+from .distributed import is_main_process, wait_for_everyone
+from .errors import SOFTLinkError, SOFTSaveError
 from .security import link_on_path, redact_text
 
 MANIFEST_NAME = "soft_state.json"
@@ -29,7 +33,7 @@ MANIFEST_VERSION = 2  # 2: the manifest lists the settings it was made with (`fi
 # What a run writes at the top of `output_dir` besides the manifest and the `round_*` folders (all of it is the run's:
 # `overwrite_output_dir` removes it).
 SUMMARY_NAME = "summary.md"
-REPORT_NAME = "report.html"  # written with the plots when matplotlib is installed (`report_html.py`)
+REPORT_NAME = "report.html"  # written with the plots when matplotlib is installed (`reporting/html.py`)
 PLOT_NAME = "rounds.png"
 FINAL_MODEL = "final_model"
 ENGINE_WEIGHTS = "engine_weights"
@@ -266,16 +270,10 @@ def _short(value: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-class SOFTSaveError(OSError):
-    """Writing a round's artifact failed (a full disk, a lost mount): the message names the round and how to resume."""
-
-
 @contextlib.contextmanager
 def saving(what: str, output_dir: Path, rounds_done: int):
     """Turn an `OSError` (or a safetensors write error) while saving `what` into a `SOFTSaveError` that names it, the
     rounds already safe in `output_dir`, and `--resume`."""
-    from safetensors import SafetensorError
-
     try:
         yield
     except (OSError, SafetensorError) as err:
@@ -295,16 +293,10 @@ def open_appending(path: str | Path, binary: bool = False):
     return os.fdopen(fd, "ab") if binary else os.fdopen(fd, "a", encoding="utf-8")
 
 
-class SOFTLinkError(ValueError):
-    """A path the run would remove or replace is reached through a symbolic link below its folder."""
-
-
 def save_atomically(save: Callable[[str], None], target: Path, root: Path | None = None) -> None:
     """`save(folder)` (every process calls it, e.g. `Trainer.save_model`) into a temporary folder, then rename: a
     crash never leaves a half-written model. With `root` (the run folder), neither the temporary folder nor `target`
     may be reached through a symbolic link below it (`SOFTLinkError`, nothing removed)."""
-    from .distributed import is_main_process, wait_for_everyone
-
     partial = target.with_name(target.name + ".partial")
     for path in (partial, target) if root is not None else ():
         link = link_on_path(root, path)

@@ -30,7 +30,7 @@ from trl import SFTTrainer
 from . import models
 from .acceptance import accepted_so_far, generating_round
 from .aligned import AlignedData
-from .behaviour.run import BehaviourRun, SOFTPremiseError
+from .behaviour.run import BehaviourRun
 from .callbacks import SOFTCallback, round_decided, round_decision, training_lines, with_collapse_callback
 from .config import SOFTConfig, SOFTSettings
 from .curriculum import Scorer, ScoringContext
@@ -41,22 +41,19 @@ from .engines.session import EngineSession
 from .evaluation.suite import RoundEvaluator
 from .filters import last_sentence
 from .inputs import RunInputs
-from .interrupts import RoundStops, SOFTInterrupted, StopRequests
+from .interrupts import RoundStops, StopRequests
 from .progress import RunProgress, follow_log_level, say
 from .prompting import Exemplar, Principles
 from .quantization import check_kbit_supported, wants_kbit
-from .report_html import write_reports
-from .reporting import SOFT_CITATION, complete_model_card, printed_summary, round_line
-from .rounds import Round, SOFTRoundError
-from .run_folder import RunFolder, SOFTLockError, SOFTResumeError, checkpoint_loss_sum
+from .reporting.html import write_reports
+from .reporting.model_card import SOFT_CITATION, complete_model_card
+from .reporting.summary import printed_summary
+from .reporting.table import round_line
+from .rounds import Round
+from .run_folder import RunFolder, checkpoint_loss_sum
 from .run_store import RunStore
 from .sampler import CurriculumSampler
-from .state import FINAL_MODEL, SOFTSaveError, SOFTState, config_hash
-
-__all__ = [
-    "SOFTInterrupted", "SOFTLockError", "SOFTPremiseError", "SOFTResumeError", "SOFTRoundError", "SOFTSaveError",
-    "SOFTTrainer",
-]
+from .state import FINAL_MODEL, SOFTState, config_hash
 
 
 class SOFTTrainer(SFTTrainer):

@@ -20,6 +20,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from datasets import load_dataset
+
 from ..data import resolve_data_dir
 from ..prompting import asset_path
 from .settings import DNA_REFUSAL_AREAS, BehaviourSettings
@@ -85,8 +87,6 @@ def load_own_set(name: str, path: str | None, field_name: str) -> list[Behaviour
 
 
 def _hub(*args, **kwargs):
-    from datasets import load_dataset
-
     try:
         return load_dataset(*args, **kwargs)
     except Exception as err:  # noqa: BLE001 - the hub raises many kinds; the message says what to do

@@ -15,12 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import AutoTokenizer
 
 from ..engines import EngineSettings, EngineWeights, HFEngine, choose_engine, make_vllm_engine
 from ..engines.choice import read_model_facts
 from ..judges.settings import JudgeSettings
 from ..models import ensure_pad_token, load_inference_model, resolve_model_path
-from ..prompting import Exemplar, ExemplarSampler, Principles, PromptFormatter
+from ..prompting import Exemplar, ExemplarSampler, Principles, PromptFormatter, load_exemplars, load_principles
 from .data import BehaviourSets
 from .evaluate import BehaviourEvaluator, BehaviourResult, premise_check
 from .settings import BehaviourSettings
@@ -40,8 +41,6 @@ class ModelBehaviour:
 
 def _merged_copy(adapter_dir: str, into: Path) -> str:
     """A full copy of base + adapter (vLLM loads it like any model)."""
-    from transformers import AutoTokenizer
-
     load_inference_model(adapter_dir, merge_adapter=True, dtype=torch.float32).save_pretrained(into)
     AutoTokenizer.from_pretrained(adapter_dir).save_pretrained(into)
     return str(into)
@@ -69,10 +68,6 @@ def evaluate_model_behaviour(
     `settings.behaviour_fewshot` has round 0), judge the answers and return rates with 95% intervals and, with few-shot on, the premise
     check. Data and judges are checked before the model loads. `part`: every item ('all'), or the run's selection or
     confirmation part (`behaviour_confirmation_share`): a setting is chosen on the selection part only."""
-    from transformers import AutoTokenizer
-
-    from ..prompting import load_exemplars, load_principles
-
     sets = BehaviourSets.load(settings)
     if part not in PARTS:
         raise ValueError(f"`part` must be one of {PARTS}; got {part!r}.")

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..distributed import is_main_process, run_on_main
+from ..errors import SOFTPremiseError
 from ..judges.settings import JudgeSettings
 from ..prompting import Exemplar, PromptFormatter
 from ..state import JUDGE_CACHE, atomic_write_json, atomic_write_jsonl
@@ -32,10 +33,6 @@ SAMPLES = "behaviour.jsonl"  # in each round folder: every behaviour answer with
 CONFIRMATION_SAMPLES = "confirmation.jsonl"
 CONFIRMATION_SCORES = "confirmation_item_scores"
 REFERENCE = "behaviour_reference.json"  # in round_0: the starting model's answers that win rates compare with
-
-
-class SOFTPremiseError(RuntimeError):
-    """`require_premise=True` and the premise check did not hold: nothing was trained."""
 
 
 class BehaviourRun:

@@ -21,13 +21,16 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..distributed import is_main_process, run_on_main
+from ..errors import EngineError, EngineUnavailable
 from ..generation import GenerationResult, GenerationSettings
 from ..state import ENGINE_WEIGHTS, SERVER_LOG
-from .base import EngineError, EngineWeights, GenerationEngine
-from .choice import EngineChoice, EngineUnavailable, ModelFacts, choose_engine, vllm_installed
+from .base import EngineWeights, GenerationEngine
+from .choice import EngineChoice, ModelFacts, choose_engine, vllm_installed
 from .hf import HFEngine
 from .ranks import PerRankEngine, RankPlacement
 from .settings import SYNC_METRIC, EngineSettings
+from .vllm_local import VLLMColocateEngine
+from .vllm_server import VLLMServerEngine
 
 __all__ = [
     "EngineChoice",
@@ -55,10 +58,7 @@ def make_vllm_engine(
     """Start the vLLM engine `choice` describes (this process only; `placement`: its place among per-rank engines)."""
     work_dir = Path(output_dir) / ENGINE_WEIGHTS
     if choice.mode == "server":
-        from .vllm_server import VLLMServerEngine
-
         return VLLMServerEngine(choice, settings, tokenizer, work_dir, seed, Path(output_dir) / SERVER_LOG)
-    from .vllm_local import VLLMColocateEngine
 
     return VLLMColocateEngine(choice, settings, tokenizer, work_dir, seed, placement)
 

@@ -20,10 +20,6 @@ from transformers import PreTrainedTokenizerBase
 from ..generation import GenerationResult, GenerationSettings
 
 
-class EngineError(RuntimeError):
-    """The generation engine cannot go on (a server that died or does not answer, weights it cannot load)."""
-
-
 @dataclass(frozen=True)
 class EngineWeights:
     """The weights to generate with: the base model, or a saved round (`kind` 'full' or 'adapter')."""

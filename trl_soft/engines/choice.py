@@ -25,8 +25,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
+from types import ModuleType
 
-from ..memory import PROMPT_TOKENS_ESTIMATE, GenerationShape, MemoryPlan, PlanError
+import torch
+from transformers import AutoConfig
+
+from ..errors import EngineUnavailable, PlanError
+from ..memory import PROMPT_TOKENS_ESTIMATE, GenerationShape, MemoryPlan
 from ..security import redact_url
 from .settings import EngineSettings, resolve_dtype, smallest_lora_rank
 
@@ -124,12 +129,16 @@ class EngineChoice:
         return replace(self, max_model_len=fit_max_model_len(need, context, explicit))
 
 
-class EngineUnavailable(ValueError):
-    """`generation_backend='vllm'` was asked for where vLLM cannot generate for this run."""
-
-
 def vllm_installed() -> bool:
     return importlib.util.find_spec("vllm") is not None
+
+
+def load_vllm() -> ModuleType:
+    """The `vllm` module with the submodules trl-soft uses (`vllm_modules.py`), imported on first use: the one import
+    of vLLM, an optional dependency too slow (and too eager to configure logging) for `import trl_soft`."""
+    from .vllm_modules import vllm
+
+    return vllm
 
 
 def read_architecture(path: str | None) -> str | None:
@@ -140,8 +149,6 @@ def read_architecture(path: str | None) -> str | None:
         if os.path.isdir(path):
             architectures = json.loads((Path(path) / "config.json").read_text()).get("architectures")
         else:
-            from transformers import AutoConfig
-
             architectures = AutoConfig.from_pretrained(path).architectures
     except Exception:  # no config to be had (offline, private): vLLM itself will say at start-up
         return None
@@ -170,18 +177,13 @@ def fit_max_model_len(need: int, context: int | None, explicit: int | None) -> i
 @cache
 def vllm_quantization_methods() -> tuple[str, ...]:
     """The quantization methods the installed vLLM can load: its registry, read (not a table of versions)."""
-    from vllm.model_executor.layers.quantization import QUANTIZATION_METHODS
-
-    return tuple(QUANTIZATION_METHODS)
+    return tuple(load_vllm().model_executor.layers.quantization.QUANTIZATION_METHODS)
 
 
 def _check_quantization_hardware(method: str) -> None:
     """A method the registry has but this GPU cannot run (e.g. fp8 below its minimum compute capability)."""
-    import torch
-    from vllm.model_executor.layers.quantization import get_quantization_config
-
     try:
-        minimum = get_quantization_config(method).get_min_capability()
+        minimum = load_vllm().model_executor.layers.quantization.get_quantization_config(method).get_min_capability()
     except Exception:  # a method that cannot say: vLLM says at start-up
         return
     major, minor = torch.cuda.get_device_capability()
@@ -225,9 +227,7 @@ def engine_quantization(settings: EngineSettings, facts: ModelFacts) -> tuple[st
 
 
 def vllm_supports(architecture: str) -> bool:
-    from vllm import ModelRegistry
-
-    return architecture in ModelRegistry.get_supported_archs()
+    return architecture in load_vllm().ModelRegistry.get_supported_archs()
 
 
 def _obstacle(settings: EngineSettings, facts: ModelFacts) -> str | None:

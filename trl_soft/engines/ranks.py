@@ -53,7 +53,11 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TypeVar
 
+import torch
+import torch.distributed as dist
+
 from ..distributed import is_main_process, map_by_group, process_state, run_everywhere, run_on_main
+from ..errors import EngineStartError
 from ..generation import GenerationResult, GenerationSettings
 from .base import EngineWeights, GenerationEngine
 from .choice import EngineChoice
@@ -70,10 +74,6 @@ ACK_SECONDS = 30.0
 GRACE_SECONDS = 5.0
 EXIT_CODE = 1
 _attempts = itertools.count()  # every process starts its engines in the same order: one key space per start
-
-
-class EngineStartError(RuntimeError):
-    """The generation engine failed to start on a process; every process stops with this same message."""
 
 
 @dataclass(frozen=True)
@@ -100,8 +100,6 @@ class RankPlacement:
         local = int(os.environ.get("LOCAL_WORLD_SIZE", "0")) or state.num_processes
         visible = 0
         if on_cuda:
-            import torch
-
             visible = torch.cuda.device_count()
         return cls(state.process_index, state.local_process_index, state.num_processes, local,
                    tensor_parallel_size, on_cuda, visible)
@@ -219,8 +217,6 @@ class PerRankEngine:
             )
 
         if self.placement.barrier_before_generate(self.choice.lora_mode is not None):
-            import torch
-
             torch.distributed.barrier(device_ids=[self.placement.device_index])
         return map_by_group(prompts, answer, self.placement.tensor_parallel_size)
 
@@ -233,8 +229,6 @@ class PerRankEngine:
 # ---- one GPU per rank -------------------------------------------------------------------------------------------------
 def gpu_identity(device_index: int) -> tuple[str, str]:
     """(host, GPU UUID) of the GPU this rank trains on."""
-    import torch
-
     uuid = getattr(torch.cuda.get_device_properties(device_index), "uuid", None)
     return socket.gethostname(), str(uuid) if uuid is not None else f"{os.environ.get('CUDA_VISIBLE_DEVICES')}:{device_index}"
 
@@ -257,8 +251,6 @@ def check_own_gpus(identities: Sequence[tuple[str, str]]) -> None:
 def store_client(prefix: str):
     """A client of the launcher's key-value store (torchrun's TCPStore at MASTER_ADDR:MASTER_PORT), its keys under
     `prefix`; None where there is none to reach."""
-    import torch.distributed as dist
-
     host, port = os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT")
     if not host or not port or not dist.is_available():
         return None

@@ -15,24 +15,17 @@ from pathlib import Path
 import torch
 
 from ..distributed import is_main_process, process_state
+from ..errors import EngineUnavailable, PlanError
 from ..generation import GenerationResult, GenerationSettings
-from ..memory import (
-    CUDA_RESERVE,
-    GIB,
-    MemoryPlan,
-    ModelShape,
-    PlanError,
-    TrainingShape,
-    device_memory,
-    read_model_config,
-)
+from ..memory import CUDA_RESERVE, GIB, MemoryPlan, ModelShape, TrainingShape, device_memory, read_model_config
 from ..progress import say
 from ..state import ENGINE_WEIGHTS, round_paths
 from . import MainProcessEngine, PerRankEngine, RankPlacement, make_vllm_engine
 from .base import EngineWeights, GenerationEngine
-from .choice import EngineChoice, EngineUnavailable, choose_engine, fit_memory, generation_shape, read_model_facts
+from .choice import EngineChoice, choose_engine, fit_memory, generation_shape, read_model_facts
 from .hf import HFEngine
 from .settings import EngineSettings
+from .vllm_server import check_servers
 from .weights import prepare_merged_weights
 
 logger = logging.getLogger(__name__)
@@ -69,8 +62,6 @@ class EngineSession:
         except EngineUnavailable as err:
             raise ValueError(str(err)) from None
         if choice.backend == "vllm" and choice.mode == "server":
-            from .vllm_server import check_servers
-
             check_servers(settings, on_cuda)  # devices that exist, servers that answer: before any weights load
         if is_main_process():
             logger.info(f"generation engine: {choice.describe()}")

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from functools import cache
 from urllib.parse import urlsplit
 
+import torch
+
 from ..security import ENV_NAME, host_of, is_loopback, key_may_travel, redact_url
 from ..settings import ConcernSettings, setting
 
@@ -384,8 +386,6 @@ def resolve_dtype(dtype: str, on_cuda: bool) -> str:
     if dtype != "auto":
         return dtype
     if on_cuda:
-        import torch
-
         return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
     return "bfloat16" if cpu_has_fast_bfloat16() else "float32"
 

@@ -30,12 +30,14 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
 from transformers import PreTrainedTokenizerBase
 
+from ..errors import EngineError
 from ..generation import GenerationResult, GenerationSettings
 from ..progress import bar_factory, show_load_bars  # inside a phase: its one bar, not one per call
-from .base import EngineError, EngineWeights, StopRule, encode_prompts, prompt_seed, result_from_vllm, sampling_fields
-from .choice import EngineChoice
+from .base import EngineWeights, StopRule, encode_prompts, prompt_seed, result_from_vllm, sampling_fields
+from .choice import EngineChoice, load_vllm
 from .ranks import RankPlacement
 from .settings import EngineSettings
 from .weights import check_adapter_engine_weights, reload_folder
@@ -99,15 +101,11 @@ def engine_arguments(
 
 def sleep_mode_available() -> bool:
     """Whether the platform vLLM runs on here can sleep (CUDA and ROCm can, vLLM 0.31's CPU platform cannot)."""
-    from vllm.platforms import current_platform
-
-    return bool(current_platform.is_sleep_mode_available())
+    return bool(load_vllm().platforms.current_platform.is_sleep_mode_available())
 
 
 def release_cached_memory() -> None:
     """Return the blocks PyTorch's allocator caches in this process to the GPU (no-op without CUDA)."""
-    import torch
-
     gc.collect()
     if torch.cuda.is_available():
         with contextlib.suppress(RuntimeError):
@@ -126,7 +124,7 @@ class VLLMColocateEngine:
         """`placement`: this process's place when every process runs an engine (`ranks.py`); None for a lone one."""
         if placement is None or not placement.on_cuda:  # external_launcher runs the engine in this process
             check_main_guard()
-        from vllm import LLM
+        LLM = load_vllm().LLM  # resolved before the engine's environment is set below
 
         self.tokenizer = tokenizer
         self.dtype = choice.dtype
@@ -179,10 +177,8 @@ class VLLMColocateEngine:
             check_adapter_engine_weights(weights)
             self.lora_request = None
             if weights.kind == "adapter":
-                from vllm.lora.request import LoRARequest
-
                 self._lora_ids += 1
-                self.lora_request = LoRARequest(weights.tag, self._lora_ids, weights.folder)
+                self.lora_request = load_vllm().lora.request.LoRARequest(weights.tag, self._lora_ids, weights.folder)
         else:
             path = reload_folder(weights, model, self.work_dir, self.dtype)
             self.llm.collective_rpc("reload_weights", kwargs={"weights_path": path})
@@ -195,15 +191,13 @@ class VLLMColocateEngine:
     ) -> list[GenerationResult]:
         """`prompts` are items `first_index`, `first_index + 1`, ... of the whole request (a process answering a
         slice passes its position), which fixes each one's sampling seed; `desc` None: no progress bar."""
-        from vllm import SamplingParams
-        from vllm.inputs import TokensPrompt
-
         if not prompts:
             return []
         stop = StopRule.build(self.tokenizer, settings.stop_strings)
-        inputs = [TokensPrompt(prompt_token_ids=ids) for ids in encode_prompts(self.tokenizer, prompts)]
+        vllm = load_vllm()
+        inputs = [vllm.inputs.TokensPrompt(prompt_token_ids=ids) for ids in encode_prompts(self.tokenizer, prompts)]
         params = [
-            SamplingParams(**sampling_fields(settings, stop, prompt_seed(settings.seed, first_index + i)))
+            vllm.SamplingParams(**sampling_fields(settings, stop, prompt_seed(settings.seed, first_index + i)))
             for i in range(len(prompts))
         ]
         progress = bar_factory(desc) if desc is not None else False

@@ -32,6 +32,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+from peft.tuners.lora.layer import Linear as LoraLinear
+from peft.tuners.lora.layer import LoraLayer
+from safetensors.torch import save_file
+from torch.distributed.fsdp import FullyShardedDataParallel
+from torch.distributed.tensor import DTensor
 
 from ..distributed import is_main_process
 
@@ -47,9 +52,6 @@ _PREPARED: dict[str, tuple[object, int]] = {}
 def model_sharding(model) -> str:
     """How `model`'s parameters lie across processes: 'dtensor' (FSDP2 / tensor parallel), 'zero3' (DeepSpeed),
     'fsdp1' (FullyShardedDataParallel, refused), or 'none' (whole on every process: one process, DDP)."""
-    from torch.distributed.fsdp import FullyShardedDataParallel
-    from torch.distributed.tensor import DTensor
-
     if any(isinstance(module, FullyShardedDataParallel) for module in model.modules()):
         return "fsdp1"
     for parameter in model.parameters():
@@ -77,14 +79,12 @@ def _check_supported(sharding: str) -> None:
 def _gathered(tensors: list[torch.Tensor], sharding: str) -> Iterator[list[torch.Tensor]]:
     """The full values of `tensors` for the duration of the block (a collective under 'dtensor' and 'zero3')."""
     if sharding == "zero3":
-        import deepspeed
+        import deepspeed  # not a dependency: only a DeepSpeed ZeRO-3 run has it (`_check_supported`)
 
         partitioned = [t for t in tensors if hasattr(t, "ds_id")]
         with deepspeed.zero.GatheredParameters(partitioned, modifier_rank=None):
             yield [t.data for t in tensors]
     elif sharding == "dtensor":
-        from torch.distributed.tensor import DTensor
-
         yield [t.full_tensor() if isinstance(t, DTensor) else t for t in tensors]
     else:
         yield list(tensors)
@@ -92,9 +92,6 @@ def _gathered(tensors: list[torch.Tensor], sharding: str) -> Iterator[list[torch
 
 def _plain_lora_layers(model, adapter: str) -> dict[str, torch.nn.Module]:
     """Module name -> LoRA-wrapped linear layer, for the active adapter; other LoRA variants are refused."""
-    from peft.tuners.lora.layer import Linear as LoraLinear
-    from peft.tuners.lora.layer import LoraLayer
-
     layers = {}
     for name, module in model.named_modules():
         if not isinstance(module, LoraLayer) or adapter not in getattr(module, "lora_A", {}):
@@ -173,8 +170,6 @@ def merged_state_dict(peft_model, dtype: torch.dtype, keep: bool = True) -> dict
 def export_merged_weights(peft_model, folder: str | Path, dtype: torch.dtype) -> Path:
     """Write the merged weights to `folder/model.safetensors` (via a `.partial` folder renamed into place). Under
     FSDP2 or ZeRO-3 every process calls this; only the main process writes."""
-    from safetensors.torch import save_file
-
     folder = Path(folder)
     main = is_main_process()
     state = merged_state_dict(peft_model, dtype, keep=main)

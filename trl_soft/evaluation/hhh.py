@@ -20,6 +20,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from datasets import load_dataset
+
 from ..files import json_document
 from .multiple_choice import ChoiceRequest
 
@@ -99,8 +101,6 @@ def load_hhh(source: str | None = None, limit: int | None = None) -> list[HHHIte
 
 
 def _load_hub(name: str, limit: int | None) -> list[HHHItem]:
-    from datasets import load_dataset
-
     items = []
     for category in CATEGORIES:
         try:

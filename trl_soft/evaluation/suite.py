@@ -12,10 +12,10 @@ from typing import Any
 from ..behaviour.run import BehaviourRun
 from ..behaviour.stats import ITEM_SCORES
 from ..data import ValidationPair
-from ..diagnostics import DiagnosticsSettings, collapse_diagnostics
 from ..generation import GenerationResult, GenerationSettings
 from ..prompting import PromptFormatter
 from .benchmarks import BenchmarkSuite
+from .diagnostics import DiagnosticsSettings, collapse_diagnostics
 from .validation import VALIDATION_METRIC, ValidationSettings, validation_nll_items
 
 Generate = Callable[[list[str], GenerationSettings, str], list[GenerationResult]]

@@ -15,13 +15,19 @@ both lists are scored once).
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+import yaml
+from datasets import load_dataset
+
+from ..errors import TemplateRenderError
 from ..files import json_lines, read_text
+from ..sandbox import render_bounded
 from .multiple_choice import ChoiceRequest
 
 HUB_NAME = "truthfulqa/truthful_qa"
@@ -98,8 +104,6 @@ def load_truthfulqa(source: str | None = None, limit: int | None = None) -> list
 
 
 def _load_hub(name: str) -> tuple[list[dict], list[str]]:
-    from datasets import load_dataset
-
     try:
         dataset = load_dataset(name, "multiple_choice", split="validation")
     except Exception as err:  # no network, unknown name, ...
@@ -115,11 +119,7 @@ def prompt_template(path: str | None = None) -> str:
     """The source of lm-evaluation-harness's `doc_to_text` Jinja template for truthfulqa_mc1 (or of the one in
     `path`). It is compiled and rendered only by `render_prompts`: in Jinja's immutable sandbox with strict undefined
     names (a template may format `question`, and nothing else), in a child process under limits."""
-    import yaml
-
     if path is None:
-        import importlib.util
-
         spec = importlib.util.find_spec("lm_eval")
         if spec is None or not spec.submodule_search_locations:
             raise ModuleNotFoundError(
@@ -152,8 +152,6 @@ def render_prompts(template: str, questions: Sequence[str], path: str | None = N
     """The prompts of `questions` (one child process for all, `trl_soft.sandbox`); a template that reaches for
     anything but `question` (an unsafe attribute, a name it is not given), does not compile, or exceeds the limits is
     refused naming `truthfulqa_template`."""
-    from ..sandbox import TemplateRenderError, render_bounded
-
     try:
         return render_bounded(template, [{"question": q} for q in questions])
     except TemplateRenderError as err:

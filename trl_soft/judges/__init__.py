@@ -12,16 +12,13 @@ two answers is better.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
-from .base import CRITERIA, JudgeError, PairwiseJudge, PointwiseJudge, Verdict
+from ..errors import JudgeError
+from .base import CRITERIA, PairwiseJudge, PointwiseJudge, Verdict
 from .cache import CachedJudge
+from .hf import HFJudge
+from .openai import OpenAIJudge
 from .rules import RuleJudge
 from .settings import PAIRWISE_JUDGES, POINTWISE_JUDGES, JudgeSettings
-
-if TYPE_CHECKING:
-    from .hf import HFJudge
-    from .openai import OpenAIJudge
 
 __all__ = [
     "CRITERIA",
@@ -38,14 +35,3 @@ __all__ = [
     "Verdict",
 ]
 
-
-def __getattr__(name: str) -> Any:  # the model judges import torch / requests only when used
-    if name == "HFJudge":
-        from .hf import HFJudge
-
-        return HFJudge
-    if name == "OpenAIJudge":
-        from .openai import OpenAIJudge
-
-        return OpenAIJudge
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

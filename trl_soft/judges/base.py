@@ -29,10 +29,6 @@ CRITERIA: dict[str, str] = {
 }
 
 
-class JudgeError(RuntimeError):
-    """A judge could not give its verdicts (an endpoint that stopped answering, a model that failed to load)."""
-
-
 @dataclass(frozen=True)
 class Verdict:
     """One judgement: `label` True means yes (refused / admits it cannot know / harmful request).

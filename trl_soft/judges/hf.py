@@ -15,9 +15,10 @@ from typing import Any
 
 import torch
 
-from ..models import pad_id
+from ..errors import JudgeError
+from ..models import load_model_and_tokenizer, pad_id, resolve_model_path
 from ..progress import bar as phase_bar  # inside a phase: its one bar, not one per call
-from .base import CRITERIA, JudgeError, Verdict, check_criterion, check_lengths
+from .base import CRITERIA, Verdict, check_criterion, check_lengths
 from .prompts import (
     FIRST_VARIANTS,
     NO_VARIANTS,
@@ -73,7 +74,6 @@ class HFJudge:
         if isinstance(model, str):
             if tokenizer is not None:
                 raise ValueError("Give HFJudge a model name with no tokenizer, or a loaded model with its tokenizer.")
-            from ..models import load_model_and_tokenizer, resolve_model_path
 
             try:
                 path = resolve_model_path(model)

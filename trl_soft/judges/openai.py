@@ -9,7 +9,7 @@ endpoint returns no log-probabilities, or none of its candidates is such a word,
 timeouts, HTTP 429 and 5xx are retried with exponential backoff (honouring `Retry-After`), other errors are not.
 
 `base_url` is the API root, as OpenAI's clients take it ("https://api.openai.com/v1"); a bare server address
-("http://127.0.0.1:8000") gets "/v1". The API key is read from the environment variable `judge_key` (settings.py)
+("http://127.0.0.1:8000") gets "/v1". The API key is read from the environment variable `judge_key` (below)
 picks: the one `api_key_env` names, sent only over https or to a loopback address (`allow_insecure_key` for anything
 else); unset, `$OPENAI_API_KEY` for api.openai.com only. With no key no Authorization header is sent (a local vLLM
 server needs none). The judge's `name` (the verdict cache's key), its messages and its errors show the URL redacted.
@@ -26,9 +26,10 @@ from urllib.parse import urlsplit
 
 import requests
 
-from ..security import is_loopback, redact_url, url_credentials_error
+from ..errors import JudgeError
+from ..security import host_of, is_loopback, key_may_travel, redact_url, url_credentials_error
 from ..threads import map_in_flight
-from .base import CRITERIA, JudgeError, Verdict, check_criterion, check_lengths
+from .base import CRITERIA, Verdict, check_criterion, check_lengths
 from .prompts import (
     FIRST_WORDS,
     NO_WORDS,
@@ -49,6 +50,37 @@ PROGRESS_MIN_ITEMS = 64
 _START_HINT = "Start the server or correct `judge_base_url`."
 _REACH = "Checking the judge endpoint"
 T = TypeVar("T")
+
+
+# With `judge_api_key_env` unset: this variable's key, for these hosts only (the service that issues it).
+DEFAULT_KEY_ENV = "OPENAI_API_KEY"
+DEFAULT_KEY_HOSTS = ("api.openai.com",)
+
+
+def judge_key(base_url: str, api_key_env: str | None, allow_insecure: bool = False) -> tuple[str | None, str]:
+    """(the environment variable whose value is sent to `base_url` as the judge's key, or None; why, for the log).
+
+    Raises `ValueError` naming the field when the key would cross the network unencrypted (plain http to a host that
+    is not this machine) without `judge_allow_insecure_key`. Decided from the settings alone, whether or not the
+    variable is set, so a config is refused or accepted the same on every machine."""
+    host = (urlsplit(base_url).hostname or "").lower()
+    if api_key_env is None:
+        if host not in DEFAULT_KEY_HOSTS:
+            return None, (f"none (`judge_api_key_env` is unset: ${DEFAULT_KEY_ENV} goes only to "
+                          f"{', '.join(DEFAULT_KEY_HOSTS)})")
+        api_key_env = DEFAULT_KEY_ENV
+    if not api_key_env:
+        return None, "none (`judge_api_key_env` is '')"
+    if not key_may_travel(base_url) and not allow_insecure:
+        raise ValueError(
+            f"`judge_base_url` is plain http to {host_of(base_url)}, which is not this machine: the key in "
+            f"${api_key_env} (`judge_api_key_env`) would cross the network unencrypted. Use an https:// URL or a "
+            "loopback address (127.0.0.1), set `judge_api_key_env=''` to send no key, or set "
+            "`judge_allow_insecure_key=True` (a network you trust)."
+        )
+    how = "https" if urlsplit(base_url).scheme == "https" else "plain http, loopback" if key_may_travel(base_url) \
+        else "plain http, `judge_allow_insecure_key`"
+    return api_key_env, f"${api_key_env} ({how})"
 
 
 def api_root(base_url: str) -> str:
@@ -93,8 +125,6 @@ class OpenAIJudge:
         backoff: float = 1.0,
         allow_insecure_key: bool = False,
     ):
-        from .settings import judge_key
-
         credentials = url_credentials_error("judge_base_url", base_url, "give the key through `judge_api_key_env`")
         if credentials is not None:
             raise credentials

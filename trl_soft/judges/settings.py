@@ -5,7 +5,7 @@ Each setting is declared once below (`setting`: default, help, `SOFTConfig` fiel
 `judge_*` fields from there; `JudgeSettings.from_config` builds one object from them, and every check here names the
 `SOFTConfig` field and the fix. Nothing is loaded or contacted until `build_pointwise` / `build_pairwise` / `check_reachable` are called.
 
-The key of an 'openai' judge (`judge_key`): the value of the environment variable `judge_api_key_env` names, sent to
+The key of an 'openai' judge (`judge_key`, in openai.py): the value of the environment variable `judge_api_key_env` names, sent to
 `judge_base_url` only over https or to a loopback address unless `judge_allow_insecure_key` says otherwise. Left unset,
 `judge_api_key_env` means `$OPENAI_API_KEY` for OpenAI's own API (`api.openai.com`) and no key for any other host: a
 key made for one service never goes to another unless the config names its variable. A URL holding credentials is
@@ -21,45 +21,19 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from ..security import host_of, is_env_name, key_may_travel, redact_url, url_credentials_error
+from ..models import check_model_path
+from ..security import host_of, is_env_name, redact_url, url_credentials_error
 from ..settings import ConcernSettings, setting
 from .base import PairwiseJudge, PointwiseJudge
+from .cache import CachedJudge
+from .hf import HFJudge
+from .openai import OpenAIJudge, judge_key
+from .rules import RuleJudge
 
 logger = logging.getLogger(__name__)
 
 POINTWISE_JUDGES = ("rules", "hf", "openai")
 PAIRWISE_JUDGES = ("none", "hf", "openai")
-# With `judge_api_key_env` unset: this variable's key, for these hosts only (the service that issues it).
-DEFAULT_KEY_ENV = "OPENAI_API_KEY"
-DEFAULT_KEY_HOSTS = ("api.openai.com",)
-
-
-def judge_key(base_url: str, api_key_env: str | None, allow_insecure: bool = False) -> tuple[str | None, str]:
-    """(the environment variable whose value is sent to `base_url` as the judge's key, or None; why, for the log).
-
-    Raises `ValueError` naming the field when the key would cross the network unencrypted (plain http to a host that
-    is not this machine) without `judge_allow_insecure_key`. Decided from the settings alone, whether or not the
-    variable is set, so a config is refused or accepted the same on every machine."""
-    host = (urlsplit(base_url).hostname or "").lower()
-    if api_key_env is None:
-        if host not in DEFAULT_KEY_HOSTS:
-            return None, (f"none (`judge_api_key_env` is unset: ${DEFAULT_KEY_ENV} goes only to "
-                          f"{', '.join(DEFAULT_KEY_HOSTS)})")
-        api_key_env = DEFAULT_KEY_ENV
-    if not api_key_env:
-        return None, "none (`judge_api_key_env` is '')"
-    if not key_may_travel(base_url) and not allow_insecure:
-        raise ValueError(
-            f"`judge_base_url` is plain http to {host_of(base_url)}, which is not this machine: the key in "
-            f"${api_key_env} (`judge_api_key_env`) would cross the network unencrypted. Use an https:// URL or a "
-            "loopback address (127.0.0.1), set `judge_api_key_env=''` to send no key, or set "
-            "`judge_allow_insecure_key=True` (a network you trust)."
-        )
-    how = "https" if urlsplit(base_url).scheme == "https" else "plain http, loopback" if key_may_travel(base_url) \
-        else "plain http, `judge_allow_insecure_key`"
-    return api_key_env, f"${api_key_env} ({how})"
-
-
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
@@ -123,7 +97,6 @@ class JudgeSettings(ConcernSettings):
                     "model", "is needed by the 'hf' judge: give a local model folder, a hub id in the local cache, or "
                     "'embedded' for the built-in SmolLM2-135M-Instruct."
                 )
-            from ..models import check_model_path
 
             try:
                 check_model_path(self.model)
@@ -197,14 +170,11 @@ class JudgeSettings(ConcernSettings):
     def build_pointwise(self, cache_path: str | Path | None = None, made: dict | None = None) -> PointwiseJudge:
         """The `behaviour_judge`, wrapped in a verdict cache at `cache_path` when given."""
         if self.pointwise == "rules":
-            from .rules import RuleJudge
-
             judge: Any = RuleJudge()
         else:
             judge = self._model_judge(self.pointwise, {} if made is None else made)
         if cache_path is None:
             return judge
-        from .cache import CachedJudge
 
         return CachedJudge(cache_path, pointwise=judge)
 
@@ -215,7 +185,6 @@ class JudgeSettings(ConcernSettings):
         judge = self._model_judge(self.pairwise, {} if made is None else made)
         if cache_path is None:
             return judge
-        from .cache import CachedJudge
 
         return CachedJudge(cache_path, pairwise=judge)
 
@@ -242,12 +211,8 @@ class JudgeSettings(ConcernSettings):
         travels inside `SOFTConfig`, which the Trainer pickles into every checkpoint)."""
         if kind not in made:
             if kind == "hf":
-                from .hf import HFJudge
-
                 made[kind] = HFJudge(self.model, batch_size=self.batch_size)
             else:
-                from .openai import OpenAIJudge
-
                 made[kind] = OpenAIJudge(
                     self.base_url, self.model, api_key_env=self.api_key_env, timeout=self.timeout,
                     max_retries=self.max_retries, allow_insecure_key=self.allow_insecure_key,

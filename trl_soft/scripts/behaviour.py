@@ -18,8 +18,13 @@ from pathlib import Path
 
 from trl import TrlParser
 
-from ..behaviour.settings import DEFAULT_SETS
+from ..behaviour.evaluate import format_premise
+from ..behaviour.model import evaluate_model_behaviour
+from ..behaviour.settings import DEFAULT_SETS, BehaviourSettings, parse_sets
+from ..config import SOFTConfig
 from ..progress import console, quiet_third_party, say
+from ..prompting import load_exemplars, load_principles
+from ..state import atomic_write_jsonl
 
 
 @dataclass
@@ -57,12 +62,6 @@ def _table(metrics: dict) -> str:
 
 
 def main(args: BehaviourArguments, config, check: bool = False) -> int:
-    from ..behaviour.evaluate import format_premise
-    from ..behaviour.model import evaluate_model_behaviour
-    from ..behaviour.settings import BehaviourSettings, parse_sets
-    from ..prompting import load_exemplars, load_principles
-    from ..state import atomic_write_jsonl
-
     config.behaviour_eval = parse_sets(args.behaviour)
     if check:
         config.behaviour_fewshot = [0]
@@ -88,8 +87,6 @@ def main(args: BehaviourArguments, config, check: bool = False) -> int:
 
 
 def run(argv: Sequence[str] | None = None, prog: str | None = None, check: bool = False) -> int:
-    from ..config import SOFTConfig
-
     argv = list(argv or [])
     if not any(a == "--output_dir" or a.startswith("--output_dir=") for a in argv):
         argv += ["--output_dir", "trl-soft-eval"]  # required by TrainingArguments; nothing is written there

@@ -16,6 +16,8 @@ from pathlib import Path
 
 from trl import TrlParser
 
+from ..evaluation.benchmarks import BenchmarkSuite
+from ..models import check_model_path, load_for_inference
 from ..progress import console, quiet_third_party, say
 
 DTYPES = ("float32", "bfloat16", "float16", "auto")
@@ -65,9 +67,6 @@ def format_metrics_table(metrics: dict[str, float]) -> str:
 
 
 def main(args: EvalArguments) -> dict[str, float]:
-    from ..evaluation.benchmarks import BenchmarkSuite
-    from ..models import check_model_path, load_for_inference
-
     started = time.perf_counter()
     suite = BenchmarkSuite.load(
         args.benchmarks, args.data_dir, args.limit, args.truthfulqa_template, args.hhh_answer_separator

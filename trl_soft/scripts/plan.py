@@ -19,18 +19,14 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
+import torch
 from trl import ModelConfig, TrlParser, get_peft_config, get_quantization_config
 
 from ..config import SOFTConfig
-from ..engines.choice import (
-    EngineChoice,
-    EngineUnavailable,
-    fit_memory,
-    generation_shape,
-    vllm_installed,
-    vllm_quantization_methods,
-)
+from ..config_file import check_config_env
+from ..engines.choice import EngineChoice, fit_memory, generation_shape, vllm_installed, vllm_quantization_methods
 from ..engines.settings import smallest_lora_rank
+from ..errors import EngineUnavailable
 from ..memory import (
     GIB,
     PROMPT_TOKENS_ESTIMATE,
@@ -42,6 +38,7 @@ from ..memory import (
     read_model_config,
     sharding_of,
 )
+from ..models import EMBEDDED_NAME, resolve_model_path
 from ..progress import logger, say
 from ..quantization import wants_kbit
 from .train import SOFTScriptArguments
@@ -86,8 +83,6 @@ def vllm_choice(args: SOFTConfig, kbit: bool, lora_rank: int | None, path: str) 
 
 
 def main(script_args, args: SOFTConfig, model_args: ModelConfig, plan_args: PlanArguments) -> int:
-    from ..models import EMBEDDED_NAME, resolve_model_path
-
     del script_args  # the prompts are not read: the plan needs no tokenizer
     path = model_args.model_name_or_path or EMBEDDED_NAME  # a folder holding config.json alone is enough
     if path == EMBEDDED_NAME:
@@ -112,8 +107,6 @@ def main(script_args, args: SOFTConfig, model_args: ModelConfig, plan_args: Plan
 
     total = parse_size(plan_args.gpu_memory) if plan_args.gpu_memory else None
     if total is None:
-        import torch
-
         total = torch.cuda.mem_get_info()[1] if torch.cuda.is_available() else None
     say(f"trl-soft plan: {path} ({model.parameters / 1e9:.2f} B parameters), {plan_args.num_gpus} GPU(s)"
           + (f" of {total / GIB:.1f} GiB" if total else "") + "; GiB = 2^30 bytes\n")
@@ -137,8 +130,6 @@ def main(script_args, args: SOFTConfig, model_args: ModelConfig, plan_args: Plan
 
 
 def run(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
-    from ..cli import check_config_env
-
     parser = TrlParser((SOFTScriptArguments, SOFTConfig, ModelConfig, PlanArguments), prog=prog)
     argv = check_config_env(sys.argv[1:] if argv is None else argv)
     script_args, args, model_args, plan_args = parser.parse_args_and_config(args=argv)

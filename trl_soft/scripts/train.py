@@ -6,13 +6,18 @@ In the style of `trl/scripts/sft.py`: a `TrlParser` over a script-arguments data
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from trl import ModelConfig, TrlParser, get_peft_config, get_quantization_config
 
 from ..config import SOFTConfig
+from ..config_file import check_config_env
+from ..data import load_prompt_dataset
+from ..models import EMBEDDED_NAME
 from ..progress import console, quiet_third_party, say
+from ..trainer import SOFTTrainer
 
 
 @dataclass
@@ -42,10 +47,6 @@ def make_parser(prog: str | None = None) -> TrlParser:
 
 
 def main(script_args: SOFTScriptArguments, training_args: SOFTConfig, model_args: ModelConfig) -> None:
-    from ..data import load_prompt_dataset
-    from ..models import EMBEDDED_NAME
-    from ..trainer import SOFTTrainer
-
     model_init_kwargs = dict(
         revision=model_args.model_revision,
         trust_remote_code=training_args.trust_remote_code,
@@ -79,12 +80,8 @@ def main(script_args: SOFTScriptArguments, training_args: SOFTConfig, model_args
 def run(argv: Sequence[str] | None = None, prog: str | None = None, verbose: bool = False) -> None:
     """The command (`trl-soft train`, `examples/`): parse, then train with the run's lines on the console and the
     third-party noise filtered unless `verbose` or the run's `log_level` asks for everything (`trl_soft.progress`)."""
-    import sys
-
-    from ..cli import check_config_env  # a YAML `env:` block may not set loader variables without the opt-in
-
     parser = make_parser(prog)
-    argv = check_config_env(sys.argv[1:] if argv is None else argv)
+    argv = check_config_env(sys.argv[1:] if argv is None else argv)  # a YAML `env:` block: no loader variables
     script_args, training_args, model_args = parser.parse_args_and_config(args=argv)
     with console(), quiet_third_party("info" if verbose else training_args.log_level):
         main(script_args, training_args, model_args)

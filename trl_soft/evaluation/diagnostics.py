@@ -23,11 +23,11 @@ from dataclasses import dataclass
 from accelerate import Accelerator
 from transformers import PreTrainedModel
 
-from .evaluation.likelihood import score_completions
-from .filters import ngrams
-from .generation import GenerationResult, GenerationSettings, generate_completions
-from .prompting import PromptFormatter
-from .settings import ConcernSettings, setting
+from ..filters import ngrams
+from ..generation import GenerationResult, GenerationSettings, generate_completions
+from ..prompting import PromptFormatter
+from ..settings import ConcernSettings, setting
+from .likelihood import score_completions
 
 DIAGNOSTIC_METRICS = ("sample_entropy", "sample_distinct_1", "sample_distinct_2", "sample_self_bleu", "sample_tokens")
 

@@ -2,7 +2,7 @@
 the end of every run when matplotlib is installed).
 
 It holds the verdict, the full round table, the per-round plots in groups (behaviour, validation and collapse, data
-per round; `reporting.PLOT_GROUPS`) with their 95% intervals, the filter
+per round; `plots.PLOT_GROUPS`) with their 95% intervals, the filter
 counts, and the behaviour answers side by side (the starting model, then each round), the items whose verdict changed
 first. Images are inlined as base64 PNG and the style sheet is inline: no script, nothing fetched, so the page opens
 from a copied folder or an e-mail. Every model answer and prompt is HTML-escaped (they are untrusted text).
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import html
+import importlib.util
 import io
 import json
 import logging
@@ -19,16 +20,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .reporting import (
-    all_columns,
-    behaviour_verdict,
-    format_stop_line,
-    plot_groups,
-    plot_rounds,
-    table_cells,
-    write_summary,
-)
-from .state import PLOT_NAME, REPORT_NAME, SUMMARY_NAME, SOFTState, atomic_write_text, round_paths
+from ..state import PLOT_NAME, REPORT_NAME, SUMMARY_NAME, SOFTState, atomic_write_text, round_paths
+from .plots import plot_groups, plot_rounds
+from .summary import write_summary
+from .table import all_columns, table_cells
+from .verdict import behaviour_verdict, format_stop_line
 
 logger = logging.getLogger(__name__)
 
@@ -186,9 +182,7 @@ def write_reports(output_dir: Path, state: SOFTState) -> list[tuple[str, str]]:
     written beside the summary, as (label, path) for the closing lines."""
     output_dir = Path(output_dir)
     write_summary(output_dir, state)
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("matplotlib") is None:  # drawn on first use (`plots.plot_rounds`)
         return [("Plots and HTML report", "pip install 'trl-soft[plot]', then trl-soft report "
                                           f"{output_dir} --html")]
     written = []
