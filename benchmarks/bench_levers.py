@@ -147,7 +147,15 @@ def paired_truthfulqa(start: tuple[list[bool], list[float]], final: tuple[list[b
             "mc1_gained": gained, "mc1_lost": lost, "mc1_p_worse": sign_test(lost, gained),
             "mc2_start": sum(start[1]) / len(start[1]), "mc2_final": sum(final[1]) / len(final[1]),
             "mc2_diff": mc2.value, "mc2_low": mc2.low, "mc2_high": mc2.high,
-            "mc2_p_worse": 0.5 * math.erfc((mc2.value / mc2.se) / math.sqrt(2)) if mc2.se else 1.0}
+            "mc2_p_worse": lower_tail_p(mc2.value, mc2.se)}
+
+
+def lower_tail_p(difference: float, se: float) -> float:
+    """One-sided p that the final model is worse (the paired mean difference below zero): P(Z <= difference / se) under
+    no change; small when the difference is clearly negative. No spread at all: 1 unless the difference is negative."""
+    if not se:
+        return 0.0 if difference < 0 else 1.0
+    return 0.5 * math.erfc(-(difference / se) / math.sqrt(2))
 
 
 def table(results: list[dict]) -> str:

@@ -1,0 +1,26 @@
+"""benchmarks/bench_levers.py's paired TruthfulQA figures: which way the one-sided p points."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_levers.py"
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("bench_levers", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_mc2_p_worse_is_small_when_the_final_model_is_clearly_worse_and_large_when_better():
+    bench = _bench()
+    start_mc1 = [True, False] * 50
+    start_mc2 = [0.40 + 0.002 * (i % 7) for i in range(100)]
+    worse = bench.paired_truthfulqa((start_mc1, start_mc2), (start_mc1, [v - 0.01 for v in start_mc2]))
+    better = bench.paired_truthfulqa((start_mc1, start_mc2), (start_mc1, [v + 0.01 for v in start_mc2]))
+    assert worse["mc2_diff"] < 0 and worse["mc2_p_worse"] < 0.001
+    assert better["mc2_diff"] > 0 and better["mc2_p_worse"] > 0.999
+    assert worse["mc1_gained"] == worse["mc1_lost"] == 0 and worse["mc1_p_worse"] == 1.0
