@@ -42,24 +42,13 @@ def choice_error(field_name: str, value: object, choices: tuple[str, ...], fix: 
     return ValueError(f"{message} {fix}" if fix else message)
 
 
-def setting(
-    default: Any = MISSING,
-    help: str = "",
-    *,
-    name: str | None = None,
-    config_type: Any = None,
-    default_factory: Any = MISSING,
-    **kwargs: Any,
-) -> Any:
+def setting(default: Any, help: str, *, name: str | None = None, config_type: Any = None) -> Any:
     """Declare one setting of a concern, the one place it is written: its default, its help (the `--help` text and
     docs/configuration.md), the name of its `SOFTConfig` field (default: the attribute's) and, where the command line
     and YAML take another type than the concern holds, that type. Without `config_type` the field's type is the
     attribute's, with lists for tuples (`tuple[str, ...]` -> `list[str]`) and `| None` added when the default is None
     (a list left unset). A tuple default is a fresh list in each `SOFTConfig`."""
-    metadata = {HELP: help, CONFIG: name, CONFIG_TYPE: config_type, DECLARED: True}
-    if default_factory is not MISSING:
-        return field(default_factory=default_factory, metadata=metadata, **kwargs)
-    return field(default=default, metadata=metadata, **kwargs)
+    return field(default=default, metadata={HELP: help, CONFIG: name, CONFIG_TYPE: config_type, DECLARED: True})
 
 
 def read_from(name: str, default: Any) -> Any:
