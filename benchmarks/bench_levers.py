@@ -107,8 +107,20 @@ def read_run(folder: Path) -> dict:
             "mean_tokens": row.get("mean_response_tokens"), "cut": row.get("cut"),
             "behaviour_share": (row.get("seconds_behaviour") or 0) / total if total else None,
         })
+    for row in rounds:
+        row["tokens_other"] = other_answer_tokens(folder / f"round_{row['round']}" / "generations.jsonl")
     return {"state": state, "rounds": rounds, "final_round": state.get("final_round"),
             "selection": selection(state), "confirmation": state.get("confirmation")}
+
+
+def other_answer_tokens(generations: Path) -> float | None:
+    """Mean tokens of a round's new kept answers to the prompts that call for no refusal or admission: the length
+    drift without the mix's short refusals (how many of those a round keeps changes the all-answer mean)."""
+    if not generations.is_file():
+        return None
+    tokens = [row["num_tokens"] for row in map(json.loads, generations.read_text().splitlines())
+              if row.get("kept") and row.get("from_round") is None and not row.get("calls_for")]
+    return sum(tokens) / len(tokens) if tokens else None
 
 
 def truthfulqa_items(model: str, data_dir: str, cache: Path | None = None) -> tuple[list[bool], list[float]]:
@@ -160,7 +172,7 @@ def lower_tail_p(difference: float, se: float) -> float:
 
 def table(results: list[dict]) -> str:
     lines = ["| seed | arm | decisions | final | aligned kept/needed per round | retry samples | kept-answer "
-             "tokens per round | behaviour share of round time | selection verdict | confirmation verdict (held out) |",
+             "tokens per round (all; other than refusals/admissions) | behaviour share of round time | selection verdict | confirmation verdict (held out) |",
              "|---:|---|---|---:|---|---|---|---|---|---|"]
     marks = {True: "acc", False: "REJ", None: "-"}
     for r in results:
@@ -169,6 +181,7 @@ def table(results: list[dict]) -> str:
         aligned = " ".join(f"{x['aligned_kept']}/{x['aligned_needed']}" for x in rounds)
         retries = " ".join(str(x["retry_samples"]) for x in rounds)
         tokens = " ".join(f"{x['mean_tokens']:.0f}" for x in rounds if x["mean_tokens"] is not None)
+        tokens += "; " + " ".join(f"{x['tokens_other']:.0f}" for x in rounds if x["tokens_other"] is not None)
         share = " ".join(f"{100 * x['behaviour_share']:.0f}%" for x in rounds if x["behaviour_share"] is not None)
         lines.append(f"| {r['seed']} | {r['arm']} | {decisions} | {r['final_round']} | {aligned} | {retries} | "
                      f"{tokens} | {share} | {_verdict(r['selection'])} | {_verdict(r['confirmation'])} |")

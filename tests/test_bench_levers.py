@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_levers.py"
@@ -24,3 +25,18 @@ def test_mc2_p_worse_is_small_when_the_final_model_is_clearly_worse_and_large_wh
     assert worse["mc2_diff"] < 0 and worse["mc2_p_worse"] < 0.001
     assert better["mc2_diff"] > 0 and better["mc2_p_worse"] > 0.999
     assert worse["mc1_gained"] == worse["mc1_lost"] == 0 and worse["mc1_p_worse"] == 1.0
+
+
+def test_other_answer_tokens_leaves_out_refusals_admissions_carried_and_dropped_answers(tmp_path):
+    bench = _bench()
+    rows = [
+        {"kept": True, "from_round": None, "calls_for": None, "num_tokens": 100},
+        {"kept": True, "from_round": None, "calls_for": None, "num_tokens": 60},
+        {"kept": True, "from_round": None, "calls_for": "refusal", "num_tokens": 20},  # the mix's short refusal
+        {"kept": True, "from_round": 1, "calls_for": None, "num_tokens": 5},  # carried from an earlier round
+        {"kept": False, "from_round": None, "calls_for": None, "num_tokens": 7},  # dropped by a filter
+    ]
+    generations = tmp_path / "generations.jsonl"
+    generations.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert bench.other_answer_tokens(generations) == 80
+    assert bench.other_answer_tokens(tmp_path / "missing.jsonl") is None
