@@ -60,7 +60,7 @@ BAD_VALUES = [
     case("aligned_retry_budget", -1, ">= 0"),
     case("aligned_retry_batch", 0, ">= 1"),
     case("aligned_retry_prompt", "mine", "one of 'same_kind', 'zero_shot', 'principled'"),
-    case("filter_truncation", "keep", "one of 'cut', 'drop'"),
+    case("filter_truncation", "keep", "one of 'cut', 'prefix', 'drop'"),
     case("behaviour_confirmation_share", 1.0, r"must be in \[0, 1\)"),
     # prompts
     case("exemplar_sampling", "diverse", "one of 'random', 'fixed'"),
@@ -108,6 +108,8 @@ BAD_VALUES = [
     case("principle_gate_values", [], "would mark no request", principle_gate_column="category"),
     case("filter_max_repeated_ngram_fraction", 0.0, r"\(0, 1\]"),
     case("filter_max_exemplar_overlap", 1.5, r"\(0, 1\]"),
+    case("packing", True, "`filter_truncation='prefix'` cannot be combined", filter_truncation="prefix",
+         curriculum="none"),
     # curriculum
     case("curriculum", "perplexityy", "one of 'none', 'length'"),
     case("curriculum_direction", "sideways", "one of 'ascending', 'descending'"),

@@ -9,7 +9,8 @@ from transformers import AutoModelForCausalLM, TrainerCallback
 
 from trl_soft import SOFTRoundError, SOFTTrainer
 from trl_soft.generation import GenerationSettings, generate_completions
-from trl_soft.state import SOFTState, read_jsonl
+from trl_soft.rounds import Round
+from trl_soft.state import SOFTState, read_jsonl, round_paths
 
 from .conftest import DATA, make_tiny_llama, needs_data, prompt_dataset, tiny_config
 
@@ -212,3 +213,21 @@ def test_custom_scorer_descending_with_buckets(tmp_path, tokenizer):
     expected = curriculum_order([r["difficulty"] for r in rows], descending=True, bucket_size=2, seed=args.seed + 1)
     assert [r["train_position"] for r in rows] == [expected.index(i) for i in range(len(rows))]
     assert list(trainer._get_train_sampler()) == expected
+
+
+def test_the_prefix_rule_trains_a_cut_answer_without_its_end_of_turn(tmp_path, tokenizer):
+    """`filter_truncation='prefix'`: an answer cut at the token budget is trained as the start of an answer, so the
+    round does not teach the model to stop where the budget stopped it; a finished answer still ends its turn."""
+    trainer = _run(tmp_path, tokenizer, num_rounds=1, filter_truncation="prefix")
+    round_ = Round(2, round_paths(tmp_path / "out", 2), 7, [0, 1], ["Say hi.", "Count to three."], [[], []],
+                   raw_outputs=["Hi there.", "One. Two. Thr"], responses=["Hi there.", "One. Two."],
+                   num_tokens=[3, 4], finished=[True, False], filter_reasons=[None, None], cut=[False, True])
+    trainer.round = round_  # what the round loop sets before training (the sampler reads its order)
+    trainer._train_round(round_, None)
+    finished, cut = trainer.train_dataset[0]["labels"], trainer.train_dataset[1]["labels"]
+    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert end in finished[-2:]  # the finished answer is taught to end its turn
+    assert end not in cut and cut[-2:] == [-100, -100]  # the cut one is not
+    last = max(k for k, label in enumerate(cut) if label != -100)
+    assert tokenizer.decode(cut[last]).strip() == "."  # its text, to the last sentence's end, is still learned
+    assert trainer.formatter.without_answer_end(finished) == finished[:-2] + [-100, -100]

@@ -181,6 +181,12 @@ class SOFTSettings:
                 f"`curriculum={self.curriculum.name!r}` cannot be combined with `packing=True`: packing regroups the "
                 "examples and destroys the easy-to-hard order. Set `packing=False` or `curriculum='none'`."
             )
+        if self.filters.truncation == "prefix" and config.packing:
+            raise ValueError(
+                "`filter_truncation='prefix'` cannot be combined with `packing=True`: packing joins the examples, so a "
+                "cut answer's end-of-turn can no longer be left out of its loss. Set `packing=False` or "
+                "`filter_truncation='cut'`."
+            )
         if isinstance(config.deepspeed, str) and not config.deepspeed.lstrip().startswith("{"):
             if not os.path.isfile(config.deepspeed):
                 raise FileNotFoundError(

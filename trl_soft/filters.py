@@ -42,7 +42,7 @@ class Candidate:
     calls_for: str | None = None
 
 
-TRUNCATION_RULES = ("cut", "drop")
+TRUNCATION_RULES = ("cut", "prefix", "drop")
 # An answer that ends at a sentence: the last '.', '!' or '?' (maybe closed by a quote or bracket) before a space or
 # the end, or a line that ends a list item or a code block.
 _SENTENCE_END = re.compile(r"""[.!?]["')\]]*(?=\s|$)|\n(?=\s*\n)|```\s*$""")
@@ -203,10 +203,18 @@ class FilterSettings(ConcernSettings):
     truncation: str = setting(
         "cut",
         "The length rule for answers that hit `generation_max_new_tokens`: 'cut' (default: cut after the "
-        "last complete sentence when that keeps at least half the words, marked `cut` in generations.jsonl) or "
-        "'drop' (the `truncated` filter drops them, which teaches ever shorter answers round after round).",
+        "last complete sentence when that keeps at least half the words, marked `cut` in generations.jsonl, and "
+        "trained as a finished answer), 'prefix' (cut likewise, and trained as the start of an answer: the "
+        "end-of-turn after it is left out of the loss, so the model is not taught to stop where the budget stopped "
+        "it; needs `packing=False`) or 'drop' (the `truncated` filter drops them, which teaches ever shorter answers "
+        "round after round).",
         name="filter_truncation",
     )
+
+    @property
+    def cuts(self) -> bool:
+        """Truncated answers are cut at their last complete sentence (`filter_truncation` 'cut' or 'prefix')."""
+        return self.truncation != "drop"
 
     def fill_unset(self) -> None:
         if self.names is None:  # `filters` left unset: every filter

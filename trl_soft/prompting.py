@@ -18,6 +18,7 @@ import random
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from importlib import resources
 from pathlib import Path
 
@@ -384,6 +385,36 @@ class PromptFormatter:
                                                    {"role": "assistant", "content": e.response})]
         messages.append({"role": "user", "content": user_prompt})
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    @cached_property
+    def answer_end_ids(self) -> frozenset[int]:
+        """The token ids written after an answer's text: the chat template's end of the assistant turn (e.g.
+        `<|im_end|>` and its newline) and the end-of-sequence token."""
+        ids = {self.tokenizer.eos_token_id} - {None}
+        if self.uses_chat:
+            mark = "\u2063answer-end\u2063"
+            text = self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": "?"}, {"role": "assistant", "content": mark}], tokenize=False
+            )
+            ids |= set(self.tokenizer(text[text.rindex(mark) + len(mark):], add_special_tokens=False).input_ids)
+        return frozenset(ids)
+
+    def without_answer_end(self, labels: Sequence[int]) -> list[int]:
+        """`labels` of a training row with its answer's end (the trailing `answer_end_ids`) left out of the loss (-100):
+        how an answer cut at the token budget is trained (`filter_truncation='prefix'`)."""
+        labels = list(labels)
+        k = len(labels)
+        while k > 0 and (labels[k - 1] == -100 or labels[k - 1] in self.answer_end_ids):
+            k -= 1
+        return labels[:k] + [-100] * (len(labels) - k)
+
+    def unended(self, dataset, cut: Sequence[bool]):
+        """A tokenized training `dataset` (a `labels` column) whose rows marked in `cut` are trained without their
+        answer's end (`without_answer_end`)."""
+        return dataset.map(
+            lambda row, i: {"labels": self.without_answer_end(row["labels"]) if cut[i] else row["labels"]},
+            with_indices=True, desc="cut answers trained without their end",
+        )
 
     def engraving_prompt(self, user_prompt: str, shot: Exemplar | None = None) -> str:
         """The engraving prompt as text, awaiting an answer: how the trained model is asked (no principles)."""

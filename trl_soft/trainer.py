@@ -232,7 +232,7 @@ class SOFTTrainer(SFTTrainer):
         set_seed(round_.seed)
         values = self.inputs.column_values(filters.gate_column, round_.prompt_indices)
         round_.calls_for = self.aligned.kinds(values, round_.prompts)
-        if filters.truncation == "cut":
+        if filters.cuts:
             round_.cut_truncated(lambda text: last_sentence(text, filters.min_words),
                                  lambda text: len(self.processing_class(text, add_special_tokens=False).input_ids))
         verdicts = lambda c, marks: filters.verdicts(self.behaviour.judge_candidates(c, marks, filters.honesty_on))  # noqa: E731
@@ -292,6 +292,8 @@ class SOFTTrainer(SFTTrainer):
             Dataset.from_list(examples), self.processing_class, self.args, self.args.packing, None,
             f"round {round_.index}",
         )
+        if self.settings.filters.truncation == "prefix":  # a cut answer is the start of one: no end-of-turn learned
+            self.train_dataset = self.formatter.unended(self.train_dataset, [round_.cut[k] for k in round_.kept])
         if self._start_weights is not None:
             models.restore_trainable(self.model, self._start_weights)
         self.optimizer, self.lr_scheduler = None, None  # fresh optimizer and schedule every round
