@@ -71,6 +71,27 @@ def test_a_collapse_stop_restores_the_best_round_and_later_rounds_are_not_final(
     assert [d.final_round for d in decisions[:2]] == [1, 2] and [d.generating_round for d in decisions] == [1, 2, 3]
 
 
+def test_with_behaviour_a_collapse_stop_leaves_the_rounds_within_its_margin_eligible():
+    """The metric is best at round 1, round 2 is within the margin of it (not worse, by the callback's own measure),
+    round 3 beyond it: the run stops at 3, and the final model is the best accepted round before 3 (round 2, whose
+    behaviour is better than round 1's), not the metric's best round nor round 3."""
+    callback = EarlyCollapseCallback(metric="m", include_start=False, threshold=0.05)
+    refusals = {1: 32, 2: 40, 3: 50}  # the start refuses 30 of 100 harmful requests
+    history, collapse, decisions = [], None, []
+    for index, value in enumerate([3.0, 3.04, 3.2], start=1):
+        items = {"refusal_harmful": [1] * refusals[index] + [0] * (100 - refusals[index])}
+        decision = decide_round(
+            index, metrics(index, items, m=value), START, history, collapse, AcceptanceSettings(), True,
+            lambda record, i=index: round_decision([callback], None, i, record, None, None),
+        )
+        history.append(decision.metrics)
+        collapse = decision.collapse_round
+        decisions.append(decision)
+    assert [d.accepted for d in decisions] == [True, True, True] and [d.stop for d in decisions] == [False, False, True]
+    assert [d.final_round for d in decisions] == [1, 2, 2]
+    assert decisions[-1].collapse_round == 1  # what the callback restores without behaviour: its best round
+
+
 def test_the_callbacks_see_the_acceptance_and_may_add_metrics():
     seen = {}
 

@@ -208,10 +208,12 @@ def rejection_streak(history: Sequence[Mapping[str, Any]]) -> int:
 
 
 def final_round(
-    history: Sequence[Mapping[str, Any]], settings: AcceptanceSettings, collapse_round: int | None = None
+    history: Sequence[Mapping[str, Any]], settings: AcceptanceSettings, collapse_round: int | None = None,
+    sound_round: int | None = None,
 ) -> int:
-    """The round returned as the final model. `collapse_round`: the round an early-collapse stop restored (rounds
-    after it are not eligible); None when no such stop happened."""
+    """The round returned as the final model. `collapse_round`: the round an early-collapse stop restored (the final
+    model when behaviour is not measured); `sound_round`: the last round before the worsening that stopped it (rounds
+    after it are not eligible; default `collapse_round`). Both None when no such stop happened."""
     if not history:
         return 0
     last = history[-1]["round"]
@@ -219,7 +221,7 @@ def final_round(
         return last
     if not measured(history):
         return collapse_round if collapse_round is not None else last
-    return best_accepted(history, collapse_round)
+    return best_accepted(history, sound_round if sound_round is not None else collapse_round)
 
 
 def against_start(index: int, base_metrics: Mapping[str, Any] | None, metrics: Mapping[str, Any],

@@ -79,7 +79,8 @@ class CollapseSettings(ConcernSettings):
     restore_best_round: bool = setting(
         True,
         "When the rounds stop early, reload the best round's weights so `final_model/` is the best round "
-        "(round 0, the starting model, included when `evaluate_start`).",
+        "(round 0, the starting model, included when `evaluate_start`); with behaviour measured, the best accepted "
+        "round before the first one worse than the best beyond the margin.",
     )
 
     def check(self) -> None:
@@ -123,6 +124,9 @@ class RoundControl:
     should_stop: bool = False
     stop_reason: str | None = None
     restore_round: int | None = None  # weights to reload before the final model is saved (0 = starting weights)
+    # The last round before the worsening that stopped the run: not worse than the best by more than the margin, so
+    # with behaviour measured the final model is the best accepted round up to it (`acceptance.final_round`).
+    sound_round: int | None = None
 
 
 class SOFTCallback(TrainerCallback):
@@ -294,6 +298,7 @@ class EarlyCollapseCallback(SOFTCallback):
             f"{last:.6g} at round {round_index}, worse by {abs(last - self.best_value):.4g} > margin {margin:.4g} "
             f"({how})"
         )
+        control.sound_round = round_index - self.bad_rounds
         if self.restore_best_round:
             control.restore_round = self.best_round
 

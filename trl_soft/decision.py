@@ -9,7 +9,7 @@ verdicts, it says, in this order:
    with the round whose weights to restore), read here, never changed;
 3. whether the run stops and why: a callback's stop, else `rejection_patience` rejected rounds in a row;
 4. the round the next one starts from (`acceptance.generating_round`) and the final round (`acceptance.final_round`,
-   rounds after a collapse stop's restored round not eligible): computed here and nowhere else.
+   rounds after the last one a collapse stop found sound not eligible): computed here and nowhere else.
 
 The decision is a value: the run store records it (`RunStore.record`: the round's metrics file and the manifest), the
 trainer acts on it (stop, load the weights the next round starts from), and the callbacks receive it
@@ -76,5 +76,5 @@ def decide_round(
     return RoundDecision(
         round=index, acceptance=acceptance, metrics=record, stop=stop, stop_reason=reason if stop else None,
         collapse_round=collapse_round, generating_round=generating_round(rows, settings),
-        final_round=final_round(rows, settings, collapse_round),
+        final_round=final_round(rows, settings, collapse_round, verdict.sound_round if stop else None),
     )
