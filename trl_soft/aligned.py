@@ -45,11 +45,11 @@ class AlignedSettings(ConcernSettings):
     """The share of each round's prompts that call for aligned behaviour, and the retries that find its answers."""
 
     prompt_share: float = setting(
-        0.25,
+        0.5,
         "Share of each round's prompts drawn from the rows that call for a refusal, an admission or a "
         "premise correction (`principle_gate_column` in `aligned_prompt_values`; without a column, rows with the "
         "rule judge's harmful-request words), so no round trains on compliance alone; 0 turns the mix off "
-        "(docs/behaviour.md, 'Aligned data').",
+        "(docs/behaviour.md, 'Aligned data'; 0.5 chosen there, on the selection items).",
         name="aligned_prompt_share",
     )
     prompt_values: tuple[str, ...] = setting(

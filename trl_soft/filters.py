@@ -201,12 +201,12 @@ class FilterSettings(ConcernSettings):
         name="principle_gate_honesty_values",
     )
     truncation: str = setting(
-        "cut",
-        "The length rule for answers that hit `generation_max_new_tokens`: 'cut' (default: cut after the "
+        "prefix",
+        "The length rule for answers that hit `generation_max_new_tokens`: 'prefix' (default: cut after the "
         "last complete sentence when that keeps at least half the words, marked `cut` in generations.jsonl, and "
-        "trained as a finished answer), 'prefix' (cut likewise, and trained as the start of an answer: the "
-        "end-of-turn after it is left out of the loss, so the model is not taught to stop where the budget stopped "
-        "it; needs `packing=False`) or 'drop' (the `truncated` filter drops them, which teaches ever shorter answers "
+        "trained as the start of an answer: the end-of-turn after it is left out of the loss, so the model is not "
+        "taught to stop where the budget stopped it; needs `packing=False`), 'cut' (cut likewise, trained as a "
+        "finished answer) or 'drop' (the `truncated` filter drops them, which teaches ever shorter answers "
         "round after round).",
         name="filter_truncation",
     )

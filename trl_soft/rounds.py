@@ -67,10 +67,10 @@ class RoundSettings(ConcernSettings):
         "from round t-1) or 'base' (restart from the initial weights; data still comes from round t-1's model).",
     )
     data: str = setting(
-        "new",
-        "What each round trains on: 'new' (its own kept answers, the paper) or 'accumulate' (also the "
-        "kept answers of every earlier accepted round, as they were generated: accumulating data bounds collapse, "
-        "Gerstgrasser et al. 2024; with `round_init='base'` this is ReST-EM).",
+        "accumulate",
+        "What each round trains on: 'accumulate' (default: also the kept answers of every earlier accepted round, "
+        "as they were generated: accumulating data bounds collapse, Gerstgrasser et al. 2024; with "
+        "`round_init='base'` this is ReST-EM) or 'new' (its own kept answers only, the paper).",
         name="round_data",
     )
     allow_eval_overlap: bool = setting(
