@@ -304,7 +304,7 @@ OTHER_VALUE = {
     "aligned_prompt_values": ["harmful"],
     "aligned_retry_prompt": "zero_shot",
     "filter_truncation": "drop",
-    "round_data": "accumulate",
+    "round_data": "new",
     "prompts_per_round": 5,
     "prompt_schedule": "reuse",
     "prompt_column": "question",
