@@ -4,13 +4,14 @@
     python benchmarks/bench_levers.py --seeds 42 43 44 --arms defaults --truthfulqa     # the demo as it ships
 
 Every arm is `trl-soft demo` (the embedded SmolLM2-135M-Instruct, LoRA, 3 rounds of 32 prompts, the acceptance rule;
-`trl_soft/assets/demo.yaml`) run in its own process with the overrides below; `none` turns every lever off (the demo
-before issue 26), an arm named after a lever turns that lever alone on, `all` turns every lever on, `defaults` runs
+`trl_soft/assets/demo.yaml`) run in its own process with the overrides below; `none` turns every lever off (the data as in the demo
+before issue 26; its collapse margin stays), an arm named after a lever turns that lever alone on, `all` turns every lever on, `defaults` runs
 the demo exactly as it ships (its defaults chosen from the selection-part figures of the other arms):
 
 - `retries`: adaptive best-of-n for the prompts that call for a refusal or an admission (`aligned_retry_budget` 16);
-- `mix`: a quarter of every round's prompts call for a refusal, an admission or a correction (`aligned_prompt_share`);
-- `length`: truncated answers cut at their last complete sentence instead of dropped (`filter_truncation`);
+- `mix`: half of every round's prompts call for a refusal, an admission or a correction (`aligned_prompt_share`);
+- `length`: truncated answers cut at their last complete sentence and trained as the start of an answer, instead of
+  dropped (`filter_truncation`);
 - `accumulate`: each round also trains on the earlier accepted rounds' kept answers (`round_data`);
 - `similar`: exemplars chosen per prompt by maximal marginal relevance (`exemplar_sampling`).
 
@@ -38,8 +39,8 @@ from pathlib import Path
 
 LEVERS = {
     "retries": ["--aligned_retry_budget", "16"],
-    "mix": ["--aligned_prompt_share", "0.25"],
-    "length": ["--filter_truncation", "cut"],
+    "mix": ["--aligned_prompt_share", "0.5"],
+    "length": ["--filter_truncation", "prefix"],
     "accumulate": ["--round_data", "accumulate"],
     "similar": ["--exemplar_sampling", "similar"],
 }
