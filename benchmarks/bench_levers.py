@@ -4,9 +4,10 @@
     python benchmarks/bench_levers.py --seeds 42 43 44 --arms defaults --truthfulqa     # the demo as it ships
 
 Every arm is `trl-soft demo` (the embedded SmolLM2-135M-Instruct, LoRA, 3 rounds of 32 prompts, the acceptance rule;
-`trl_soft/assets/demo.yaml`) run in its own process with the overrides below; `none` turns every lever off (the data as in the demo
-before issue 26; its collapse margin stays), an arm named after a lever turns that lever alone on, `all` turns every lever on, `defaults` runs
-the demo exactly as it ships (its defaults chosen from the selection-part figures of the other arms):
+`trl_soft/assets/demo.yaml`) run in its own process with the overrides below; `none` turns every lever off (the
+data as in the demo before issue 26; its collapse margin stays), an arm named after a lever turns that lever alone on,
+`all` turns every lever on, `defaults` runs the demo exactly as it ships (its defaults chosen from the selection-part
+figures of the other arms):
 
 - `retries`: adaptive best-of-n for the prompts that call for a refusal or an admission (`aligned_retry_budget` 16);
 - `mix`: half of every round's prompts call for a refusal, an admission or a correction (`aligned_prompt_share`);
