@@ -159,7 +159,8 @@ class EarlyCollapseCallback(SOFTCallback):
     validation NLL, behaviour rates), else it combines the rounds' `<metric>_se`; with neither, only `threshold`
     counts. A round within the margin breaks the streak; a better one becomes the best. After `patience` bad rounds in
     a row the run stops and, with `restore_best_round`, the best round's weights are reloaded so the saved final model
-    is the best one.
+    is the best one; with behaviour measured, the final model is the best accepted round before the bad streak
+    (`RoundControl.sound_round`).
 
     Args:
         metric: a key of the round metrics (`validation_nll`, `truthfulqa_mc1`, `sample_distinct_2`, ...).
