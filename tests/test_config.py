@@ -22,9 +22,9 @@ def test_explicit_bf16_is_respected(tmp_path):
     assert args.bf16 is False
 
 
-def test_packing_without_a_curriculum_is_accepted(tmp_path):
-    # (with one, it is refused: tests/test_settings.py)
-    SOFTConfig(output_dir=str(tmp_path), report_to="none", curriculum="none", packing=True)
+def test_packing_without_a_curriculum_or_the_prefix_rule_is_accepted(tmp_path):
+    # (with either, it is refused: tests/test_settings.py)
+    SOFTConfig(output_dir=str(tmp_path), report_to="none", curriculum="none", filter_truncation="cut", packing=True)
 
 
 def test_active_filters_default_to_all(tmp_path):
