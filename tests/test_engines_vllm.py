@@ -56,6 +56,7 @@ def _trainer(args, peft=True, callbacks=None):
 
 def _round_texts(trainer, round_index):
     rows = read_jsonl(trainer.soft_output_dir / f"round_{round_index}" / "generations.jsonl")
+    rows = [r for r in rows if r.get("from_round") is None]  # the round's own answers (not the carried ones)
     by_id = {e.id: e for e in trainer.exemplars}
     texts = [trainer.formatter.generation_prompt(r["prompt"], [by_id[i] for i in r["exemplar_ids"]]) for r in rows]
     return texts, [r["raw_output"] for r in rows]
