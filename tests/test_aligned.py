@@ -17,7 +17,7 @@ from trl_soft.generation import GenerationResult, GenerationSettings
 from trl_soft.judges.rules import refusal_evidence
 from trl_soft.overlap import find_overlaps
 from trl_soft.prompting import Exemplar, ExemplarSampler, load_exemplars
-from trl_soft.rounds import Round
+from trl_soft.rounds import Round, RoundSettings
 from trl_soft.state import round_paths
 
 from .conftest import DATA, needs_data, tiny_config
@@ -230,6 +230,22 @@ def test_accumulated_rows_join_after_the_new_ones(tmp_path):
     later.carry([current])  # a carried row is carried from its own round only
     assert later.prompts == ["c"]
     assert Round.from_rows(2, current.paths, 3, current.rows()).from_round == [None, 1]
+
+
+def test_replay_share_carries_a_seeded_sample_of_earlier_answers(tmp_path):
+    first = _round(tmp_path, list("abcdef"), [f"Answer {x}." for x in "abcdef"])
+    first.filter_reasons = [None] * 6
+    settings = RoundSettings(replay_share=0.5)
+    picks = []
+    for _ in range(2):
+        current = _round(tmp_path, ["g", "h"], ["Answer g.", "Answer h."])
+        current.index, current.filter_reasons = 2, [None, None]
+        current.carry([first], settings.replay_limit(len(current.kept)))
+        picks.append(current.prompts)
+    assert picks[0] == picks[1]  # seeded: a resumed round carries the same answers
+    assert picks[0][:2] == ["g", "h"] and len(picks[0]) == 3 and set(picks[0][2:]) <= set("abcdef")
+    assert current.from_round == [None, None, 1] and current.fresh == 2
+    assert RoundSettings().replay_limit(2) is None  # unset: every carried answer
 
 
 def test_similar_exemplars_follow_the_prompt_and_stay_diverse():

@@ -9,6 +9,7 @@ store says (`trl_soft.run_store.RunStore`); the training sampler reads its order
 
 from __future__ import annotations
 
+import random
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -73,6 +74,13 @@ class RoundSettings(ConcernSettings):
         "`round_init='base'` this is ReST-EM) or 'new' (its own kept answers only, the paper).",
         name="round_data",
     )
+    replay_share: float | None = setting(
+        None,
+        "With `round_data='accumulate'`: the carried answers of earlier rounds are at most this share of the "
+        "round's own kept answers, a seeded sample (a replay buffer: training time stays about constant over the "
+        "rounds instead of growing with them). Default: every carried answer. No effect with `round_data='new'`.",
+        name="round_replay_share",
+    )
     allow_eval_overlap: bool = setting(
         False,
         "Train on prompts that are also evaluation items (behaviour sets, benchmarks). By default a run "
@@ -103,6 +111,13 @@ class RoundSettings(ConcernSettings):
         self.check_choice("prompt_schedule", PROMPT_SCHEDULES)
         self.check_choice("round_init", ROUND_INITS)
         self.check_choice("data", ROUND_DATA)
+        if self.replay_share is not None and self.replay_share <= 0:
+            raise self.field_error("replay_share", f"must be > 0 (or unset to carry every earlier answer); got "
+                                                   f"{self.replay_share}.")
+
+    def replay_limit(self, own_kept: int) -> int | None:
+        """How many earlier answers a round with `own_kept` answers of its own may carry (None: all of them)."""
+        return None if self.replay_share is None else max(1, round(self.replay_share * own_kept))
 
     def metric_names(self) -> set[str]:
         return {"train_loss", "kept", "mean_response_tokens"}
@@ -277,21 +292,23 @@ class Round:
         self.exemplar_ids[position], self.filter_reasons[position] = exemplar_ids, None
         self.cut[position] = False
 
-    def carry(self, earlier: Sequence[Round]) -> None:
+    def carry(self, earlier: Sequence[Round], limit: int | None = None) -> None:
         """`round_data='accumulate'`: the kept answers these earlier rounds generated themselves join this round's
-        training data (kept, not filtered again), marked with their round."""
-        for other in earlier:
-            for k in other.kept:
-                if other.from_round[k] is not None:
-                    continue
-                self.prompt_indices.append(other.prompt_indices[k])
-                for name in ("prompts", "exemplar_ids", "raw_outputs", "responses", "num_tokens", "finished", "cut",
-                             "retries", "calls_for"):
-                    getattr(self, name).append(getattr(other, name)[k])
-                self.filter_reasons.append(None)
-                self.from_round.append(other.index)
-                if self.difficulty:
-                    self.difficulty.append(None)
+        training data (kept, not filtered again), marked with their round. `limit` (`round_replay_share`): at most
+        that many, a sample seeded by this round's seed, in their rounds' order."""
+        carried = [(other, k) for other in earlier for k in other.kept if other.from_round[k] is None]
+        if limit is not None and len(carried) > limit:
+            chosen = set(random.Random(f"soft-replay-{self.seed}-{self.index}").sample(range(len(carried)), limit))
+            carried = [pair for j, pair in enumerate(carried) if j in chosen]
+        for other, k in carried:
+            self.prompt_indices.append(other.prompt_indices[k])
+            for name in ("prompts", "exemplar_ids", "raw_outputs", "responses", "num_tokens", "finished", "cut",
+                         "retries", "calls_for"):
+                getattr(self, name).append(getattr(other, name)[k])
+            self.filter_reasons.append(None)
+            self.from_round.append(other.index)
+            if self.difficulty:
+                self.difficulty.append(None)
 
     def check_kept(self, output_dir: Path) -> None:
         """A round with no answer left has nothing to train on: stop, naming the file to read and the fixes."""

@@ -241,7 +241,8 @@ class SOFTTrainer(SFTTrainer):
         self.aligned.fill(round_, values, self.engine.generate, replace(self.sampling, seed=round_.seed),
                           self.formatter, verdicts)
         if self.settings.rounds.data == "accumulate":
-            round_.carry([self.store.generated(i) for i in accepted_so_far(self.store.state.history)])
+            round_.carry([self.store.generated(i) for i in accepted_so_far(self.store.state.history)],
+                         self.settings.rounds.replay_limit(len(round_.kept)))
         round_.timed("seconds_filter", started)
 
     def _order(self, round_: Round) -> None:
