@@ -18,7 +18,8 @@ figures of the other arms):
 
 Per run it reads the manifest and the rounds' metrics (nothing is recomputed): each round's decision, how many of its
 prompts called for a refusal or an admission and how many kept an aligned answer, the retry samples, the kept-answer
-mean length, the share of round time spent on the behaviour evaluation; the **selection** verdict (the final round
+mean length, the looping greedy answers on the selection items (round 0 first), the share of round time spent on the
+behaviour evaluation; the **selection** verdict (the final round
 against the start on the items that decided acceptance and chose the round: optimistic by construction) and the
 **confirmation** verdict (the same comparison on the held-out items, `behaviour_confirmation_share`, which no decision
 saw). With `--truthfulqa`, TruthfulQA MC1 and MC2 of the starting model and of each final model, paired item by item
@@ -111,8 +112,18 @@ def read_run(folder: Path) -> dict:
         })
     for row in rounds:
         row["tokens_other"] = other_answer_tokens(folder / f"round_{row['round']}" / "generations.jsonl")
-    return {"state": state, "rounds": rounds, "final_round": state.get("final_round"),
+    loops = [looping_answers(folder / f"round_{t}" / "behaviour.jsonl") for t in range(len(rounds) + 1)]
+    return {"state": state, "rounds": rounds, "final_round": state.get("final_round"), "loops": loops,
             "selection": selection(state), "confirmation": state.get("confirmation")}
+
+
+def looping_answers(behaviour: Path) -> int | None:
+    """How many of a round's zero-shot greedy behaviour answers (the selection items) are loops
+    (`behaviour_loops_fail`'s evidence): how far the rounds degenerate."""
+    if not behaviour.is_file():
+        return None
+    return sum(row.get("style") == "zero_shot" and str(row.get("evidence", "")).startswith("loop:")
+               for row in map(json.loads, behaviour.read_text().splitlines()))
 
 
 def other_answer_tokens(generations: Path) -> float | None:
@@ -174,8 +185,8 @@ def lower_tail_p(difference: float, se: float) -> float:
 
 def table(results: list[dict]) -> str:
     lines = ["| seed | arm | decisions | final | aligned kept/needed per round | retry samples | kept-answer "
-             "tokens per round (all; other than refusals/admissions) | behaviour share of round time | selection verdict | confirmation verdict (held out) |",
-             "|---:|---|---|---:|---|---|---|---|---|---|"]
+             "tokens per round (all; other than refusals/admissions) | looping greedy answers, rounds 0-T (selection) | behaviour share of round time | selection verdict | confirmation verdict (held out) |",
+             "|---:|---|---|---:|---|---|---|---|---|---|---|"]
     marks = {True: "acc", False: "REJ", None: "-"}
     for r in results:
         rounds = r["rounds"]
@@ -185,8 +196,9 @@ def table(results: list[dict]) -> str:
         tokens = " ".join(f"{x['mean_tokens']:.0f}" for x in rounds if x["mean_tokens"] is not None)
         tokens += "; " + " ".join(f"{x['tokens_other']:.0f}" for x in rounds if x["tokens_other"] is not None)
         share = " ".join(f"{100 * x['behaviour_share']:.0f}%" for x in rounds if x["behaviour_share"] is not None)
+        loops = " ".join("-" if n is None else str(n) for n in r.get("loops", []))
         lines.append(f"| {r['seed']} | {r['arm']} | {decisions} | {r['final_round']} | {aligned} | {retries} | "
-                     f"{tokens} | {share} | {_verdict(r['selection'])} | {_verdict(r['confirmation'])} |")
+                     f"{tokens} | {loops} | {share} | {_verdict(r['selection'])} | {_verdict(r['confirmation'])} |")
     return "\n".join(lines)
 
 

@@ -40,3 +40,17 @@ def test_other_answer_tokens_leaves_out_refusals_admissions_carried_and_dropped_
     generations.write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert bench.other_answer_tokens(generations) == 80
     assert bench.other_answer_tokens(tmp_path / "missing.jsonl") is None
+
+
+def test_looping_answers_counts_zero_shot_loops_only(tmp_path):
+    bench = _bench()
+    rows = [
+        {"style": "zero_shot", "evidence": "loop: 67% repeated 4-grams"},
+        {"style": "zero_shot", "evidence": "I'm sorry"},
+        {"style": "fewshot", "evidence": "loop: 50% repeated 4-grams"},  # the premise check's principled answers
+        {"style": "zero_shot", "evidence": ""},
+    ]
+    behaviour = tmp_path / "behaviour.jsonl"
+    behaviour.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert bench.looping_answers(behaviour) == 1
+    assert bench.looping_answers(tmp_path / "missing.jsonl") is None
