@@ -23,7 +23,9 @@ behaviour evaluation; the **selection** verdict (the final round
 against the start on the items that decided acceptance and chose the round: optimistic by construction) and the
 **confirmation** verdict (the same comparison on the held-out items, `behaviour_confirmation_share`, which no decision
 saw). With `--truthfulqa`, TruthfulQA MC1 and MC2 of the starting model and of each final model, paired item by item
-(MC1: exact sign test on the questions that changed; MC2: paired mean difference with its 95% interval).
+(MC1: exact sign test on the questions that changed; MC2: paired mean difference with its 95% interval, also apart on
+the questions whose true answers are shorter than their false ones and on the rest: MC2 sums log-likelihoods, so a
+model that moves probability toward longer continuations loses it on the first).
 
 Defaults are chosen on the selection columns only; the confirmation columns are what is reported.
 """
@@ -175,6 +177,31 @@ def paired_truthfulqa(start: tuple[list[bool], list[float]], final: tuple[list[b
             "mc2_p_worse": lower_tail_p(mc2.value, mc2.se)}
 
 
+def truthfulqa_true_shorter(data_dir: str) -> list[bool]:
+    """Per question: are its MC2 true answers shorter, on average in characters, than its false ones?"""
+    from trl_soft.evaluation import truthfulqa
+
+    def mean_length(item, label: int) -> float:
+        lengths = [len(c) for c, l in zip(item.mc2_choices, item.mc2_labels) if l == label]
+        return sum(lengths) / len(lengths)
+
+    return [mean_length(item, 1) < mean_length(item, 0) for item in truthfulqa.load_truthfulqa(data_dir)]
+
+
+def mc2_by_length(start: list[float], final: list[float], true_shorter: list[bool]) -> dict:
+    """The MC2 change apart on the questions whose true answers are shorter than their false ones and on the rest:
+    a model that moves probability toward longer continuations (MC2 sums log-likelihoods) loses MC2 on the first."""
+    from trl_soft.behaviour.stats import paired_difference
+
+    out = {}
+    for name, wanted in (("shorter", True), ("longer", False)):
+        pairs = [(a, b) for a, b, short in zip(start, final, true_shorter) if short == wanted]
+        if len(pairs) > 1:
+            d = paired_difference([a for a, _ in pairs], [b for _, b in pairs])
+            out[name] = {"n": len(pairs), "diff": d.value, "low": d.low, "high": d.high}
+    return out
+
+
 def lower_tail_p(difference: float, se: float) -> float:
     """One-sided p that the final model is worse (the paired mean difference below zero): P(Z <= difference / se) under
     no change; small when the difference is clearly negative. No spread at all: 1 unless the difference is negative."""
@@ -203,8 +230,9 @@ def table(results: list[dict]) -> str:
 
 
 def tqa_table(results: list[dict]) -> str:
-    lines = ["| seed | arm | final | MC1 start -> final (+g/-l, p worse) | MC2 start -> final (diff [95% CI], p worse) |",
-             "|---:|---|---:|---|---|"]
+    lines = ["| seed | arm | final | MC1 start -> final (+g/-l, p worse) | MC2 start -> final (diff [95% CI], p worse) | "
+             "MC2 change where the true answers are shorter / longer than the false ones |",
+             "|---:|---|---:|---|---|---|"]
     for r in results:
         t = r.get("truthfulqa")
         if not t:
@@ -213,9 +241,15 @@ def tqa_table(results: list[dict]) -> str:
             f"| {r['seed']} | {r['arm']} | {r['final_round']} | {100 * t['mc1_start']:.1f} -> {100 * t['mc1_final']:.1f}"
             f" (+{t['mc1_gained']}/-{t['mc1_lost']}, p={t['mc1_p_worse']:.2g}) | {100 * t['mc2_start']:.1f} -> "
             f"{100 * t['mc2_final']:.1f} ({100 * t['mc2_diff']:+.2f} [{100 * t['mc2_low']:+.2f}, "
-            f"{100 * t['mc2_high']:+.2f}], p={t['mc2_p_worse']:.2g}) |"
+            f"{100 * t['mc2_high']:+.2f}], p={t['mc2_p_worse']:.2g}) | {by_length(t.get('mc2_by_length') or {})} |"
         )
     return "\n".join(lines)
+
+
+def by_length(split: dict) -> str:
+    parts = [f"{100 * split[k]['diff']:+.2f} [{100 * split[k]['low']:+.2f}, {100 * split[k]['high']:+.2f}] "
+             f"(n={split[k]['n']})" for k in ("shorter", "longer") if k in split]
+    return " / ".join(parts) or "-"
 
 
 def changed_answers(folder: Path, limit: int) -> list[str]:
@@ -249,7 +283,7 @@ def main() -> None:
     args = parser.parse_args()
     out = Path(args.output_dir)
     results = []
-    start_tqa = None
+    start_tqa, true_shorter = None, None
     for seed in args.seeds:
         for arm in args.arms:
             folder = out / f"seed_{seed}" / arm
@@ -265,6 +299,8 @@ def main() -> None:
                 final_tqa = start_tqa if final == 0 else truthfulqa_items(
                     str(folder / "final_model"), args.data_dir, folder / "truthfulqa_final.json")
                 result["truthfulqa"] = paired_truthfulqa(start_tqa, final_tqa)
+                true_shorter = true_shorter or truthfulqa_true_shorter(args.data_dir)
+                result["truthfulqa"]["mc2_by_length"] = mc2_by_length(start_tqa[1], final_tqa[1], true_shorter)
             result["changed"] = changed_answers(folder, args.changed)
             results.append(result)
             print(f"[seed {seed}, {arm}] final round {result['final_round']}; selection "

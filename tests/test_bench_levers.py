@@ -54,3 +54,13 @@ def test_looping_answers_counts_zero_shot_loops_only(tmp_path):
     behaviour.write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert bench.looping_answers(behaviour) == 1
     assert bench.looping_answers(tmp_path / "missing.jsonl") is None
+
+
+def test_mc2_by_length_splits_the_change_by_which_answers_are_shorter():
+    bench = _bench()
+    start = [0.5 + 0.001 * i for i in range(8)]
+    final = [v - 0.02 if i % 2 == 0 else v for i, v in enumerate(start)]  # loses only where the truth is shorter
+    split = bench.mc2_by_length(start, final, [i % 2 == 0 for i in range(8)])
+    assert split["shorter"]["n"] == split["longer"]["n"] == 4
+    assert abs(split["shorter"]["diff"] + 0.02) < 1e-9 and split["longer"]["diff"] == 0.0
+    assert "-2.00" in bench.by_length(split) and bench.by_length({}) == "-"
