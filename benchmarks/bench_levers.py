@@ -182,7 +182,7 @@ def truthfulqa_true_shorter(data_dir: str) -> list[bool]:
     from trl_soft.evaluation import truthfulqa
 
     def mean_length(item, label: int) -> float:
-        lengths = [len(c) for c, l in zip(item.mc2_choices, item.mc2_labels) if l == label]
+        lengths = [len(c) for c, given in zip(item.mc2_choices, item.mc2_labels) if given == label]
         return sum(lengths) / len(lengths)
 
     return [mean_length(item, 1) < mean_length(item, 0) for item in truthfulqa.load_truthfulqa(data_dir)]

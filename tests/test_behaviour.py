@@ -22,7 +22,14 @@ from trl_soft.engines import EngineSettings, vllm_installed
 from trl_soft.generation import GenerationResult
 from trl_soft.judges.rules import RuleJudge
 from trl_soft.judges.settings import JudgeSettings
-from trl_soft.prompting import PLAIN_ASSISTANT_TAG, PLAIN_USER_TAG, PromptFormatter, asset_path, load_exemplars, load_principles
+from trl_soft.prompting import (
+    PLAIN_ASSISTANT_TAG,
+    PLAIN_USER_TAG,
+    PromptFormatter,
+    asset_path,
+    load_exemplars,
+    load_principles,
+)
 from trl_soft.state import SOFTState, read_jsonl
 
 from .conftest import DATA, make_tiny_llama, needs_data, tiny_config
