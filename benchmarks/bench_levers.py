@@ -5,7 +5,8 @@
 
 Every arm is `trl-soft demo` (the embedded SmolLM2-135M-Instruct, LoRA, 3 rounds of 32 prompts, the acceptance rule;
 `trl_soft/assets/demo.yaml`) run in its own process with the overrides below; `none` turns every lever off (the
-data as in the demo before issue 26; its collapse margin stays), an arm named after a lever turns that lever alone on,
+data as in the demo before issue 26; its collapse margin, hold-out, replay share and epochs stay as the demo
+ships them), an arm named after a lever turns that lever alone on,
 `all` turns every lever on, `defaults` runs the demo exactly as it ships (its defaults chosen from the selection-part
 figures of the other arms):
 
