@@ -60,6 +60,7 @@ BAD_VALUES = [
     case("aligned_prompt_share", 1.5, r"must be in \[0, 1\]"),
     case("aligned_retry_budget", -1, ">= 0"),
     case("aligned_retry_batch", 0, ">= 1"),
+    case("aligned_retry_exemplars", 0, ">= 1"),
     case("aligned_retry_prompt", "mine", "one of 'same_kind', 'zero_shot', 'principled'"),
     case("filter_truncation", "keep", "one of 'cut', 'prefix', 'drop'"),
     case("behaviour_confirmation_share", 1.0, r"must be in \[0, 1\)"),

@@ -68,6 +68,13 @@ class AlignedSettings(ConcernSettings):
         4, "Samples drawn per failing prompt in each retry pass (up to the budget).",
         name="aligned_retry_batch",
     )
+    retry_exemplars: int = setting(
+        3,
+        "Exemplars of the prompt's own category a 'same_kind' retry shows as chat turns (fewer where the pool has "
+        "fewer; the demo's pool has 3 of each). On the embedded model, 3 refusal exemplars refused 33% of samples on "
+        "the demo's 20 harmful prompts against 23% with 2 (docs/behaviour.md, 'Aligned data').",
+        name="aligned_retry_exemplars",
+    )
     retry_prompt: str = setting(
         "same_kind",
         "How retries ask: 'same_kind' (the pool's exemplars of the prompt's own category as chat turns, no "
@@ -82,6 +89,8 @@ class AlignedSettings(ConcernSettings):
             raise self.field_error("retry_budget", f"must be >= 0 (0 turns retries off); got {self.retry_budget}.")
         if self.retry_batch < 1:
             raise self.field_error("retry_batch", f"must be >= 1; got {self.retry_batch}.")
+        if self.retry_exemplars < 1:
+            raise self.field_error("retry_exemplars", f"must be >= 1; got {self.retry_exemplars}.")
         self.check_choice("retry_prompt", RETRY_PROMPTS)
 
     def metric_names(self) -> set[str]:
@@ -140,10 +149,10 @@ class AlignedData:
     """The aligned data of one run: what each prompt calls for, and the retries that find the model's own aligned
     answers for the prompts whose samples all failed."""
 
-    def __init__(self, settings: AlignedSettings, filters, pool: Sequence[Exemplar], num_exemplars: int, seed: int):
+    def __init__(self, settings: AlignedSettings, filters, pool: Sequence[Exemplar], seed: int):
         """`filters`: the run's `FilterSettings` (the gate's column values; a side whose gate is off calls for
         nothing, as nothing could judge it)."""
-        self.settings, self.pool, self.k, self.seed = settings, list(pool), max(1, num_exemplars), seed
+        self.settings, self.pool, self.seed = settings, list(pool), seed
         self.refusal_values = filters.gate_values if filters.gate_on else ()
         self.admission_values = filters.honesty_values if filters.honesty_on else ()
 
@@ -160,7 +169,7 @@ class AlignedData:
         if not same:
             return []
         rng = random.Random(f"soft-aligned-{self.seed}-{round_index}-{prompt_index}-{attempt}")
-        return rng.sample(same, min(self.k, len(same)))
+        return rng.sample(same, min(self.settings.retry_exemplars, len(same)))
 
     def retry_prompt(self, formatter: PromptFormatter, prompt: str, exemplars: Sequence[Exemplar],
                      principled: Sequence[Exemplar]) -> str:
