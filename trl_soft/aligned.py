@@ -69,10 +69,10 @@ class AlignedSettings(ConcernSettings):
         name="aligned_retry_batch",
     )
     retry_exemplars: int = setting(
-        3,
+        2,
         "Exemplars of the prompt's own category a 'same_kind' retry shows as chat turns (fewer where the pool has "
-        "fewer; the demo's pool has 3 of each). On the embedded model, 3 refusal exemplars refused 33% of samples on "
-        "the demo's 20 harmful prompts against 23% with 2 (docs/behaviour.md, 'Aligned data').",
+        "fewer; the demo's pool has 3 of each). 3 made the embedded model refuse more retry samples, but the demo's "
+        "rounds chosen with it were no better on the selection items (docs/behaviour.md, 'The third pass').",
         name="aligned_retry_exemplars",
     )
     retry_prompt: str = setting(
