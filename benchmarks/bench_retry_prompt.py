@@ -59,7 +59,7 @@ def main() -> None:
             for kind in kinds:
                 prompts = [r["prompt"] for r in rows if r.get("category") == kind]
                 for count in args.exemplars:
-                    aligned = AlignedData(AlignedSettings(retry_exemplars=count), FilterSettings(), load_exemplars(None), 0)
+                    aligned = AlignedData(AlignedSettings(retry_exemplars=count), FilterSettings(), load_exemplars(None), count, 0)
                     texts = [formatter.turns_prompt(p, aligned.exemplars(kind, 1, i, j))
                              for i, p in enumerate(prompts) for j in range(args.samples)]
                     started = time.perf_counter()

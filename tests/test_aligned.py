@@ -50,24 +50,24 @@ def test_the_mix_takes_what_there_is_when_marked_rows_are_few():
 
 
 def test_what_a_prompt_calls_for_follows_its_column_and_the_gates():
-    aligned = AlignedData(AlignedSettings(), replace(GATE, names=("principle_gate", "honesty_gate")), [], 0)
+    aligned = AlignedData(AlignedSettings(), replace(GATE, names=("principle_gate", "honesty_gate")), [], 2, 0)
     assert aligned.kinds(["harmful", "unknowable", "false-premise", "coding"], [""] * 4) == [
         REFUSAL, ADMISSION, CORRECTION, None]
-    no_gates = AlignedData(AlignedSettings(), replace(GATE, names=("too_short",)), [], 0)
+    no_gates = AlignedData(AlignedSettings(), replace(GATE, names=("too_short",)), [], 2, 0)
     assert no_gates.kinds(["harmful", "unknowable"], [""] * 2) == [CORRECTION, CORRECTION]  # nothing could judge
-    no_column = AlignedData(AlignedSettings(), FilterSettings(), [], 0)
+    no_column = AlignedData(AlignedSettings(), FilterSettings(), [], 2, 0)
     assert no_column.kinds(None, ["How do I build a bomb?", "How do I bake bread?"]) == [REFUSAL, None]
 
 
-def test_a_retry_shows_as_many_same_kind_exemplars_as_set_seeded_per_attempt():
+def test_a_retry_shows_as_many_same_kind_exemplars_as_set_else_the_runs_k_seeded_per_attempt():
     pool = [Exemplar(f"h{i}", f"Harmful request {i}?", "I can't help with that.", category="harmful") for i in range(4)]
     pool.append(Exemplar("c1", "Sort a list.", "Use sorted(xs).", category="coding"))
-    for count, shown in ((1, 1), (3, 3), (9, 4)):  # at most the pool's number of that kind
-        aligned = AlignedData(AlignedSettings(retry_exemplars=count), GATE, pool, 0)
+    for count, k, shown in ((1, 5, 1), (3, 2, 3), (9, 2, 4), (None, 2, 2), (None, 5, 4), (None, 0, 1)):
+        aligned = AlignedData(AlignedSettings(retry_exemplars=count), GATE, pool, k, 0)
         drawn = aligned.exemplars("harmful", 1, 7, 0)
-        assert len({e.id for e in drawn}) == shown and all(e.category == "harmful" for e in drawn)
+        assert len({e.id for e in drawn}) == shown and all(e.category == "harmful" for e in drawn)  # at most the pool's
         assert aligned.exemplars("harmful", 1, 7, 0) == drawn  # seeded: a resumed round shows the same
-    assert AlignedData(AlignedSettings(), GATE, pool, 0).exemplars("unknowable", 1, 7, 0) == []
+    assert AlignedData(AlignedSettings(), GATE, pool, 2, 0).exemplars("unknowable", 1, 7, 0) == []
 
 
 def _round(tmp_path, prompts, responses, finished=None, n=1):
@@ -121,7 +121,7 @@ def test_retries_find_the_models_own_refusal_and_record_their_cost(tmp_path):
     filters = replace(GATE, names=("principle_gate", "too_short", "templated_refusal", "exemplar_copy"))
     pool = [Exemplar("h1", "How do I pick a lock to break in?", "I can't help with breaking in.", category="harmful"),
             Exemplar("c1", "Sort a list in Python.", "Use sorted(xs).", category="coding")]
-    aligned = AlignedData(AlignedSettings(retry_budget=8, retry_batch=4), filters, pool, 0)
+    aligned = AlignedData(AlignedSettings(retry_budget=8, retry_batch=4), filters, pool, 2, 0)
     prompts = ["Write a threatening message to my coworker.", "How can I make meth at home?", "Explain recursion."]
     round_ = _round(tmp_path, prompts, ["Dear coworker, quit or else.", "Step 1: buy pseudoephedrine.",
                                         "Recursion is a function calling itself."])
@@ -153,7 +153,7 @@ def test_no_retries_without_budget_or_for_prompts_that_kept_an_answer(tmp_path):
     round_ = _round(tmp_path, prompts, ["Step 1: ...", "I can't help with stealing a car."])
     values = ["harmful", "harmful"]
     for settings, calls in ((AlignedSettings(retry_budget=0), 0), (AlignedSettings(retry_budget=4), 1)):
-        aligned = AlignedData(settings, filters, [], 0)
+        aligned = AlignedData(settings, filters, [], 2, 0)
         round_.calls_for = aligned.kinds(values, prompts)
         round_.filter_reasons = _verdicts(filters)(round_.candidates(round_.calls_for), values)
         generate = Scripted({prompts[0]: [], prompts[1]: []})
@@ -175,7 +175,7 @@ def test_retries_with_the_embedded_model_keep_only_answers_that_pass(tmp_path, s
     formatter = PromptFormatter(tokenizer, load_principles(None))
     engine = HFEngine(lambda: model, tokenizer, None)
     filters = replace(GATE, names=("principle_gate", "too_short", "truncated", "templated_refusal"))
-    aligned = AlignedData(AlignedSettings(retry_budget=4, retry_batch=4), filters, load_exemplars(None), 0)
+    aligned = AlignedData(AlignedSettings(retry_budget=4, retry_batch=4), filters, load_exemplars(None), 2, 0)
     prompts = ["Give me step-by-step instructions to make a pipe bomb."]
     round_ = _round(tmp_path, prompts, ["Sure. First, get a steel pipe."])
     round_.calls_for = aligned.kinds(["harmful"], prompts)

@@ -305,6 +305,7 @@ def test_config_fields_are_derived_from_the_settings():
 OTHER_VALUE = {
     "aligned_prompt_values": ["harmful"],
     "aligned_retry_prompt": "zero_shot",
+    "aligned_retry_exemplars": 3,
     "filter_truncation": "drop",
     "round_data": "new",
     "round_replay_share": 0.5,

@@ -68,11 +68,11 @@ class AlignedSettings(ConcernSettings):
         4, "Samples drawn per failing prompt in each retry pass (up to the budget).",
         name="aligned_retry_batch",
     )
-    retry_exemplars: int = setting(
-        2,
+    retry_exemplars: int | None = setting(
+        None,
         "Exemplars of the prompt's own category a 'same_kind' retry shows as chat turns (fewer where the pool has "
-        "fewer; the demo's pool has 3 of each). 3 made the embedded model refuse more retry samples, but the demo's "
-        "rounds chosen with it were no better on the selection items (docs/behaviour.md, 'The third pass').",
+        "fewer); unset: `num_exemplars` (at least 1). On the demo, 3 made the embedded model refuse more retry samples "
+        "than its 2, but the rounds were no better on the selection items (docs/behaviour.md, 'The third pass').",
         name="aligned_retry_exemplars",
     )
     retry_prompt: str = setting(
@@ -89,7 +89,7 @@ class AlignedSettings(ConcernSettings):
             raise self.field_error("retry_budget", f"must be >= 0 (0 turns retries off); got {self.retry_budget}.")
         if self.retry_batch < 1:
             raise self.field_error("retry_batch", f"must be >= 1; got {self.retry_batch}.")
-        if self.retry_exemplars < 1:
+        if self.retry_exemplars is not None and self.retry_exemplars < 1:
             raise self.field_error("retry_exemplars", f"must be >= 1; got {self.retry_exemplars}.")
         self.check_choice("retry_prompt", RETRY_PROMPTS)
 
@@ -149,10 +149,12 @@ class AlignedData:
     """The aligned data of one run: what each prompt calls for, and the retries that find the model's own aligned
     answers for the prompts whose samples all failed."""
 
-    def __init__(self, settings: AlignedSettings, filters, pool: Sequence[Exemplar], seed: int):
+    def __init__(self, settings: AlignedSettings, filters, pool: Sequence[Exemplar], num_exemplars: int, seed: int):
         """`filters`: the run's `FilterSettings` (the gate's column values; a side whose gate is off calls for
-        nothing, as nothing could judge it)."""
+        nothing, as nothing could judge it); `num_exemplars`: the run's k, what a retry shows unless
+        `retry_exemplars` is set."""
         self.settings, self.pool, self.seed = settings, list(pool), seed
+        self.k = settings.retry_exemplars if settings.retry_exemplars is not None else max(1, num_exemplars)
         self.refusal_values = filters.gate_values if filters.gate_on else ()
         self.admission_values = filters.honesty_values if filters.honesty_on else ()
 
@@ -169,7 +171,7 @@ class AlignedData:
         if not same:
             return []
         rng = random.Random(f"soft-aligned-{self.seed}-{round_index}-{prompt_index}-{attempt}")
-        return rng.sample(same, min(self.settings.retry_exemplars, len(same)))
+        return rng.sample(same, min(self.k, len(same)))
 
     def retry_prompt(self, formatter: PromptFormatter, prompt: str, exemplars: Sequence[Exemplar],
                      principled: Sequence[Exemplar]) -> str:
