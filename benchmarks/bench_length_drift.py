@@ -21,30 +21,37 @@ with a 95% bootstrap interval over prompts, to show how wide that figure is at t
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import random
 import statistics
 import tempfile
 from pathlib import Path
 
+from transformers import AutoTokenizer
+
 from trl_soft.behaviour.stats import Z95, mean
+from trl_soft.engines import EngineChoice, EngineSettings, make_vllm_engine
+from trl_soft.engines.settings import resolve_dtype
+from trl_soft.generation import GenerationSettings
+from trl_soft.models import embedded_model_path
+from trl_soft.prompting import PromptFormatter, load_exemplars, load_principles
+from trl_soft.state import read_jsonl
+
+
+def own_rows(folder: Path, round_index: int) -> list[dict]:
+    """A round's own answers in `generations.jsonl` (not the ones carried from earlier rounds); none if absent."""
+    path = folder / f"round_{round_index}" / "generations.jsonl"
+    return [r for r in read_jsonl(path) if r.get("from_round") is None] if path.is_file() else []
 
 
 def fresh_ordinary(folder: Path, round_index: int) -> list[dict]:
-    """A round's own answers (not carried ones) to prompts that call for nothing."""
-    path = folder / f"round_{round_index}" / "generations.jsonl"
-    if not path.is_file():
-        return []
-    rows = [json.loads(line) for line in path.read_text().splitlines()]
-    return [r for r in rows if r.get("from_round") is None and not r.get("calls_for")]
+    """A round's own answers to prompts that call for nothing."""
+    return [r for r in own_rows(folder, round_index) if not r.get("calls_for")]
 
 
 def kept_tokens(folder: Path, round_index: int) -> list[int]:
     """Token counts of a round's own kept answers, every prompt (the issue's length target reads their mean)."""
-    path = folder / f"round_{round_index}" / "generations.jsonl"
-    rows = [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
-    return [r["num_tokens"] for r in rows if r.get("kept") and r.get("from_round") is None]
+    return [r["num_tokens"] for r in own_rows(folder, round_index) if r.get("kept")]
 
 
 def bootstrap_ratio(first: list[int], last: list[int], draws: int = 4000, seed: int = 0) -> tuple[float, float, float]:
@@ -62,17 +69,9 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=None, help="write the table here too (markdown)")
     args = parser.parse_args()
 
-    from trl_soft.engines import EngineChoice, EngineSettings, make_vllm_engine
-    from trl_soft.engines.settings import resolve_dtype
-    from trl_soft.generation import GenerationSettings
-    from trl_soft.models import embedded_model_path
-    from trl_soft.prompting import PromptFormatter, load_exemplars, load_principles
-
     folders = [f for f in args.folders if (f / "soft_state.json").is_file()]
     if not folders:
         parser.error("no run folder with a soft_state.json among the folders given")
-    from transformers import AutoTokenizer
-
     tokenizer = AutoTokenizer.from_pretrained(str(embedded_model_path()))
     formatter = PromptFormatter(tokenizer, load_principles(None))
     pool = {e.id: e for e in load_exemplars(None)}

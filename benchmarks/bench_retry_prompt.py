@@ -16,13 +16,15 @@ prompts of 1 - (1 - p)^4, p its own rate): what `aligned_retry_exemplars` buys.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
+from transformers import AutoTokenizer
+
 from trl_soft.aligned import AlignedData, AlignedSettings
+from trl_soft.data import load_prompt_dataset
 from trl_soft.engines import EngineChoice, EngineSettings, make_vllm_engine
 from trl_soft.engines.settings import resolve_dtype
 from trl_soft.filters import FilterSettings
@@ -31,7 +33,6 @@ from trl_soft.judges.rules import refusal_evidence, unknown_evidence
 from trl_soft.models import embedded_model_path
 from trl_soft.prompting import PromptFormatter, load_exemplars, load_principles
 
-ROOT = Path(__file__).resolve().parents[1]
 COUNTS = {"harmful": refusal_evidence, "unknowable": unknown_evidence}
 
 
@@ -41,11 +42,10 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=16)
     parser.add_argument("--unknowable", action="store_true", help="also the demo's unknowable prompts (admissions)")
     args = parser.parse_args()
-    from transformers import AutoTokenizer
-
     tokenizer = AutoTokenizer.from_pretrained(str(embedded_model_path()))
     formatter = PromptFormatter(tokenizer, load_principles(None))
-    rows = [json.loads(line) for line in (ROOT / "trl_soft/assets/demo_prompts.jsonl").read_text().splitlines()]
+    demo = load_prompt_dataset("demo")
+    pool = load_exemplars(None)
     kinds = ["harmful"] + (["unknowable"] if args.unknowable else [])
     dtype = resolve_dtype("auto", on_cuda=False)
     choice = EngineChoice("vllm", "benchmark", "colocate", dtype, None, None, base=str(embedded_model_path()))
@@ -57,9 +57,9 @@ def main() -> None:
         engine = make_vllm_engine(choice, EngineSettings(vllm_mode="colocate", dtype=dtype), tokenizer, Path(work), seed=0)
         try:
             for kind in kinds:
-                prompts = [r["prompt"] for r in rows if r.get("category") == kind]
+                prompts = [p for p, c in zip(demo["prompt"], demo["category"]) if c == kind]
                 for count in args.exemplars:
-                    aligned = AlignedData(AlignedSettings(retry_exemplars=count), FilterSettings(), load_exemplars(None), count, 0)
+                    aligned = AlignedData(AlignedSettings(retry_exemplars=count), FilterSettings(), pool, count, 0)
                     texts = [formatter.turns_prompt(p, aligned.exemplars(kind, 1, i, j))
                              for i, p in enumerate(prompts) for j in range(args.samples)]
                     started = time.perf_counter()
