@@ -13,6 +13,7 @@ from trl_soft import SOFTTrainer, load_model_and_tokenizer
 from trl_soft.models import (
     CONVERSION_MARKER,
     CONVERSION_VERSION,
+    EMBEDDED_BASE_FILE,
     EMBEDDED_HUB_ID,
     EMBEDDED_INSTALL,
     _is_current,
@@ -73,8 +74,26 @@ def test_adapter_base_model_reads_adapter_folders_only(tmp_path):
     assert adapter_base_model(None) is None
     assert adapter_base_model("embedded") is None
     assert adapter_base_model(str(tmp_path)) is None
-    (tmp_path / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "embedded"}))
-    assert adapter_base_model(str(tmp_path)) == "embedded"
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "org/base"}))
+    assert adapter_base_model(str(tmp_path)) == "org/base"
+    (tmp_path / EMBEDDED_BASE_FILE).write_text(json.dumps({"base_model": "embedded"}))
+    assert adapter_base_model(str(tmp_path)) == "embedded"  # trained on the embedded copy: loaded on it
+
+
+@pytest.mark.parametrize(("name", "text", "match"), [
+    ("adapter_config.json", "{", "adapter folder: .*adapter_config.json:1 is not valid JSON"),
+    ("adapter_config.json", "[1]", "holds a JSON list, not an object"),
+    ("adapter_config.json", "{}", "`base_model_name_or_path` must name the base model"),
+    ("adapter_config.json", '{"base_model_name_or_path": 3}', "`base_model_name_or_path` must name the base model"),
+    (EMBEDDED_BASE_FILE, '{"base_model": "/elsewhere"}', "Delete the file to load the adapter"),
+    (EMBEDDED_BASE_FILE, b"\xff\xfe", "is not UTF-8 text"),
+])
+def test_a_broken_adapter_folder_is_refused_naming_the_file(tmp_path, name, text, match):
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "org/base"}))
+    target = tmp_path / name
+    target.write_bytes(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(ValueError, match=match):
+        adapter_base_model(str(tmp_path))
 
 
 def test_cache_dir_follows_conventions(monkeypatch, tmp_path):

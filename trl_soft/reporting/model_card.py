@@ -11,7 +11,14 @@ from typing import Any
 from huggingface_hub import ModelCard
 
 from ..behaviour.evaluate import format_premise
-from ..models import EMBEDDED_HUB_ID, EMBEDDED_SOURCE_NOTE, base_model_of, hub_id_of
+from ..models import (
+    EMBEDDED_HUB_ID,
+    EMBEDDED_SOURCE_NOTE,
+    base_model_of,
+    hub_id_of,
+    is_embedded_copy,
+    record_embedded_base,
+)
 from ..security import redact_text
 from ..state import SOFTState, atomic_write_text
 from .table import format_round_table
@@ -94,8 +101,11 @@ def model_card_section(state: SOFTState, settings: dict[str, Any]) -> str:
 def complete_model_card(folder: Path, model, ref: str, state: SOFTState | None, fingerprint: dict) -> None:
     """The card TRL wrote in `folder`, made to load (`finish_model_card`: the base model's hub id, `library_name`, the
     quick start, the adapter's base) and, for a run, followed by its SOFT settings and round table."""
-    base = hub_id_of(base_model_of(model))
+    trained_on = base_model_of(model)
+    base = hub_id_of(trained_on)
     finish_model_card(folder, base, ref, EMBEDDED_SOURCE_NOTE if base == EMBEDDED_HUB_ID else None)
+    if (folder / "adapter_config.json").is_file() and is_embedded_copy(trained_on):
+        record_embedded_base(folder)  # loaded here on the copy it was trained on, not looked for on the hub
     if state is not None:
         with open(folder / "README.md", "a", encoding="utf-8") as handle:
             handle.write(model_card_section(state, fingerprint))
