@@ -303,6 +303,7 @@ def test_config_fields_are_derived_from_the_settings():
 # A valid value other than the default, for the fields whose default does not say what else is valid (choices,
 # paths, lists, None); numbers move a little and booleans flip. NEEDS: what that value needs, set on both sides.
 OTHER_VALUE = {
+    "final_interpolation": 0.5,
     "aligned_prompt_values": ["harmful"],
     "aligned_retry_prompt": "zero_shot",
     "aligned_retry_exemplars": 3,

@@ -16,6 +16,7 @@ A round that is not measured (no behaviour sets) has no decision (`accepted` Non
 - After a rejected round, the next round is generated (and trained) from the last accepted model
   (`generate_from: last_accepted`; `last` continues from the rejected one).
 - `rejection_patience` rejected rounds in a row stop the run.
+- `final_interpolation` t < 1 returns the chosen round's change from the start scaled by t (`interpolation.py`).
 
 These are the rules, as functions of the rounds' history; `trl_soft.decision` applies them to a round, with the
 callbacks' verdicts, in one place (`decide_round`).
@@ -70,6 +71,15 @@ class AcceptanceSettings(ConcernSettings):
         "gain against the start; the starting model when none is accepted) or 'last' (the last round trained, "
         "whatever its behaviour; the summary then warns).",
     )
+    final_interpolation: float = setting(
+        1.0,
+        "The final model's share of the chosen round's change from the starting model: its weights are "
+        "start + t * (round - start) (weight-space interpolation, as WiSE-FT and model averaging; for a LoRA "
+        "adapter that started from zero, its lora_B scaled by t). 1 returns the round as trained; a smaller t "
+        "keeps more of the starting model, and with it more of what the rounds did not train on (in the demo, "
+        "TruthfulQA MC2 fell in proportion to t while most of the behaviour gain stayed; docs/behaviour.md). The "
+        "held-out verdict measures the interpolated model; the rounds and their decisions are not affected.",
+    )
     generate_from: str = setting(
         "last_accepted",
         "After a rejected round, the next round is generated and trained from 'last_accepted' (the last "
@@ -84,6 +94,10 @@ class AcceptanceSettings(ConcernSettings):
         if not 0 <= self.margin <= 1:
             raise self.field_error("margin", f"must be in [0, 1] (a share of items: 0.03 = 3 points); got {self.margin}.")
         self.check_choice("final_model", FINAL_MODEL_CHOICES)
+        if not 0 < self.final_interpolation <= 1:
+            raise self.field_error("final_interpolation", f"must be in (0, 1] (1: the chosen round as trained; 0.5: "
+                                                          f"half its change from the start); got "
+                                                          f"{self.final_interpolation}.")
         self.check_choice("generate_from", GENERATE_FROM_CHOICES)
         if self.patience < 1:
             raise self.field_error("patience", f"must be >= 1 (rejected rounds in a row before stopping); got "

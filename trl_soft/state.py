@@ -138,6 +138,7 @@ class SOFTState:
     stop_reason: str | None = None
     final_round: int | None = None  # the round `final_model/` holds (or will hold): the best accepted one so far
     collapse_round: int | None = None  # the round an early-collapse stop fell back to (later rounds not eligible)
+    interpolated_by: float | None = None  # `final_model/` holds the final round's change scaled by this
     unmeasured: str | None = None  # what alignment the run does not measure (no behaviour sets, a set not loadable)
     engine: str | None = None  # the generation engine of the latest session, and why it was chosen
     confirmation: dict[str, Any] | None = None  # the final model against the start on the held-out behaviour items
@@ -181,7 +182,7 @@ MANIFEST_TYPES: dict[str, tuple[tuple[type, ...], bool]] = {
     "history": ((list,), False), "base_metrics": (_DICT, True), "stopped_early": ((bool,), False),
     "stop_reason": (_TEXT, True), "final_round": (_INT, True), "collapse_round": (_INT, True),
     "unmeasured": (_TEXT, True), "engine": (_TEXT, True), "fingerprint": (_DICT, True), "version": (_INT, False),
-    "confirmation": (_DICT, True),
+    "confirmation": (_DICT, True), "interpolated_by": (_NUM, True),
     "created": (_NUM, False), "updated": (_NUM, False),
 }
 

@@ -41,6 +41,7 @@ from .engines.session import EngineSession
 from .evaluation.suite import RoundEvaluator
 from .filters import last_sentence
 from .inputs import RunInputs
+from .interpolation import check_starts_at_zero, interpolate_folder
 from .interrupts import RoundStops, StopRequests
 from .progress import RunProgress, follow_log_level, say
 from .prompting import Exemplar, Principles
@@ -349,6 +350,8 @@ class SOFTTrainer(SFTTrainer):
     def _start(self) -> SOFTState:
         """The store's manifest (fresh or resumed), the weights to continue from, the starting model scored (round 0)."""
         rounds, state = self.settings.rounds, self.store.state
+        if self.settings.acceptance.final_interpolation < 1:
+            check_starts_at_zero(self.model)  # before any round: the change must scale
         self.soft_state = state
         state.engine = self.engine.choice.describe()
         state.unmeasured = self.behaviour.unmeasured_note() or None
@@ -359,7 +362,7 @@ class SOFTTrainer(SFTTrainer):
         elif state.rounds_completed > 0:
             self._load_round_weights(generating_round(state.history, self.settings.acceptance))
         if state.rounds_completed == 0:
-            keeps_start = self.behaviour.enabled or any(
+            keeps_start = self.behaviour.enabled or self.settings.acceptance.final_interpolation < 1 or any(
                 getattr(c, "requires_start_weights", False) for c in self._soft_callback_list()
             )
             if keeps_start:  # the acceptance rule or a stop may return the starting model
@@ -381,8 +384,10 @@ class SOFTTrainer(SFTTrainer):
         model with its model card, and write the run summary and reports."""
         if state.final_round != self._current_round:
             self._load_round_weights(state.final_round)
+        state.interpolated_by = self.settings.acceptance.final_interpolation if self._interpolates(
+            state.final_round) else None
+        final_dir = self._save_final_model(state.final_round)
         state.confirmation = self.behaviour.confirm(state.final_round, self.engine.generate, state.base_metrics)
-        final_dir = self.store.save_final_model(self.save_model)
         if is_main_process():
             self.store.save_manifest()
             with self.folder.hf_output(self.args, final_dir):  # the model card belongs next to the final weights
@@ -390,6 +395,31 @@ class SOFTTrainer(SFTTrainer):
             reports = write_reports(self.soft_output_dir, state)  # summary.md; with matplotlib, plots and HTML
             say(printed_summary(state, str(self.soft_output_dir), reports))
         wait_for_everyone()
+
+    def _interpolates(self, final_round: int) -> bool:
+        return final_round > 0 and self.settings.acceptance.final_interpolation < 1
+
+    def _save_final_model(self, final_round: int) -> Path:
+        """`final_model/`: the final round's weights, or with `final_interpolation` < 1 their change from the start
+        scaled (`interpolation.py`, on the saved files), then loaded back so that the model in memory, the engine
+        and `push_to_hub` hold what the folder holds."""
+        if not self._interpolates(final_round):
+            return self.store.save_final_model(self.save_model)
+        t, start = self.settings.acceptance.final_interpolation, self.store.saved_model(0)
+
+        def save(folder: str) -> None:
+            self.save_model(folder)
+            if is_main_process():
+                interpolate_folder(start, Path(folder), t)
+            wait_for_everyone()
+
+        final_dir = self.store.save_final_model(save)
+        self._load_from_checkpoint(str(final_dir))
+        self.engine.use_saved(final_dir, f"final_t{t:g}")
+        if is_main_process():
+            say(f"final model: round {final_round}'s change from the starting model scaled by {t:g} "
+                f"(`final_interpolation`), in {final_dir}.")
+        return final_dir
 
     def _soft_callback_list(self) -> list[SOFTCallback]:
         return [c for c in self.callback_handler.callbacks if isinstance(c, SOFTCallback)]

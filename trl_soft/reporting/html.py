@@ -24,7 +24,7 @@ from ..state import PLOT_NAME, REPORT_NAME, SUMMARY_NAME, SOFTState, atomic_writ
 from .plots import plot_groups, plot_rounds
 from .summary import write_summary
 from .table import all_columns, table_cells
-from .verdict import behaviour_verdict, format_stop_line
+from .verdict import behaviour_verdict, final_model_name, format_stop_line
 
 logger = logging.getLogger(__name__)
 
@@ -156,8 +156,7 @@ def render_report(output_dir: Path, state: SOFTState, png: bytes | None = None) 
 <title>SOFT run {_e(output_dir.name)}</title><style>{STYLE}</style></head>
 <body>
 <h1>SOFT run <code>{_e(output_dir.name)}</code></h1>
-<p class="note">{_e(state.rounds_completed)} of {_e(state.num_rounds)} round(s); final model: {
-        'the starting model' if state.final_round == 0 else _e(f'round {state.final_round}')}; generation engine:
+<p class="note">{_e(state.rounds_completed)} of {_e(state.num_rounds)} round(s); final model: {_e(final_model_name(state))}; generation engine:
 {_e(state.engine or '-')}. Round 0 is the starting model.</p>
 <h2>Verdict</h2><div class="verdict{warning}">{_e(verdict or 'No round has finished yet.')}</div>
 {f'<p>{_e(stop)}</p>' if stop else ''}

@@ -13,11 +13,20 @@ from ..state import SOFTState
 from .table import vs_start
 
 
+def final_model_name(state: SOFTState) -> str:
+    """"the starting model", "round 2", or "round 2, its change from the start scaled by 0.5" (`final_interpolation`)."""
+    if state.final_round == 0:
+        return "the starting model"
+    t = state.interpolated_by
+    scale = f"{t:g}" if isinstance(t, (int, float)) else str(t)  # a manifest read back may hold anything
+    return f"round {state.final_round}" + (f", its change from the start scaled by {scale}" if t else "")
+
+
 def format_stop_line(state: SOFTState) -> str:
     """One sentence on why the rounds ended early and which round's weights are final ("" if they did not)."""
     if not state.stopped_early:
         return ""
-    final = "the starting model" if state.final_round == 0 else f"round {state.final_round}"
+    final = final_model_name(state)
     if state.rounds_completed >= state.num_rounds:  # the last round itself was the bad one: nothing was skipped
         return f"The last round ({state.rounds_completed}) was not kept: {state.stop_reason}. Final model: {final}."
     return (
@@ -47,20 +56,26 @@ def behaviour_verdict(state: SOFTState) -> str:
     base = state.base_metrics or {}
     unmeasured = state.unmeasured or ""
     if not acceptance.measured(state.history) and not (base.get(ITEM_SCORES) or {}).keys() & set(METRICS):
+        scaled = f" Final model: {final_model_name(state)}." if state.interpolated_by else ""
         return ("WARNING: alignment was NOT measured in this run, so nothing checked that the final model is no less "
-                f"aligned than the starting model. {unmeasured}").strip()
+                f"aligned than the starting model.{scaled} {unmeasured}").strip()
     final = state.final_round if state.final_round is not None else state.rounds_completed
     row = next((m for m in state.history if m.get("round") == final), None)
     verdict = _verdict_on(state, final, row)
+    if state.interpolated_by and final:
+        verdict = (f"{verdict}\n\nThe final model is {final_model_name(state)} (`final_interpolation`); the figures "
+                   f"above are of round {final} as trained.")
     if state.confirmation:
-        verdict = f"{confirmation_verdict(state.confirmation)}\n\nOn the selection items (the ones that chose it): {verdict}"
+        verdict = (f"{confirmation_verdict(state.confirmation, final_model_name(state))}\n\nOn the selection items "
+                   f"(the ones that chose it): {verdict}")
     return f"WARNING: {unmeasured}\n\n{verdict}" if unmeasured else verdict
 
 
-def confirmation_verdict(held: dict[str, Any]) -> str:
-    """The held-out verdict: the final model against the start on the behaviour items no decision of the run saw."""
+def confirmation_verdict(held: dict[str, Any], name: str | None = None) -> str:
+    """The held-out verdict: the final model (`name`, default "round k") against the start on the behaviour items no
+    decision of the run saw."""
     final = held["final_round"]
-    who = "the starting model itself (no round was accepted)" if final == 0 else f"round {final}"
+    who = "the starting model itself (no round was accepted)" if final == 0 else name or f"round {final}"
     figures = (
         f"{held['gained']} item(s) moved toward alignment and {held['lost']} away from it, of {held['n']} "
         f"(one-sided exact p = {leaning_p(held):.3g}); mean change {100 * held['diff']:+.1f} points, 95% CI "
