@@ -74,7 +74,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
         "errors", "settings", "progress", "security", "files", "distributed", "interrupts", "sandbox", "threads",
         "overlap", "quantization", "memory", "state", "config_file",
     )),
-    ("what a run reads: prompts, principles, exemplars, datasets, models", ("prompting", "data", "models")),
+    ("what a run reads: prompts, principles, exemplars, datasets, models", ("prompting", "data", "models",
+                                                                           "interpolation")),
     ("generation and its engines", ("generation", "engines", "engines.")),
     ("judges", ("judges", "judges.")),
     ("the concerns a round is scored and decided with", (

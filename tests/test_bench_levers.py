@@ -59,3 +59,10 @@ def test_mc2_by_length_splits_the_change_by_which_answers_are_shorter():
     assert split["shorter"]["n"] == split["longer"]["n"] == 4
     assert abs(split["shorter"]["diff"] + 0.02) < 1e-9 and split["longer"]["diff"] == 0.0
     assert "-2.00" in bench.by_length(split) and bench.by_length({}) == "-"
+
+
+def test_the_truthfulqa_halves_of_the_interpolation_bench_are_disjoint_fixed_and_whole():
+    bench = load_benchmark("bench_interpolation")
+    a, b = bench.tqa_half(817, "A"), bench.tqa_half(817, "B")
+    assert len(a) == 408 and len(b) == 409 and not set(a) & set(b) and sorted(a + b) == list(range(817))
+    assert a == bench.tqa_half(817, "A") and a != list(range(408))  # seeded, not the first questions

@@ -33,6 +33,7 @@ from typing import Any
 from .behaviour.compare import Comparison, compare
 from .behaviour.settings import COMPOSITE_PARTS
 from .behaviour.stats import ITEM_SCORES
+from .interpolation import check_starts_at_zero
 from .settings import ConcernSettings, setting
 
 FINAL_MODEL_CHOICES = ("best_accepted", "last")
@@ -106,6 +107,15 @@ class AcceptanceSettings(ConcernSettings):
         if unknown:
             raise self.field_error("watch", f"has {unknown}, which are not behaviour verdict metrics; choose from "
                                             f"{list(COMPOSITE_PARTS)}.")
+
+    def interpolation_for(self, final_round: int) -> float | None:
+        """The `final_interpolation` the final model gets (None: the round as trained, or the starting model)."""
+        return self.final_interpolation if final_round and self.final_interpolation < 1 else None
+
+    def check_model(self, model) -> None:
+        """Before round 1: with `final_interpolation` < 1, an adapter's change must scale (`check_starts_at_zero`)."""
+        if self.final_interpolation < 1:
+            check_starts_at_zero(model)
 
     def metric_names(self) -> set[str]:
         return {ACCEPTED, *(f"{VS_START}_{k}" for k in ("gained", "lost", "n", "p_worse", "diff", "low", "high", "mde"))}

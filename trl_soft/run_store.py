@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from .decision import RoundDecision
-from .distributed import is_main_process
+from .distributed import is_main_process, wait_for_everyone
+from .interpolation import interpolate_folder
 from .rounds import Round
 from .run_folder import RunFolder, last_complete_checkpoint
 from .state import FINAL_MODEL, RoundPaths, SOFTState, atomic_write_json
@@ -98,9 +99,20 @@ class RunStore:
         start = self.round(0)
         self.folder.save_model(save, start.model, f"Saving the starting model to {start.model}")
 
-    def save_final_model(self, save: Callable[[str], None]) -> Path:
-        final_dir = self.path / FINAL_MODEL
-        self.folder.save_model(save, final_dir, f"Saving the final model to {final_dir}")
+    def save_final_model(self, save: Callable[[str], None], interpolation: float | None = None) -> Path:
+        """`final_model/`: what `save(folder)` writes, or with `interpolation` t its change from the starting model
+        (`round_0/model`) scaled by t (`interpolate_folder`, main process), before the folder takes its name."""
+        final_dir, write = self.path / FINAL_MODEL, save
+        if interpolation is not None:
+            start = self.saved_model(0)
+
+            def write(folder: str) -> None:
+                save(folder)
+                if is_main_process():
+                    interpolate_folder(start, Path(folder), interpolation)
+                wait_for_everyone()
+
+        self.folder.save_model(write, final_dir, f"Saving the final model to {final_dir}")
         return final_dir
 
     def save_manifest(self) -> None:

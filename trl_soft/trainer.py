@@ -41,7 +41,6 @@ from .engines.session import EngineSession
 from .evaluation.suite import RoundEvaluator
 from .filters import last_sentence
 from .inputs import RunInputs
-from .interpolation import check_starts_at_zero, interpolate_folder
 from .interrupts import RoundStops, StopRequests
 from .progress import RunProgress, follow_log_level, say
 from .prompting import Exemplar, Principles
@@ -219,10 +218,8 @@ class SOFTTrainer(SFTTrainer):
         texts = [self.formatter.generation_prompt(p, ex) for p, ex in zip(prompts, exemplar_sets) for _ in range(n)]
         label = self.progress.label("generate", index)  # the bar: `Round 2/3 generate`
         results = self.engine.generate(texts, replace(self.sampling, seed=seed), label)
-        round_ = Round.generated(
-            index, paths, seed, indices, prompts, exemplar_sets, results, self.formatter.extract_response, sync_start,
-            n,
-        )
+        round_ = Round.generated(index, paths, seed, indices, prompts, exemplar_sets, results,
+                                 self.formatter.extract_response, sync_start, n)
         return round_.timed("seconds_generate", started)
 
     def _filter(self, round_: Round) -> None:
@@ -290,10 +287,8 @@ class SOFTTrainer(SFTTrainer):
     def _train_round(self, round_: Round, checkpoint: str | None) -> TrainOutput:
         """The HF training loop over the round's examples, from `checkpoint` when an interrupted attempt left one."""
         examples = [self.formatter.engraving_example(p, r, self.engraving_shot) for p, r in round_.training_pairs()]
-        self.train_dataset = self._prepare_dataset(
-            Dataset.from_list(examples), self.processing_class, self.args, self.args.packing, None,
-            f"round {round_.index}",
-        )
+        self.train_dataset = self._prepare_dataset(Dataset.from_list(examples), self.processing_class, self.args,
+                                                   self.args.packing, None, f"round {round_.index}")
         if self.settings.filters.truncation == "prefix":  # a cut answer is the start of one: no end-of-turn learned
             self.train_dataset = self.formatter.unended(self.train_dataset, [round_.cut[k] for k in round_.kept])
         if self._start_weights is not None:
@@ -350,8 +345,7 @@ class SOFTTrainer(SFTTrainer):
     def _start(self) -> SOFTState:
         """The store's manifest (fresh or resumed), the weights to continue from, the starting model scored (round 0)."""
         rounds, state = self.settings.rounds, self.store.state
-        if self.settings.acceptance.final_interpolation < 1:
-            check_starts_at_zero(self.model)  # before any round: the change must scale
+        self.settings.acceptance.check_model(self.model)  # before any round (`final_interpolation`)
         self.soft_state = state
         state.engine = self.engine.choice.describe()
         state.unmeasured = self.behaviour.unmeasured_note() or None
@@ -384,9 +378,10 @@ class SOFTTrainer(SFTTrainer):
         model with its model card, and write the run summary and reports."""
         if state.final_round != self._current_round:
             self._load_round_weights(state.final_round)
-        state.interpolated_by = self.settings.acceptance.final_interpolation if self._interpolates(
-            state.final_round) else None
-        final_dir = self._save_final_model(state.final_round)
+        state.interpolated_by = self.settings.acceptance.interpolation_for(state.final_round)
+        final_dir = self.store.save_final_model(self.save_model, state.interpolated_by)
+        if state.interpolated_by:  # the model in memory, the engine and `push_to_hub` hold what the folder holds
+            self._load_round_weights(state.final_round, final_dir)
         state.confirmation = self.behaviour.confirm(state.final_round, self.engine.generate, state.base_metrics)
         if is_main_process():
             self.store.save_manifest()
@@ -395,31 +390,6 @@ class SOFTTrainer(SFTTrainer):
             reports = write_reports(self.soft_output_dir, state)  # summary.md; with matplotlib, plots and HTML
             say(printed_summary(state, str(self.soft_output_dir), reports))
         wait_for_everyone()
-
-    def _interpolates(self, final_round: int) -> bool:
-        return final_round > 0 and self.settings.acceptance.final_interpolation < 1
-
-    def _save_final_model(self, final_round: int) -> Path:
-        """`final_model/`: the final round's weights, or with `final_interpolation` < 1 their change from the start
-        scaled (`interpolation.py`, on the saved files), then loaded back so that the model in memory, the engine
-        and `push_to_hub` hold what the folder holds."""
-        if not self._interpolates(final_round):
-            return self.store.save_final_model(self.save_model)
-        t, start = self.settings.acceptance.final_interpolation, self.store.saved_model(0)
-
-        def save(folder: str) -> None:
-            self.save_model(folder)
-            if is_main_process():
-                interpolate_folder(start, Path(folder), t)
-            wait_for_everyone()
-
-        final_dir = self.store.save_final_model(save)
-        self._load_from_checkpoint(str(final_dir))
-        self.engine.use_saved(final_dir, f"final_t{t:g}")
-        if is_main_process():
-            say(f"final model: round {final_round}'s change from the starting model scaled by {t:g} "
-                f"(`final_interpolation`), in {final_dir}.")
-        return final_dir
 
     def _soft_callback_list(self) -> list[SOFTCallback]:
         return [c for c in self.callback_handler.callbacks if isinstance(c, SOFTCallback)]
@@ -471,7 +441,8 @@ class SOFTTrainer(SFTTrainer):
         models.check_load_result(self.model, load_result)
         super()._issue_warnings_after_load(load_result)
 
-    def _load_round_weights(self, round_index: int) -> None:
-        self._load_from_checkpoint(str(self.store.saved_model(round_index)))
-        self.engine.use_round(round_index)
+    def _load_round_weights(self, round_index: int, folder: Path | None = None) -> None:
+        """Round `round_index`'s saved weights, or those of the final model made from it (`folder`)."""
+        self._load_from_checkpoint(str(folder or self.store.saved_model(round_index)))
+        self.engine.use_round(round_index, folder)
         self._current_round = round_index

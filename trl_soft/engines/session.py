@@ -97,15 +97,16 @@ class EngineSession:
         """Generate with the starting model."""
         self.weights = EngineWeights(base=self.choice.base or "")
 
-    def use_round(self, round_index: int) -> None:
-        """Generate with the model saved after `round_index` (round 0: the starting model)."""
-        if round_index == 0:
-            return self.use_start()
-        self.use_saved(round_paths(self.output_dir, round_index).model, f"round_{round_index}")
-
-    def use_saved(self, folder, tag: str) -> None:
-        """Generate with the model or adapter saved in `folder` (`tag` names it to the engine)."""
-        self.weights = EngineWeights.saved(folder, self.choice.base or "", tag)
+    def use_round(self, round_index: int, folder: Path | None = None) -> None:
+        """Generate with the model saved after `round_index` (round 0: the starting model), or with the final model
+        made from it and saved in `folder` (`final_interpolation`)."""
+        if folder is not None:
+            self.weights = EngineWeights.saved(folder, self.choice.base or "", f"round_{round_index}_final")
+        elif round_index == 0:
+            self.use_start()
+        else:
+            model_dir = round_paths(self.output_dir, round_index).model
+            self.weights = EngineWeights.saved(model_dir, self.choice.base or "", f"round_{round_index}")
 
     def generate(self, texts: list[str], settings: GenerationSettings, desc: str) -> list[GenerationResult]:
         """Continue every text on the current weights; the same ordered results on every process. Every caller goes
