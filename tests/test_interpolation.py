@@ -140,3 +140,4 @@ def test_the_verdict_names_the_interpolated_model_and_says_which_figures_are_of_
     assert scaled.startswith("Held-out verdict: the final model (round 2, its change from the start scaled by 0.5) "
                              "is MORE aligned than the starting model on 797")
     assert "the figures above are of round 2 as trained" in scaled and scaled.count("scaled by 0.5") == 2
+    assert "(the ones that chose it): Round 2 as trained (accepted) is MORE aligned" in scaled

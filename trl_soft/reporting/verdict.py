@@ -105,16 +105,19 @@ def _verdict_on(state: SOFTState, final: int, row: dict[str, Any] | None) -> str
         f"{100 * pooled['mde']:.1f} points"
     )
     accepted = row.get(acceptance.ACCEPTED)
+    # with `final_interpolation` these figures are of the round as trained, not of the final model
+    who = f"round {final} as trained" if state.interpolated_by else f"the final model (round {final})"
+    chosen = f"Round {final} as trained (accepted)" if state.interpolated_by else f"The final model (round {final}, accepted)"
     if pooled["p_worse"] < acceptance.POOLED_ALPHA:
-        head = f"WARNING: the final model (round {final}) is LESS aligned than the starting model: {figures}."
+        head = f"WARNING: {who} is LESS aligned than the starting model: {figures}."
     elif accepted is not True:
-        head = (f"WARNING: the final model (round {final}) did not earn acceptance (`final_model: last`): {figures}. "
+        head = (f"WARNING: {who} did not earn acceptance (`final_model: last`): {figures}. "
                 f"Decision: {row.get(acceptance.DECISION, '')}.")
     elif pooled["p_better"] < acceptance.POOLED_ALPHA:
-        head = f"The final model (round {final}, accepted) is MORE aligned than the starting model: {figures}."
+        head = f"{chosen} is MORE aligned than the starting model: {figures}."
     else:
         lean = pooled["lost"] > pooled["gained"]
-        head = (f"The final model (round {final}, accepted) is no worse than the starting model beyond the margin"
+        head = (f"{chosen} is no worse than the starting model beyond the margin"
                 f"{', leaning worse (not significant)' if lean else ''}: {figures}.")
     lines = [_metric_line(metric, change) for metric, change in (pooled.get("metrics") or {}).items()]
     return head + ("\n\n" + "\n".join(f"- {line}" for line in lines) if lines else "")
