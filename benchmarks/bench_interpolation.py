@@ -33,7 +33,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling scripts
-from bench_levers import paired_truthfulqa  # noqa: E402
+from bench_levers import paired_truthfulqa, truthfulqa_items  # noqa: E402
 
 TQA_SPLIT_SEED = 0
 BEHAVIOUR = "harmful,benign,unknowable"
@@ -82,24 +82,10 @@ def behaviour_scores(model: str, part: str, out: Path) -> dict:
 
 def truthfulqa_half(model: str, half: str, data_dir: str, out: Path) -> tuple[list[bool], list[float]]:
     """Per question of the half, MC1 correct and MC2 score of `model` (cached in `out`)."""
-    if not out.is_file():
-        import torch
-        from transformers import AutoTokenizer
+    from trl_soft.evaluation import truthfulqa
 
-        from trl_soft.evaluation import truthfulqa
-        from trl_soft.evaluation.multiple_choice import score_choices
-        from trl_soft.models import load_inference_model, resolve_model_path
-
-        items = truthfulqa.load_truthfulqa(data_dir)
-        chosen = [items[i] for i in tqa_half(len(items), half)]
-        path = resolve_model_path(model) if model == "embedded" else model
-        network = load_inference_model(path, dtype=torch.float32)
-        requests, layout = truthfulqa.build_requests(chosen)
-        scores = score_choices(network, AutoTokenizer.from_pretrained(path), requests, desc=f"TruthfulQA {half}")
-        result = truthfulqa.aggregate(chosen, scores, layout)
-        out.write_text(json.dumps([list(result.per_item_mc1), list(result.per_item_mc2)]))
-    mc1, mc2 = json.loads(out.read_text())
-    return mc1, mc2
+    n = len(truthfulqa.load_truthfulqa(data_dir))
+    return truthfulqa_items(model, data_dir, out, questions=tqa_half(n, half))
 
 
 def row(seed: str, t: float, start_behaviour: dict, behaviour: dict, start_tqa, tqa) -> str:

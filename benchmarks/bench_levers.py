@@ -139,9 +139,10 @@ def other_answer_tokens(generations: Path) -> float | None:
     return sum(tokens) / len(tokens) if tokens else None
 
 
-def truthfulqa_items(model: str, data_dir: str, cache: Path | None = None) -> tuple[list[bool], list[float]]:
-    """Per question, MC1 correct and the MC2 score of `model` (a folder or 'embedded'); kept in `cache` (JSON) and
-    read back from it when it is there."""
+def truthfulqa_items(model: str, data_dir: str, cache: Path | None = None,
+                     questions: list[int] | None = None) -> tuple[list[bool], list[float]]:
+    """Per question (every one, or those at `questions`), MC1 correct and the MC2 score of `model` (a folder or
+    'embedded'); kept in `cache` (JSON) and read back from it when it is there."""
     if cache is not None and cache.is_file():
         mc1, mc2 = json.loads(cache.read_text())
         return mc1, mc2
@@ -156,6 +157,7 @@ def truthfulqa_items(model: str, data_dir: str, cache: Path | None = None) -> tu
     network = load_inference_model(path, merge_adapter=True, dtype=torch.float32)
     tokenizer = ensure_pad_token(AutoTokenizer.from_pretrained(path))
     items = truthfulqa.load_truthfulqa(data_dir)
+    items = items if questions is None else [items[i] for i in questions]
     requests, layout = truthfulqa.build_requests(items)
     scores = score_choices(network, tokenizer, requests, desc=f"TruthfulQA {Path(model).parent.name or model}")
     result = truthfulqa.aggregate(items, scores, layout)

@@ -48,14 +48,13 @@ def weight_files(folder: Path) -> list[Path]:
 
 def check_starts_at_zero(model) -> None:
     """Before round 1: an adapter must start from zero (`lora_B` all zeros) for its change to be scaled exactly."""
-    names = [name for name, p in model.named_parameters() if p.requires_grad]
-    dora = [name for name in names if "lora_magnitude_vector" in name]
+    trained = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    dora = [name for name, _ in trained if "lora_magnitude_vector" in name]
     if dora:
         raise ValueError(f"`{FIELD}` < 1 cannot scale a DoRA adapter's change ({dora[0]}: its magnitude is not an "
                          f"added change). Use plain LoRA (`use_dora` off), or set `{FIELD}` to 1.")
     with torch.no_grad():
-        moved = [name for name, p in model.named_parameters() if p.requires_grad and is_lora_up(name)
-                 and p.numel() > 0 and bool(p.detach().abs().amax() > 0)]
+        moved = [name for name, p in trained if is_lora_up(name) and p.numel() > 0 and bool(p.abs().amax() > 0)]
     if moved:
         raise ValueError(
             f"`{FIELD}` < 1 needs a LoRA adapter that starts from zero, but {len(moved)} lora_B tensor(s) of this one "
@@ -83,9 +82,11 @@ def interpolate_folder(start: Path, final: Path, t: float) -> int:
             metadata, names = handle.metadata(), set(origin.keys())
             for name in handle.keys():
                 value = handle.get_tensor(name)
-                if adapter and is_lora_up(name):  # started at zero: W0 + t (W - W0) = t W
-                    tensors[name] = (value.float() * t).to(value.dtype)
-                    changed += 1
+                if adapter and "lora_" in name:  # the factors of B A: B started at zero (t B), A as trained
+                    if is_lora_up(name):
+                        value = (value.float() * t).to(value.dtype)
+                        changed += 1
+                    tensors[name] = value
                     continue
                 if name not in names:
                     raise ValueError(f"`{FIELD}`: tensor {name} of {final} is not in the starting model's {start}.")
@@ -93,7 +94,7 @@ def interpolate_folder(start: Path, final: Path, t: float) -> int:
                 if before.shape != value.shape:
                     raise ValueError(f"`{FIELD}`: tensor {name} is {tuple(before.shape)} at the start and "
                                      f"{tuple(value.shape)} in {final}; the folders are not the same model.")
-                if value.is_floating_point() and not (adapter and "lora_" in name):  # a LoRA A: kept as trained
+                if value.is_floating_point():
                     value = (before.float() + t * (value.float() - before.float())).to(value.dtype)
                     changed += 1
                 tensors[name] = value

@@ -150,9 +150,9 @@ def resolve_model_path(name_or_path: str | None, needs_tokenizer: bool = True) -
 def _hub_copy_available(repo_id: str) -> bool:
     """Whether `from_pretrained(repo_id)` can load: the hub cache holds it, or the hub answers (its `config.json` is
     fetched into the cache, which `from_pretrained` then reads). Without a network and without `HF_HUB_OFFLINE` set,
-    the fetch fails (after huggingface_hub's retries, about 25 s) and the embedded copy is used, instead of `from_pretrained` failing after the base
-    model of an adapter was looked for on the hub. (Adapters trained on the embedded copy say so and are loaded on it
-    without this look-up: `EMBEDDED_BASE_FILE`.)"""
+    the fetch fails (after huggingface_hub's retries: 23 s on the development machine) and the embedded copy is used,
+    instead of `from_pretrained` failing after the base model of an adapter was looked for on the hub. (Adapters
+    trained on the embedded copy say so and are loaded on it without this look-up: `EMBEDDED_BASE_FILE`.)"""
     if isinstance(try_to_load_from_cache(repo_id, "config.json"), str):
         return True
     if constants.HF_HUB_OFFLINE:

@@ -156,8 +156,8 @@ def render_report(output_dir: Path, state: SOFTState, png: bytes | None = None) 
 <title>SOFT run {_e(output_dir.name)}</title><style>{STYLE}</style></head>
 <body>
 <h1>SOFT run <code>{_e(output_dir.name)}</code></h1>
-<p class="note">{_e(state.rounds_completed)} of {_e(state.num_rounds)} round(s); final model: {_e(final_model_name(state))}; generation engine:
-{_e(state.engine or '-')}. Round 0 is the starting model.</p>
+<p class="note">{_e(state.rounds_completed)} of {_e(state.num_rounds)} round(s); final model: {
+        _e(final_model_name(state))}; generation engine: {_e(state.engine or '-')}. Round 0 is the starting model.</p>
 <h2>Verdict</h2><div class="verdict{warning}">{_e(verdict or 'No round has finished yet.')}</div>
 {f'<p>{_e(stop)}</p>' if stop else ''}
 <h2>Rounds</h2>{_table(headers, cells)}

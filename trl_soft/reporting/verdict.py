@@ -107,7 +107,8 @@ def _verdict_on(state: SOFTState, final: int, row: dict[str, Any] | None) -> str
     accepted = row.get(acceptance.ACCEPTED)
     # with `final_interpolation` these figures are of the round as trained, not of the final model
     who = f"round {final} as trained" if state.interpolated_by else f"the final model (round {final})"
-    chosen = f"Round {final} as trained (accepted)" if state.interpolated_by else f"The final model (round {final}, accepted)"
+    chosen = (f"Round {final} as trained (accepted)" if state.interpolated_by
+              else f"The final model (round {final}, accepted)")
     if pooled["p_worse"] < acceptance.POOLED_ALPHA:
         head = f"WARNING: {who} is LESS aligned than the starting model: {figures}."
     elif accepted is not True:
