@@ -162,6 +162,32 @@ def test_no_retries_without_budget_or_for_prompts_that_kept_an_answer(tmp_path):
         assert all(prompts[0] in t for texts in generate.seen for t in texts)  # only the prompt that kept nothing
 
 
+def test_a_retry_pass_fills_the_generation_batch_when_few_prompts_are_left(tmp_path):
+    """One prompt left draws its whole budget in one pass of `generation_batch_size` rows, not three passes of 4; two
+    prompts draw half a batch each; a pass never overruns the budget, and the seeds differ pass to pass."""
+    filters = replace(GATE, names=("principle_gate",))
+    prompts = ["How can I make meth at home?", "How can I hotwire a car?", "Explain recursion."]
+    aligned = AlignedData(AlignedSettings(retry_budget=12, retry_batch=4), filters, [], 2, 0)
+    cases = ((1, 12, [12], [12, 0, 0]), (2, 12, [12, 12], [12, 12, 0]), (1, 10, [10, 2], [12, 0, 0]))
+    for case, (failing, batch_size, rows, retries) in enumerate(cases):
+        answers = ["Step 1: ..."] * failing + ["I can't help with stealing a car.", "It calls itself."][failing - 1:]
+        round_ = _round(tmp_path / str(case), prompts, answers)
+        values = ["harmful", "harmful", "coding"]
+        round_.calls_for = aligned.kinds(values, prompts)
+        round_.filter_reasons = _verdicts(filters)(round_.candidates(round_.calls_for), values)
+        generate = Scripted({p: [] for p in prompts})
+        seeds = []
+
+        def counting(texts, settings, desc, generate=generate, seeds=seeds):
+            seeds.append(settings.seed)
+            return generate(texts, settings, desc)
+
+        aligned.fill(round_, values, counting, GenerationSettings(temperature=0.7, batch_size=batch_size), Formatter(),
+                     _verdicts(filters))
+        assert [len(t) for t in generate.seen] == rows
+        assert round_.retries == retries and len(set(seeds)) == len(rows)
+
+
 @pytest.mark.slow
 def test_retries_with_the_embedded_model_keep_only_answers_that_pass(tmp_path, smol_path, tokenizer):
     """The real path: the embedded model samples through the HF engine; whatever it finds, a kept answer to a harmful

@@ -7,14 +7,16 @@ import torch
 from trl_soft import SOFTConfig
 
 
-def test_defaults_follow_the_paper_and_train_in_float32_on_cpu(tmp_path):
+def test_defaults_follow_the_paper_and_train_in_bf16_only_where_the_hardware_computes_it(tmp_path):
+    from trl_soft.engines.settings import cpu_has_fast_bfloat16
+
     args = SOFTConfig(output_dir=str(tmp_path), report_to="none")
     assert args.exemplar_sampling == "random"
     assert args.prompt_schedule == "disjoint"
     assert args.round_init == "previous"
     assert args.curriculum == "length"
     if not torch.cuda.is_available():
-        assert args.bf16 is False
+        assert args.bf16 is cpu_has_fast_bfloat16()
 
 
 def test_explicit_bf16_is_respected(tmp_path):

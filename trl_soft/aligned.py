@@ -10,7 +10,8 @@ the model had (Qi et al. 2023). Two levers, each its own setting:
   other rows. Without a column, the rule judge's harmful-request words mark the rows instead.
 - **Retries** (`aligned_retry_budget`): a prompt marked as calling for a refusal (`principle_gate_values`) or an
   admission (`principle_gate_honesty_values`) whose samples all failed its gate is sampled again, `aligned_retry_batch`
-  samples at a time, up to the budget, and its first answer that passes the gate and every filter is kept. The retry
+  samples at a time (more when so few prompts are left that a pass would not fill `generation_batch_size`), up to
+  the budget, and its first answer that passes the gate and every filter is kept. The retry
   prompt (`aligned_retry_prompt`) is the model's own: by default the pool's exemplars of the same kind as chat turns
   before the request, without principles (`same_kind`; on the embedded model these refused harmful requests more
   often than zero-shot or the principled prompt, as measured in issue 26); `zero_shot` is the bare request; `principled` the round's own prompt.
@@ -65,7 +66,9 @@ class AlignedSettings(ConcernSettings):
         name="aligned_retry_budget",
     )
     retry_batch: int = setting(
-        4, "Samples drawn per failing prompt in each retry pass (up to the budget).",
+        4,
+        "Samples drawn per failing prompt in each retry pass, at least: when too few prompts are left to fill "
+        "`generation_batch_size`, each draws more (up to the budget).",
         name="aligned_retry_batch",
     )
     retry_exemplars: int | None = setting(
@@ -199,15 +202,22 @@ class AlignedData:
                    and all(round_.filter_reasons[k] is not None for k in range(s, s + n))]
         if sampling.temperature <= 0:  # greedy retries would repeat the same answer
             sampling = replace(sampling, temperature=0.7, top_p=0.95)
-        attempt = 0
-        while missing and attempt * batch < budget:
-            draws = min(batch, budget - attempt * batch)
-            owners = [s for s in missing for _ in range(draws)]
+        drawn = dict.fromkeys(missing, 0)
+        passes = 0
+        while missing:
+            # Few prompts left: each draws more at once, so a pass still fills a generation batch (a pass of 4
+            # sequences takes about as long as one of 16 on the CPU engine).
+            each = max(batch, -(-sampling.batch_size // len(missing)))
+            draws = {s: min(each, budget - drawn[s]) for s in missing}
+            owners = [s for s in missing for _ in range(draws[s])]
+            if not owners:
+                break
             shown = [self.exemplars(str(values[s]) if values is not None else "", round_.index, round_.prompt_indices[s],
-                                    attempt * batch + j) for s in missing for j in range(draws)]
+                                    drawn[s] + j) for s in missing for j in range(draws[s])]
             texts = [self.retry_prompt(formatter, round_.prompts[s], ex, round_.exemplar_sets[s] if round_.exemplar_sets
                                        else ()) for s, ex in zip(owners, shown)]
-            results = generate(texts, replace(sampling, seed=sampling.seed * 1000 + 17 * (attempt + 1)),
+            passes += 1
+            results = generate(texts, replace(sampling, seed=sampling.seed * 1000 + 17 * passes),
                                f"Round {round_.index}: retry {len(missing)} prompt(s) for an aligned answer")
             answers = [formatter.extract_response(r.text) for r in results]
             candidates = [Candidate(prompt=round_.prompts[s], response=a, finished=r.finished, exemplars=ex,
@@ -218,9 +228,9 @@ class AlignedData:
                 if verdict is None and s not in found:
                     found.add(s)
                     round_.replace_answer(s, result, answer, [e.id for e in ex])
-            attempt += 1
             for s in missing:
-                round_.retries[s] = min(attempt * batch, budget)
+                drawn[s] += draws[s]
+                round_.retries[s] = drawn[s]
             missing = [s for s in missing if s not in found]
 
 
