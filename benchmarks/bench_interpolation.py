@@ -17,7 +17,9 @@ merged into full weights, and scored:
 - TruthfulQA MC1/MC2 (lm-eval's prompt, float32) on **half A** (tune) or **half B** (report) of the 817 questions,
   split by a fixed seed: MC2 paired with the starting model (mean difference, 95% interval, one-sided p worse).
 
-Choose t on the tuning part; read the report part only for the t chosen. Each model takes about 1-1.5 minutes of
+Choose t on the tuning part; read the report part only for the t chosen. `--scales 1 --truthfulqa_only` scores a
+run's final model as it returns it (already interpolated by the run) on TruthfulQA alone: its behaviour on the
+held-out items is the run's own verdict. Each model takes about 1-1.5 minutes of
 behaviour and 3-4 minutes of TruthfulQA on a 2-core CPU; the starting model's scores are cached in `--work`.
 """
 
@@ -88,14 +90,17 @@ def truthfulqa_half(model: str, half: str, data_dir: str, out: Path) -> tuple[li
     return truthfulqa_items(model, data_dir, out, questions=tqa_half(n, half))
 
 
-def row(seed: str, t: float, start_behaviour: dict, behaviour: dict, start_tqa, tqa) -> str:
+def row(seed: str, t: float, start_behaviour: dict | None, behaviour: dict | None, start_tqa, tqa) -> str:
     from trl_soft.behaviour.compare import compare
 
-    pooled = compare(start_behaviour, behaviour).pooled.as_dict()
     truth = paired_truthfulqa(start_tqa, tqa)
-    p = pooled["p_better"] if pooled["gained"] > pooled["lost"] else pooled["p_worse"]
-    return (f"| {seed} | {t:g} | +{pooled['gained']}/-{pooled['lost']} of {pooled['n']}, p={p:.2g}, "
-            f"{100 * pooled['diff']:+.1f} [{100 * pooled['low']:+.1f}, {100 * pooled['high']:+.1f}] | "
+    verdict = "- (not scored: `--truthfulqa_only`)"
+    if behaviour is not None:
+        pooled = compare(start_behaviour, behaviour).pooled.as_dict()
+        p = pooled["p_better"] if pooled["gained"] > pooled["lost"] else pooled["p_worse"]
+        verdict = (f"+{pooled['gained']}/-{pooled['lost']} of {pooled['n']}, p={p:.2g}, {100 * pooled['diff']:+.1f} "
+                   f"[{100 * pooled['low']:+.1f}, {100 * pooled['high']:+.1f}]")
+    return (f"| {seed} | {t:g} | {verdict} | "
             f"{100 * truth['mc1_start']:.1f} -> {100 * truth['mc1_final']:.1f} (+{truth['mc1_gained']}/"
             f"-{truth['mc1_lost']}) | {100 * truth['mc2_diff']:+.2f} [{100 * truth['mc2_low']:+.2f}, "
             f"{100 * truth['mc2_high']:+.2f}], p worse={truth['mc2_p_worse']:.2g} |")
@@ -108,12 +113,16 @@ def main() -> None:
     parser.add_argument("--part", choices=("tune", "report"), default="tune")
     parser.add_argument("--data_dir", default=os.environ.get("TRL_SOFT_DATA_DIR", "../shared/data"))
     parser.add_argument("--work", default="benchmarks/results/interpolation", help="models and cached scores")
+    parser.add_argument("--truthfulqa_only", action="store_true",
+                        help="score TruthfulQA only (e.g. at t = 1, where the run's own held-out verdict is the "
+                             "behaviour figure)")
     args = parser.parse_args()
     os.environ.setdefault("TRL_SOFT_DATA_DIR", args.data_dir)
     behaviour_part, half = ("selection", "A") if args.part == "tune" else ("confirmation", "B")
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    start_behaviour = behaviour_scores("embedded", behaviour_part, work / f"start_{behaviour_part}.json")
+    start_behaviour = None if args.truthfulqa_only else behaviour_scores(
+        "embedded", behaviour_part, work / f"start_{behaviour_part}.json")
     start_tqa = truthfulqa_half("embedded", half, args.data_dir, work / f"start_tqa_{half}.json")
     lines = [f"| run | t | behaviour, {behaviour_part} items (+gained/-lost, p, change [95% CI], points) | "
              f"TruthfulQA MC1, half {half} | MC2 change, half {half} [95% CI] |", "|---|---:|---|---|---|"]
@@ -121,7 +130,8 @@ def main() -> None:
         name = run.parent.name if run.name == "defaults" else run.name
         for t in args.scales:
             model = scaled_model(run, t, work / name / f"t{t:g}")
-            behaviour = behaviour_scores(str(model), behaviour_part, model / f"{behaviour_part}.json")
+            behaviour = None if args.truthfulqa_only else behaviour_scores(
+                str(model), behaviour_part, model / f"{behaviour_part}.json")
             tqa = truthfulqa_half(str(model), half, args.data_dir, model / f"tqa_{half}.json")
             lines.append(row(name, t, start_behaviour, behaviour, start_tqa, tqa))
             print(lines[-1], flush=True)

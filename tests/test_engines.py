@@ -153,6 +153,27 @@ def test_a_script_without_a_main_guard_is_refused_before_vllm_starts(tmp_path, m
     check_main_guard()
 
 
+def test_a_lone_engine_on_a_small_cpu_runs_in_the_training_process(monkeypatch):
+    """In process only where nothing else needs vLLM's own processes: not on CUDA, not one engine per rank, not on a
+    CPU large enough to have several NUMA nodes, not where the user asked for vLLM's processes."""
+    from trl_soft.engines.ranks import RankPlacement
+    from trl_soft.engines.vllm_local import engine_environment, runs_in_process
+
+    monkeypatch.delenv("VLLM_ENABLE_V1_MULTIPROCESSING", raising=False)
+    rank = RankPlacement(process_index=0, local_process_index=0, num_processes=2, local_processes=2,
+                         tensor_parallel_size=1, on_cuda=False)
+    for cores, on_cuda, placement, expected in ((2, False, None, True), (8, False, None, True), (64, False, None, False),
+                                                (2, True, None, False), (2, False, rank, False)):
+        monkeypatch.setattr("os.cpu_count", lambda cores=cores: cores)
+        assert runs_in_process(on_cuda, placement) is expected
+    settings = EngineSettings()
+    assert engine_environment(settings, False, in_process=True)["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"
+    assert "VLLM_ENABLE_V1_MULTIPROCESSING" not in engine_environment(settings, False)
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "1")
+    assert not runs_in_process(False, None)
+    assert "VLLM_ENABLE_V1_MULTIPROCESSING" not in engine_environment(settings, False, in_process=True)
+
+
 def test_the_trainer_announces_its_engine_before_loading_weights(tmp_path, tokenizer, caplog):
     caplog.set_level(logging.INFO, logger="trl_soft")
     trainer = SOFTTrainer(

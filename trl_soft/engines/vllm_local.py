@@ -82,11 +82,15 @@ def engine_environment(settings: EngineSettings, on_cuda: bool, in_process: bool
 
 
 def runs_in_process(on_cuda: bool, placement: RankPlacement | None) -> bool:
-    """Whether a colocated engine runs in the training process: a lone engine on the CPU does. Its own processes would
-    cost their start (measured on 2 cores, the embedded model: 23 s against 4 s in process) and, while generating, a
-    scheduler process that takes CPU time from the one doing the work; trained weights reach it the same way. On CUDA,
-    and for one engine per rank (each rank's engine must not join the ranks' process group), vLLM keeps its own."""
-    return not on_cuda and placement is None
+    """Whether a colocated engine runs in the training process: a lone engine on a small CPU (up to
+    `SMALL_CPU_CORES`) does. Its own processes would cost their start (measured on 2 cores, the embedded model: 23 s
+    against 4 s in process) and, while generating, a scheduler process that takes CPU time from the one doing the work.
+    In process, vLLM's CPU worker binds this process's memory to its NUMA node (it prints a `NUMA binding` warning),
+    which costs nothing on one node but could confine training on a large multi-socket machine, so larger CPUs keep
+    vLLM's own processes. On CUDA, and for one engine per rank (each must not join the ranks' process group), vLLM
+    keeps its own processes too, as it does where the user set `VLLM_ENABLE_V1_MULTIPROCESSING` to anything but 0."""
+    return (not on_cuda and placement is None and (os.cpu_count() or 1) <= SMALL_CPU_CORES
+            and os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING", "0") == "0")
 
 
 def engine_arguments(
