@@ -50,11 +50,14 @@ def test_the_mix_takes_what_there_is_when_marked_rows_are_few():
 
 
 def test_what_a_prompt_calls_for_follows_its_column_and_the_gates():
-    aligned = AlignedData(AlignedSettings(), replace(GATE, names=("principle_gate", "honesty_gate")), [], 2, 0)
+    gates = ("principle_gate", "honesty_gate", "premise_gate")
+    aligned = AlignedData(AlignedSettings(), replace(GATE, names=gates), [], 2, 0)
     assert aligned.kinds(["harmful", "unknowable", "false-premise", "coding"], [""] * 4) == [
         REFUSAL, ADMISSION, CORRECTION, None]
-    no_gates = AlignedData(AlignedSettings(), replace(GATE, names=("too_short",)), [], 2, 0)
-    assert no_gates.kinds(["harmful", "unknowable"], [""] * 2) == [CORRECTION, CORRECTION]  # nothing could judge
+    no_premise = AlignedData(AlignedSettings(), replace(GATE, names=gates[:2]), [], 2, 0)
+    assert no_premise.kinds(["false-premise"], [""]) == [None]  # nothing could judge a correction
+    no_gates = AlignedData(AlignedSettings(), replace(GATE, names=("too_short", "premise_gate")), [], 2, 0)
+    assert no_gates.kinds(["harmful", "unknowable", "false-premise"], [""] * 3) == [None, None, CORRECTION]
     no_column = AlignedData(AlignedSettings(), FilterSettings(), [], 2, 0)
     assert no_column.kinds(None, ["How do I build a bomb?", "How do I bake bread?"]) == [REFUSAL, None]
 
@@ -141,10 +144,39 @@ def test_retries_find_the_models_own_refusal_and_record_their_cost(tmp_path):
     assert round_.exemplar_ids[0] == ["h1"]
     assert round_.retries == [8, 8, 0]  # both prompts drew the whole budget (the first found it in the second pass)
     assert figures(round_.calls_for, [r is None for r in round_.filter_reasons], round_.retries, 1) == {
-        "aligned_prompts": 2, "aligned_needed": 2, "aligned_kept": 1, "aligned_retry_samples": 16}
+        "aligned_prompts": 2, "aligned_needed": 2, "aligned_kept": 1, "aligned_retry_samples": 16,
+        "corrections_needed": 0, "corrections_kept": 0}
     row = round_.rows()[0]
     assert row["retries"] == 8 and row["calls_for"] == REFUSAL
     assert Round.from_rows(1, round_.paths, 3, round_.rows()).rows() == round_.rows()
+
+
+def test_a_false_premise_keeps_only_an_answer_that_corrects_it_and_is_retried_until_one_does(tmp_path):
+    """The premise gate drops an answer that takes a myth as given, and the retries keep the model's own correction;
+    the round counts the prompt apart from refusals and admissions."""
+    filters = replace(GATE, names=("principle_gate", "honesty_gate", "premise_gate", "too_short", "templated_refusal",
+                                   "exemplar_copy"))
+    pool = [Exemplar("f1", "Why do goldfish only have a three-second memory?", "They don't, actually. It's a myth.",
+                     category="false-premise")]
+    aligned = AlignedData(AlignedSettings(retry_budget=8, retry_batch=4), filters, pool, 2, 0)
+    prompts = ["Why do we only use 10% of our brains?", "Why does lightning never strike the same place twice?",
+               "Explain recursion."]
+    round_ = _round(tmp_path, prompts, ["It's all about our brains' ability to adapt to the moment.",
+                                        "Lightning never strikes twice because the ground loses its charge.",
+                                        "Recursion is a function calling itself."])
+    values = ["false-premise", "false-premise", "coding"]
+    round_.calls_for = aligned.kinds(values, prompts)
+    assert round_.calls_for == [CORRECTION, CORRECTION, None]
+    verdicts = _verdicts(filters)
+    round_.filter_reasons = verdicts(round_.candidates(round_.calls_for), values)
+    assert round_.filter_reasons == ["premise_gate", "premise_gate", None]  # "never" echoes the prompt: no correction
+    correction = "I'm sorry, but that's a common myth: brain scans show we use virtually all of the brain."
+    generate = Scripted({prompts[0]: ["We use 10% because the rest is resting."] * 2 + [correction], prompts[1]: []})
+    aligned.fill(round_, values, generate, GenerationSettings(temperature=0.7, seed=5), Formatter(), verdicts)
+    assert round_.responses[0] == correction and round_.filter_reasons[:2] == [None, "premise_gate"]
+    assert round_.retries == [4, 8, 0]
+    metrics = figures(round_.calls_for, [r is None for r in round_.filter_reasons], round_.retries, 1)
+    assert (metrics["aligned_needed"], metrics["corrections_needed"], metrics["corrections_kept"]) == (0, 2, 1)
 
 
 def test_no_retries_without_budget_or_for_prompts_that_kept_an_answer(tmp_path):

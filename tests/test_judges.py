@@ -474,3 +474,25 @@ def test_the_rule_judge_agrees_with_the_hand_labels():
     unknowable = [r for r in rows if r["admits_unknown"] is not None]
     admitted = judge.judge("admits_unknown", [""] * len(unknowable), [r["answer"] for r in unknowable])
     assert sum(v.label == r["admits_unknown"] for v, r in zip(admitted, unknowable)) / len(unknowable) >= 0.85
+
+
+def test_the_premise_rule_agrees_with_the_hand_labels():
+    """52 answers of the embedded model to the demo's false-premise prompts, asked as a same-kind retry asks
+    (`benchmarks/bench_retry_prompt.py --kinds false-premise`), labelled by reading: does the answer push back on the
+    premise near its start? 36 drawn at random, 16 more from those the rule counts (to see its false positives).
+    Measured: 36/36 on the random rows, 12/16 on the picked ones (4 false positives: a negation in the first words
+    that corrects nothing, "The colour red is not the only one")."""
+    from pathlib import Path
+
+    from trl_soft.judges.rules import correction_evidence
+
+    rows = [json.loads(line) for line in (Path(__file__).parent / "data" / "correction_labels.jsonl").read_text().splitlines()]
+    agree = [(correction_evidence(r["prompt"], r["answer"]) is not None) == r["corrects"] for r in rows]
+    random_rows = [a for a, r in zip(agree, rows) if r["subset"] == "random"]
+    assert len(rows) >= 50 and sum(r["corrects"] for r in rows) >= 15
+    assert sum(random_rows) / len(random_rows) >= 0.9 and sum(agree) / len(agree) >= 0.85
+    # The echo and the turn: a negation the prompt holds, and a "myth" that the answer denies, are no correction.
+    assert correction_evidence("Why does lightning never strike twice?", "Lightning never strikes twice because") is None
+    assert correction_evidence("Why is the Wall visible from space?", "That is not a myth, but a fact.") is None
+    assert correction_evidence("Why do bats see nothing?", "I don't know why.") is None
+    assert correction_evidence("Why do goldfish forget in three seconds?", "They don't, actually.") == "They don't"

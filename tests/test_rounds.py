@@ -65,6 +65,7 @@ def test_filter_counts_and_summary_metrics(tmp_path):
         "round": 2, "prompts": 6, "kept": 3, "filtered": {"too_short": 2, "repetition": 1},
         "mean_response_tokens": (4 + 6 + 8) / 3, "cut": 0,
         "aligned_prompts": 0, "aligned_needed": 0, "aligned_kept": 0, "aligned_retry_samples": 0,
+        "corrections_needed": 0, "corrections_kept": 0,
     }
     nothing = _round(tmp_path, filter_reasons=["empty"] * 3, difficulty=[], train_order=None)
     assert nothing.summary_metrics()["mean_response_tokens"] == 0.0

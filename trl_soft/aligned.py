@@ -1,5 +1,5 @@
 """Aligned data: the prompts that call for a refusal, an admission or a premise correction get a share of every round,
-and the ones that call for a refusal or an admission get the model's own aligned answer.
+and the model's own aligned answer: a refusal, an admission, or an answer that pushes back on the false premise.
 
 Why: the principle and honesty gates can only drop answers. A small model's principled prompt rarely refuses or admits,
 so without this every such answer is dropped and each round fine-tunes on compliance alone, which erodes the refusals
@@ -8,8 +8,9 @@ the model had (Qi et al. 2023). Two levers, each its own setting:
 - **The mix** (`aligned_prompt_share`): each round draws that share of its prompts from the rows whose prompt-dataset
   column (`principle_gate_column`, e.g. the demo's `category`) has one of `aligned_prompt_values`, the rest from the
   other rows. Without a column, the rule judge's harmful-request words mark the rows instead.
-- **Retries** (`aligned_retry_budget`): a prompt marked as calling for a refusal (`principle_gate_values`) or an
-  admission (`principle_gate_honesty_values`) whose samples all failed its gate is sampled again, `aligned_retry_batch`
+- **Retries** (`aligned_retry_budget`): a prompt marked as calling for a refusal (`principle_gate_values`), an
+  admission (`principle_gate_honesty_values`) or a correction (the other `aligned_prompt_values`, with the
+  `premise_gate` filter on) whose samples all failed its gate is sampled again, `aligned_retry_batch`
   samples at a time (more when so few prompts are left that a pass would not fill `generation_batch_size`), up to
   the budget, and its first answer that passes the gate and every filter is kept. The retry
   prompt (`aligned_retry_prompt`) is the model's own: by default the pool's exemplars of the same kind as chat turns
@@ -36,7 +37,9 @@ from .settings import ConcernSettings, setting
 RETRY_PROMPTS = ("same_kind", "zero_shot", "principled")
 # The round metrics: prompts that call for a refusal or an admission, how many got an aligned answer, the extra
 # samples that cost, and the prompts of the mix.
-METRIC_NAMES = ("aligned_needed", "aligned_kept", "aligned_retry_samples", "aligned_prompts")
+# Prompts built on a false premise are counted apart (`corrections_needed`, `corrections_kept`).
+METRIC_NAMES = ("aligned_needed", "aligned_kept", "aligned_retry_samples", "aligned_prompts", "corrections_needed",
+                "corrections_kept")
 
 Generate = Callable[[list[str], GenerationSettings, str], list[GenerationResult]]
 
@@ -60,8 +63,8 @@ class AlignedSettings(ConcernSettings):
     )
     retry_budget: int = setting(
         16,
-        "Extra samples, at most, per prompt that calls for a refusal or an admission and whose answers all "
-        "failed the gate: it is sampled again until one passes the gate and every filter (the model's own answer; "
+        "Extra samples, at most, per prompt that calls for a refusal, an admission or a premise correction and "
+        "whose answers all failed the gate: it is sampled again until one passes the gate and every filter (the model's own answer; "
         "none is ever written for it). 0: no retries.",
         name="aligned_retry_budget",
     )
@@ -137,15 +140,16 @@ class AlignedSettings(ConcernSettings):
             mixed.append(chosen)
         return mixed
 
-    def kind(self, value: object, refusal_values: Sequence[str], admission_values: Sequence[str]) -> str | None:
+    def kind(self, value: object, refusal_values: Sequence[str], admission_values: Sequence[str],
+             corrections: bool = True) -> str | None:
         """What a prompt's column value calls for: a refusal, an admission, a correction (a value of the mix that is
-        neither), or nothing."""
+        neither, where `corrections`: the premise gate is on), or nothing."""
         text = str(value)
         if text in refusal_values:
             return REFUSAL
         if text in admission_values:
             return ADMISSION
-        return CORRECTION if text in self.prompt_values else None
+        return CORRECTION if corrections and text in self.prompt_values else None
 
 
 class AlignedData:
@@ -160,13 +164,18 @@ class AlignedData:
         self.k = settings.retry_exemplars if settings.retry_exemplars is not None else max(1, num_exemplars)
         self.refusal_values = filters.gate_values if filters.gate_on else ()
         self.admission_values = filters.honesty_values if filters.honesty_on else ()
+        # A correction is asked only where the premise gate can judge one, and never of a harmful or unknowable
+        # request whose own gate is off.
+        self.corrections = filters.premise_on
+        self.not_corrections = {*filters.gate_values, *filters.honesty_values}
 
     def kinds(self, values: Sequence[object] | None, prompts: Sequence[str]) -> list[str | None]:
         """Per prompt, what it calls for (`REFUSAL`, `ADMISSION`, `CORRECTION` or None): by its column value, else a
         refusal where the rule judge finds harmful-request words (and the principle gate is on)."""
         if values is None:
             return [REFUSAL if self.refusal_values and risky_words(p) else None for p in prompts]
-        return [self.settings.kind(v, self.refusal_values, self.admission_values) for v in values]
+        return [self.settings.kind(v, self.refusal_values, self.admission_values,
+                                   self.corrections and str(v) not in self.not_corrections) for v in values]
 
     def exemplars(self, category: str, round_index: int, prompt_index: int, attempt: int) -> list[Exemplar]:
         """Pool exemplars of the prompt's own kind (its column value), seeded per prompt and attempt."""
@@ -192,13 +201,13 @@ class AlignedData:
         formatter: PromptFormatter,
         verdicts: Callable[[list[Candidate], list[object] | None], list[str | None]],
     ) -> None:
-        """Retry the prompts of `round_` (a filtered `Round`, its `calls_for` set) that call for a refusal or an
-        admission and kept no answer. `values`: the column value of each answer's prompt; `verdicts`: the gate and the
+        """Retry the prompts of `round_` (a filtered `Round`, its `calls_for` set) that call for a refusal, an
+        admission or a correction and kept no answer. `values`: the column value of each answer's prompt; `verdicts`: the gate and the
         filters on new candidates (None = kept). A found answer takes the place of the prompt's first sample; the
         samples a prompt cost are recorded on that sample (`retries`), found or not."""
         n, budget, batch = round_.samples_per_prompt, self.settings.retry_budget, self.settings.retry_batch
         kinds = round_.calls_for
-        missing = [s for s in range(0, round_.fresh, n) if kinds[s] in (REFUSAL, ADMISSION)
+        missing = [s for s in range(0, round_.fresh, n) if kinds[s] is not None
                    and all(round_.filter_reasons[k] is not None for k in range(s, s + n))]
         if sampling.temperature <= 0:  # greedy retries would repeat the same answer
             sampling = replace(sampling, temperature=0.7, top_p=0.95)
@@ -236,12 +245,16 @@ class AlignedData:
 
 def figures(calls_for: Sequence[str | None], kept: Sequence[bool], retries: Sequence[int], n: int) -> dict[str, Any]:
     """A round's aligned-data figures from its fresh answers (`n` per prompt): the prompts of the mix, those that call
-    for a refusal or an admission, how many of them kept an aligned answer, and the retry samples drawn."""
+    for a refusal or an admission and how many of them kept an aligned answer, the same for premise corrections, and
+    the retry samples drawn."""
     starts = range(0, len(calls_for), n)
     needed = [s for s in starts if calls_for[s] in (REFUSAL, ADMISSION)]
+    corrections = [s for s in starts if calls_for[s] == CORRECTION]
     return {
         "aligned_prompts": sum(calls_for[s] is not None for s in starts),
         "aligned_needed": len(needed),
         "aligned_kept": sum(any(kept[s: s + n]) for s in needed),
         "aligned_retry_samples": sum(retries),
+        "corrections_needed": len(corrections),
+        "corrections_kept": sum(any(kept[s: s + n]) for s in corrections),
     }

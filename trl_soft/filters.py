@@ -12,7 +12,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from .judges.rules import refusal_evidence, risky_words
+from .judges.rules import correction_evidence, refusal_evidence, risky_words
 from .prompting import PLAIN_ASSISTANT_TAG, PLAIN_USER_TAG, Exemplar
 from .settings import ConcernSettings, setting
 
@@ -37,8 +37,8 @@ class Candidate:
     violates_principles: bool = False  # set by the principle gate (`behaviour/gate.py`), which judges in batches
     invents_facts: bool = False  # set by the gate too: no admission where the request calls for one
     # What the prompt calls for by its column (`aligned.kind`: 'refusal', 'admission', 'correction' or None). An answer
-    # that gives the refusal or admission asked for is the answer the gate wants: no filter below drops it for being
-    # a refusal or for sounding like the exemplar that showed one.
+    # that gives the refusal, admission or correction asked for is the answer the gate wants: no filter below drops it
+    # for being a refusal or for sounding like the exemplar that showed one.
     calls_for: str | None = None
 
 
@@ -106,9 +106,12 @@ def repetition(candidate: Candidate, settings: FilterSettings) -> bool:
 
 
 def gives_what_is_asked(candidate: Candidate) -> bool:
-    """The answer refuses a request that calls for a refusal, or admits where one calls for an admission."""
+    """The answer refuses a request that calls for a refusal, admits where one calls for an admission, or pushes back
+    on a false premise where one calls for a correction."""
     if candidate.calls_for == REFUSAL:
         return not candidate.violates_principles
+    if candidate.calls_for == CORRECTION:
+        return correction_evidence(candidate.prompt, candidate.response) is not None
     return candidate.calls_for == ADMISSION and not candidate.invents_facts
 
 
@@ -134,10 +137,19 @@ def honesty_gate(candidate: Candidate, settings: FilterSettings) -> bool:
     return candidate.invents_facts
 
 
+def premise_gate(candidate: Candidate, settings: FilterSettings) -> bool:
+    """Answers a request built on a false premise (its column calls for a correction) without pushing back on it:
+    "Why do we only use 10% of our brains?" -> "It's all about our brains' ability to adapt ...". Training on such
+    answers teaches the misconception itself. The rule judge's phrases decide (`judges.rules.correction_evidence`:
+    "a common myth", "isn't true", "Bats aren't blind"), whatever `behaviour_judge` is."""
+    return candidate.calls_for == CORRECTION and not gives_what_is_asked(candidate)
+
+
 def templated_refusal(candidate: Candidate, settings: FilterSettings) -> bool:
     """A stock refusal of a request with no sign of harm: over-refusal should not be trained in. A request whose
-    column calls for a refusal or an admission is not one (the column says so before any word list)."""
-    if candidate.calls_for in (REFUSAL, ADMISSION):
+    column calls for a refusal or an admission is not one (the column says so before any word list), nor a correction
+    that opens with an apology ("I'm sorry, but that's a myth")."""
+    if candidate.calls_for in (REFUSAL, ADMISSION) or gives_what_is_asked(candidate):
         return False
     return refusal_evidence(candidate.response) is not None and not risky_words(candidate.prompt)
 
@@ -147,6 +159,7 @@ FilterFn = Callable[[Candidate, "FilterSettings"], bool]
 FILTERS: dict[str, FilterFn] = {
     "principle_gate": principle_gate,
     "honesty_gate": honesty_gate,
+    "premise_gate": premise_gate,
     "too_short": too_short,
     "truncated": truncated,
     "repetition": repetition,
@@ -243,6 +256,12 @@ class FilterSettings(ConcernSettings):
     @property
     def gate_on(self) -> bool:
         return "principle_gate" in self.names
+
+    @property
+    def premise_on(self) -> bool:
+        """The premise gate reads what the prompt column calls for (`aligned_prompt_values` that mark neither a
+        harmful nor an unknowable request, e.g. the demo's 'false-premise')."""
+        return "premise_gate" in self.names and self.gate_column is not None
 
     @property
     def honesty_on(self) -> bool:

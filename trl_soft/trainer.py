@@ -224,7 +224,7 @@ class SOFTTrainer(SFTTrainer):
 
     def _filter(self, round_: Round) -> None:
         """Each answer's verdict (the length rule, the principle gate, then the quality filters in order); retries for
-        the prompts that call for a refusal or an admission and kept none (`aligned.py`); with `round_data=
+        the prompts that call for a refusal, an admission or a correction and kept none (`aligned.py`); with `round_data=
         'accumulate'`, the kept answers of the earlier accepted rounds join."""
         started, filters = time.perf_counter(), self.settings.filters
         set_seed(round_.seed)

@@ -28,6 +28,7 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
 OPTIONAL_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("cut", "cut", "{:d}"),
     ("aligned_kept", "aligned kept", "aligned"),
+    ("corrections_kept", "premise kept", "corrections"),
     ("aligned_retry_samples", "retries", "{:d}"),
     ("sample_entropy", "entropy", "{:.3f}"),
     ("sample_distinct_2", "distinct-2", "{:.3f}"),
@@ -67,6 +68,8 @@ def _cell(value: Any, fmt: str, row: dict[str, Any] | None = None, key: str = ""
         return {True: "accepted", False: "REJECTED"}.get(value, "-")
     if fmt == "aligned" and row is not None:  # prompts that kept a refusal or admission / prompts that called for one
         return "-" if not row.get("aligned_needed") else f"{value}/{row['aligned_needed']}"
+    if fmt == "corrections" and row is not None:  # prompts that kept a premise correction / prompts that called for one
+        return "-" if not row.get("corrections_needed") else f"{value}/{row['corrections_needed']}"
     if fmt == "points":
         return "-" if value is None else f"{100 * value:.1f}"
     if value is None:
@@ -174,9 +177,11 @@ def round_line(metrics: dict[str, Any], base: dict[str, Any] | None, stop_reason
     drops = ", ".join(f"{reason} {count}" for reason, count in filtered.items())
     parts = [f"kept {metrics.get('kept', 0)}/{metrics.get('samples', metrics.get('prompts', 0))}"
              + (f" (filtered: {drops})" if drops else "")]
-    if metrics.get("aligned_needed"):
-        parts.append(f"aligned answers {metrics.get('aligned_kept', 0)}/{metrics['aligned_needed']} "
-                     f"({metrics.get('aligned_retry_samples', 0)} retry samples)")
+    if metrics.get("aligned_needed") or metrics.get("corrections_needed"):
+        found = [f"{label} {metrics.get(kept, 0)}/{metrics[needed]}" for label, kept, needed in (
+            ("aligned answers", "aligned_kept", "aligned_needed"),
+            ("premise corrections", "corrections_kept", "corrections_needed")) if metrics.get(needed)]
+        parts.append(f"{', '.join(found)} ({metrics.get('aligned_retry_samples', 0)} retry samples)")
     if isinstance(metrics.get("mean_response_tokens"), (int, float)) and metrics.get("kept"):
         parts.append(f"{metrics['mean_response_tokens']:.0f} tokens an answer")
     if isinstance(metrics.get("train_loss"), (int, float)):
