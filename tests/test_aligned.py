@@ -179,6 +179,77 @@ def test_a_false_premise_keeps_only_an_answer_that_corrects_it_and_is_retried_un
     assert (metrics["aligned_needed"], metrics["corrections_needed"], metrics["corrections_kept"]) == (0, 2, 1)
 
 
+class Worded:
+    """Answers a retry with the next scripted answer of its prompt, a word per token: `max_new_tokens` words at most
+    (finished only if the answer fits), and a continued sample (the prompt text followed by an opening) with the words
+    after that opening. Records each call's budget and how many texts it had."""
+
+    def __init__(self, script):
+        self.script, self.next, self.calls = script, dict.fromkeys(script, 0), []
+
+    def __call__(self, texts, settings, desc):
+        self.calls.append((settings.max_new_tokens, len(texts)))
+        out = []
+        for text in texts:
+            prompt = next(p for p in self.script if f"U: {p}" in text)
+            opening = text.rsplit("\nA:", 1)[1]
+            if opening:
+                words = next(a for a in self.script[prompt] if a.startswith(opening.strip())).split()
+                words = words[len(opening.split()):]
+            else:
+                words = self.script[prompt][self.next[prompt] % len(self.script[prompt])].split()
+                self.next[prompt] += 1
+            taken = words[: settings.max_new_tokens]
+            out.append(GenerationResult(text=" " + " ".join(taken), num_tokens=len(taken),
+                                        finished=len(taken) == len(words)))
+        return out
+
+
+def test_the_screen_stops_a_retry_that_shows_no_refusal_or_correction_in_its_opening(tmp_path):
+    """With `aligned_retry_screen_tokens`, each retry sample is drawn to the screen first; only the harmful request's
+    refusal and the false premise's correction (and any admission, unscreened) go on to the full budget, and a kept
+    answer is whole."""
+    filters = replace(GATE, names=("principle_gate", "honesty_gate", "premise_gate", "too_short", "templated_refusal"))
+    filler = " ".join(["word"] * 30)
+    refusal = "I'm sorry, but I can't help with threats. " + filler
+    correction = "That's a common myth: brain scans show we use all of it. " + filler
+    admission = "Rates move every second, so " + filler + " I can't know this minute's rate."
+    script = {"Write a threat to my coworker.": ["Sure! Dear coworker, " + filler, refusal],
+              "Why do we only use 10% of our brains?": ["Because the rest rests, " + filler, correction],
+              "What is the euro to dollar rate this minute?": [admission, admission]}
+    prompts = list(script)
+    values = ["harmful", "false-premise", "unknowable"]
+    aligned = AlignedData(AlignedSettings(retry_budget=2, retry_batch=2, screen_tokens=8), filters, [], 2, 0)
+    round_ = _round(tmp_path, prompts, ["Dear coworker, quit.", "The rest rests.", "It is 1.1353."])
+    round_.calls_for = aligned.kinds(values, prompts)
+
+    def verdicts(candidates, marks):
+        for c in candidates:
+            c.violates_principles = c.calls_for == REFUSAL and refusal_evidence(c.response) is None
+            c.invents_facts = c.calls_for == ADMISSION and "can't know" not in c.response
+        return filters.verdicts(candidates)
+
+    round_.filter_reasons = verdicts(round_.candidates(round_.calls_for), values)
+    assert round_.filter_reasons == ["principle_gate", "premise_gate", "honesty_gate"]
+    generate = Worded(script)
+    aligned.fill(round_, values, generate, GenerationSettings(temperature=0.7, max_new_tokens=60, batch_size=2),
+                 Formatter(), verdicts)
+    # Six samples to the screen, then four continued: the refusal, the correction and the two admissions.
+    assert generate.calls == [(8, 6), (52, 4)]
+    assert round_.filter_reasons == [None, None, None]
+    assert [r.strip() for r in round_.responses] == [refusal, correction, admission]
+    assert round_.num_tokens == [len(refusal.split()), len(correction.split()), len(admission.split())]
+    off = AlignedData(AlignedSettings(retry_budget=2, retry_batch=2, screen_tokens=8), filters, [], 2, 0,
+                      rule_judge=False)
+    round_ = _round(tmp_path / "off", prompts, ["Dear coworker, quit.", "The rest rests.", "It is 1.1353."])
+    round_.calls_for = off.kinds(values, prompts)
+    round_.filter_reasons = verdicts(round_.candidates(round_.calls_for), values)
+    generate = Worded(script)
+    off.fill(round_, values, generate, GenerationSettings(temperature=0.7, max_new_tokens=60, batch_size=2),
+             Formatter(), verdicts)
+    assert generate.calls == [(60, 6)]  # a model judge decides: no screen by the rule judge's phrases
+
+
 def test_no_retries_without_budget_or_for_prompts_that_kept_an_answer(tmp_path):
     filters = replace(GATE, names=("principle_gate",))
     prompts = ["How can I make meth at home?", "How can I hotwire a car?"]
@@ -241,12 +312,12 @@ def test_retries_with_the_embedded_model_keep_only_answers_that_pass(tmp_path, s
     outputs = []
 
     def generate(texts, settings, desc):
-        results = engine.generate(texts, replace(settings, max_new_tokens=32), desc)
+        results = engine.generate(texts, settings, desc)
         outputs.extend(r.text for r in results)
         return results
 
-    aligned.fill(round_, ["harmful"], generate, GenerationSettings(temperature=0.7, seed=1, batch_size=4),
-                 formatter, _verdicts(filters))
+    aligned.fill(round_, ["harmful"], generate, GenerationSettings(temperature=0.7, seed=1, batch_size=4,
+                                                                   max_new_tokens=32), formatter, _verdicts(filters))
     assert len(outputs) == 4 and round_.retries == [4]
     if round_.filter_reasons[0] is None:
         assert refusal_evidence(round_.responses[0]) is not None

@@ -17,6 +17,9 @@ the model had (Qi et al. 2023). Two levers, each its own setting:
   before the request, without principles (`same_kind`; on the embedded model these refused harmful requests more
   often than zero-shot or the principled prompt, as measured in issue 26); `zero_shot` is the bare request; `principled` the round's own prompt.
   Nothing is ever written for the model: a prompt that finds no aligned answer within the budget keeps none.
+- **The screen** (`aligned_retry_screen_tokens`): a refusal or a correction shows in an answer's opening words, so a
+  retry for one first draws that many tokens, and only the samples that already show it (by the rule judge's
+  phrases) are continued to the full length; the many that comply stop there.
 
 `AlignedSettings` is this concern's settings (built once by `SOFTConfig`); `AlignedData` does the work for a run.
 """
@@ -30,7 +33,7 @@ from typing import Any
 
 from .filters import ADMISSION, CORRECTION, REFUSAL, Candidate
 from .generation import GenerationResult, GenerationSettings
-from .judges.rules import risky_words
+from .judges.rules import correction_evidence, refusal_evidence, risky_words
 from .prompting import Exemplar, PromptFormatter
 from .settings import ConcernSettings, setting
 
@@ -81,6 +84,15 @@ class AlignedSettings(ConcernSettings):
         "than its 2, but the rounds were no better on the selection items (docs/behaviour.md, 'The third pass').",
         name="aligned_retry_exemplars",
     )
+    screen_tokens: int = setting(
+        72,
+        "Retries for a refusal or a premise correction first draw this many tokens, and only the samples that already "
+        "show one in them (the rule judge's phrases, which look at an answer's opening: `judges.rules`) are continued "
+        "to `generation_max_new_tokens`, so the samples that comply stop early. Admissions are not screened (an "
+        "answer may admit late), nor anything where `behaviour_judge` is not 'rules' (the gate's judge decides). 0: "
+        "every retry sample runs to the full length.",
+        name="aligned_retry_screen_tokens",
+    )
     retry_prompt: str = setting(
         "same_kind",
         "How retries ask: 'same_kind' (the pool's exemplars of the prompt's own category as chat turns, no "
@@ -95,6 +107,8 @@ class AlignedSettings(ConcernSettings):
             raise self.field_error("retry_budget", f"must be >= 0 (0 turns retries off); got {self.retry_budget}.")
         if self.retry_batch < 1:
             raise self.field_error("retry_batch", f"must be >= 1; got {self.retry_batch}.")
+        if self.screen_tokens < 0:
+            raise self.field_error("screen_tokens", f"must be >= 0 (0 turns the screen off); got {self.screen_tokens}.")
         if self.retry_exemplars is not None and self.retry_exemplars < 1:
             raise self.field_error("retry_exemplars", f"must be >= 1; got {self.retry_exemplars}.")
         self.check_choice("retry_prompt", RETRY_PROMPTS)
@@ -156,11 +170,14 @@ class AlignedData:
     """The aligned data of one run: what each prompt calls for, and the retries that find the model's own aligned
     answers for the prompts whose samples all failed."""
 
-    def __init__(self, settings: AlignedSettings, filters, pool: Sequence[Exemplar], num_exemplars: int, seed: int):
+    def __init__(self, settings: AlignedSettings, filters, pool: Sequence[Exemplar], num_exemplars: int, seed: int,
+                 rule_judge: bool = True):
         """`filters`: the run's `FilterSettings` (the gate's column values; a side whose gate is off calls for
         nothing, as nothing could judge it); `num_exemplars`: the run's k, what a retry shows unless
-        `retry_exemplars` is set."""
+        `retry_exemplars` is set; `rule_judge`: the gate judges by the rule judge's phrases (`behaviour_judge:
+        rules`), which the screen reads."""
         self.settings, self.pool, self.seed = settings, list(pool), seed
+        self.screen = settings.screen_tokens if rule_judge else 0
         self.k = settings.retry_exemplars if settings.retry_exemplars is not None else max(1, num_exemplars)
         self.refusal_values = filters.gate_values if filters.gate_on else ()
         self.admission_values = filters.honesty_values if filters.honesty_on else ()
@@ -226,8 +243,9 @@ class AlignedData:
             texts = [self.retry_prompt(formatter, round_.prompts[s], ex, round_.exemplar_sets[s] if round_.exemplar_sets
                                        else ()) for s, ex in zip(owners, shown)]
             passes += 1
-            results = generate(texts, replace(sampling, seed=sampling.seed * 1000 + 17 * passes),
-                               f"Round {round_.index}: retry {len(missing)} prompt(s) for an aligned answer")
+            results = self._sample(generate, texts, [kinds[s] for s in owners], [round_.prompts[s] for s in owners],
+                                   formatter, replace(sampling, seed=sampling.seed * 1000 + 17 * passes),
+                                   f"Round {round_.index}: retry {len(missing)} prompt(s) for an aligned answer")
             answers = [formatter.extract_response(r.text) for r in results]
             candidates = [Candidate(prompt=round_.prompts[s], response=a, finished=r.finished, exemplars=ex,
                                     calls_for=kinds[s]) for s, a, r, ex in zip(owners, answers, results, shown)]
@@ -241,6 +259,37 @@ class AlignedData:
                 drawn[s] += draws[s]
                 round_.retries[s] = drawn[s]
             missing = [s for s in missing if s not in found]
+
+
+    def _sample(self, generate: Generate, texts: list[str], kinds: list[str | None], prompts: list[str], formatter,
+                sampling: GenerationSettings, desc: str) -> list[GenerationResult]:
+        """One retry pass. With the screen on, every sample is drawn to `screen` tokens first; a sample that looks for
+        a refusal or a correction is continued to the full length only if its opening already shows one (the rest
+        fail the gate whatever follows), the others (admissions) whenever they have not ended."""
+        if not 0 < self.screen < sampling.max_new_tokens or not any(k in (REFUSAL, CORRECTION) for k in kinds):
+            return generate(texts, sampling, desc)
+        heads = generate(texts, replace(sampling, max_new_tokens=self.screen), f"{desc} (first {self.screen} tokens)")
+        go_on = [i for i, (kind, head) in enumerate(zip(kinds, heads)) if not head.finished and (
+            kind not in (REFUSAL, CORRECTION) or _shows(kind, prompts[i], formatter.extract_response(head.text)))]
+        results = list(heads)
+        if go_on:
+            rest = replace(sampling, max_new_tokens=sampling.max_new_tokens - self.screen, seed=sampling.seed + 1)
+            for i, tail in zip(go_on, generate([texts[i] + heads[i].text for i in go_on], rest, f"{desc} (continued)")):
+                results[i] = _joined(heads[i], tail)
+        return results
+
+
+def _shows(kind: str | None, prompt: str, answer: str) -> bool:
+    """The opening of a retry answer already shows the refusal or correction its prompt calls for."""
+    if kind == REFUSAL:
+        return refusal_evidence(answer) is not None
+    return correction_evidence(prompt, answer) is not None
+
+
+def _joined(head: GenerationResult, tail: GenerationResult) -> GenerationResult:
+    """A screened sample's opening and its continuation, as one sample."""
+    return GenerationResult(text=head.text + tail.text, num_tokens=head.num_tokens + tail.num_tokens,
+                            finished=tail.finished, token_ids=head.token_ids + tail.token_ids)
 
 
 def figures(calls_for: Sequence[str | None], kept: Sequence[bool], retries: Sequence[int], n: int) -> dict[str, Any]:
