@@ -110,6 +110,7 @@ def read_run(folder: Path) -> dict:
             "round": row["round"], "accepted": row.get("accepted"), "kept": row.get("kept"),
             "prompts": row.get("prompts"), "aligned_needed": row.get("aligned_needed"),
             "aligned_kept": row.get("aligned_kept"), "retry_samples": row.get("aligned_retry_samples"),
+            "corrections_needed": row.get("corrections_needed"), "corrections_kept": row.get("corrections_kept"),
             "mean_tokens": row.get("mean_response_tokens"), "cut": row.get("cut"),
             "behaviour_share": (row.get("seconds_behaviour") or 0) / total if total else None,
         })
@@ -214,20 +215,24 @@ def lower_tail_p(difference: float, se: float) -> float:
 
 
 def table(results: list[dict]) -> str:
-    lines = ["| seed | arm | decisions | final | aligned kept/needed per round | retry samples | kept-answer "
+    lines = ["| seed | arm | decisions | final | aligned kept/needed per round | premise corrections kept/needed | "
+             "retry samples | kept-answer "
              "tokens per round (all; other than refusals/admissions) | looping greedy answers, rounds 0-T (selection) | behaviour share of round time | selection verdict | confirmation verdict (held out) |",
-             "|---:|---|---|---:|---|---|---|---|---|---|---|"]
+             "|---:|---|---|---:|---|---|---|---|---|---|---|---|"]
     marks = {True: "acc", False: "REJ", None: "-"}
     for r in results:
         rounds = r["rounds"]
         decisions = " ".join(f"{x['round']}:{marks[x['accepted']]}" for x in rounds)
         aligned = " ".join(f"{x['aligned_kept']}/{x['aligned_needed']}" for x in rounds)
+        corrections = " ".join("-" if x.get("corrections_needed") is None else
+                               f"{x['corrections_kept']}/{x['corrections_needed']}" for x in rounds)
         retries = " ".join(str(x["retry_samples"]) for x in rounds)
         tokens = " ".join(f"{x['mean_tokens']:.0f}" for x in rounds if x["mean_tokens"] is not None)
         tokens += "; " + " ".join(f"{x['tokens_other']:.0f}" for x in rounds if x["tokens_other"] is not None)
         share = " ".join(f"{100 * x['behaviour_share']:.0f}%" for x in rounds if x["behaviour_share"] is not None)
         loops = " ".join("-" if n is None else str(n) for n in r.get("loops", []))
-        lines.append(f"| {r['seed']} | {r['arm']} | {decisions} | {r['final_round']} | {aligned} | {retries} | "
+        lines.append(f"| {r['seed']} | {r['arm']} | {decisions} | {r['final_round']} | {aligned} | {corrections} | "
+                     f"{retries} | "
                      f"{tokens} | {loops} | {share} | {_verdict(r['selection'])} | {_verdict(r['confirmation'])} |")
     return "\n".join(lines)
 
