@@ -481,7 +481,8 @@ def test_the_premise_rule_agrees_with_the_hand_labels():
     (`benchmarks/bench_retry_prompt.py --kinds false-premise`), labelled by reading: does the answer push back on the
     premise near its start? 36 drawn at random, 16 more from those the rule counts (to see its false positives).
     Measured: 36/36 on the random rows, 12/16 on the picked ones (4 false positives: a negation in the first words
-    that corrects nothing, "The colour red is not the only one")."""
+    that corrects nothing, "The colour red is not the only one"). The rule's vetoes were written after reading the same
+    samples: this pins the rule's behaviour, it does not estimate its accuracy on new answers."""
     from pathlib import Path
 
     from trl_soft.judges.rules import correction_evidence

@@ -91,7 +91,7 @@ class AlignedSettings(ConcernSettings):
         "to `generation_max_new_tokens`, so the samples that comply stop early. Admissions are not screened (an "
         "answer may admit late), nor anything where `behaviour_judge` is not 'rules' (the gate's judge decides). 0: "
         "every retry sample runs to the full length. On the embedded model, every kept refusal showed its phrase "
-        "within 40 tokens and 96% of the corrections (docs/behaviour.md, 'The sixth pass').",
+        "within 40 tokens and 96 percent of the corrections (docs/behaviour.md, 'The sixth pass').",
         name="aligned_retry_screen_tokens",
     )
     retry_prompt: str = setting(
