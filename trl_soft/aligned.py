@@ -187,6 +187,12 @@ class AlignedData:
         self.corrections = filters.premise_on
         self.not_corrections = {*filters.gate_values, *filters.honesty_values}
 
+    @classmethod
+    def for_run(cls, settings, pool: Sequence[Exemplar], seed: int) -> AlignedData:
+        """From a run's settings (`SOFTConfig.settings`: its aligned, filter, prompt and judge concerns)."""
+        return cls(settings.aligned, settings.filters, pool, settings.prompts.num_exemplars, seed,
+                   rule_judge=settings.judges.pointwise == "rules")
+
     def kinds(self, values: Sequence[object] | None, prompts: Sequence[str]) -> list[str | None]:
         """Per prompt, what it calls for (`REFUSAL`, `ADMISSION`, `CORRECTION` or None): by its column value, else a
         refusal where the rule judge finds harmful-request words (and the principle gate is on)."""

@@ -113,8 +113,7 @@ class SOFTTrainer(SFTTrainer):
         self.behaviour = BehaviourRun.for_run(settings, self.soft_output_dir, train_dataset.column_names)
         benchmarks, self.difficulty_scorer = settings.benchmarks.load(), settings.curriculum.scorer(train_dataset, difficulty_scorer)
         inputs.check_overlap(self.behaviour.all_items + benchmarks.texts(), settings.rounds.allow_eval_overlap)
-        self.aligned = AlignedData(settings.aligned, settings.filters, inputs.exemplars, settings.prompts.num_exemplars,
-                                   args.seed, rule_judge=settings.judges.pointwise == "rules")
+        self.aligned = AlignedData.for_run(settings, inputs.exemplars, args.seed)
         callbacks = with_collapse_callback(callbacks, settings, bool(self.validation_set))
         if isinstance(model, str):
             models.check_model_path(model)
